@@ -1,0 +1,54 @@
+# The whole set-up on a fresh machine is `make convert MODEL=...` or `make test`:
+# the first use creates .venv and installs everything into it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch and torchvision first, pinned to the builds this machine keeps on disk.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+MODEL   ?= ViT-B-16
+CKPT    ?=
+WEIGHTS ?=
+OUT     ?=
+STAGES  ?=
+PYTEST_ARGS ?=
+
+CONVERT_ARGS = $(MODEL) \
+	$(if $(CKPT),--checkpoint $(CKPT)) \
+	$(if $(filter random,$(WEIGHTS)),--checkpoint random) \
+	$(if $(OUT),--out $(OUT)) \
+	$(if $(STAGES),--stages $(STAGES))
+
+.PHONY: help venv convert parity test test-fast clean
+
+help:
+	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [STAGES=onnx,simplify,int8]"
+	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]"
+	@echo "make test    (all tests, full-size ones included)"
+	@echo "make test-fast (tiny architecture only)"
+	@echo "models: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' ')"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+convert: $(STAMP)
+	$(PY) -m converters convert $(CONVERT_ARGS)
+
+parity: $(STAMP)
+	$(PY) -m converters parity $(MODEL) $(if $(OUT),--out $(OUT))
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
+
+clean:
+	rm -rf artifacts

@@ -1,0 +1,190 @@
+"""Model configs: one YAML file per architecture in `configs/`, validated on load.
+
+The set of known model names is the set of file stems in the configs folder;
+nothing else lists them. Defaults below are the measured choices; a config
+file overrides them only where its architecture needs something else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from converters.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VisionArch(_Strict):
+    """ViT when `layers` is an int, ModifiedResNet when it lists four stage depths."""
+
+    layers: int | tuple[int, int, int, int]
+    width: int = Field(gt=0)
+    patch_size: int | None = Field(default=None, gt=0)
+    head_width: int = Field(default=64, gt=0)
+
+    @property
+    def family(self) -> Literal["vit", "resnet"]:
+        return "resnet" if isinstance(self.layers, tuple) else "vit"
+
+
+class TextArch(_Strict):
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0)
+    type_vocab_size: int = Field(default=2, gt=0)
+    hidden_act: Literal["gelu", "relu", "swish", "gelu_new"] = "gelu"
+
+
+class Architecture(_Strict):
+    embed_dim: int = Field(gt=0)
+    vision: VisionArch
+    text: TextArch
+
+
+class OnnxOptions(_Strict):
+    opset: int = Field(default=17, ge=13, le=21)
+
+
+class SimplifyOptions(_Strict):
+    # Shape-fixing input overrides would drop the dynamic batch axis, so the
+    # simplifier only folds constants and fuses; it is checked for that by parity.
+    skip_fuse_bn: bool = False
+
+
+class Int8Options(_Strict):
+    """onnxruntime dynamic quantization settings, chosen by measured parity and size.
+
+    Measured on ViT-B-16 and RN50 with WEIGHTS=random on an AVX2 CPU without
+    VNNI (see README, "int8 settings"): per-channel weights keep the worst
+    text sample above the 0.98 cosine floor where per-tensor does not;
+    `reduce_range` (7-bit weights) avoids the u8*s8 pair-sum saturation of
+    AVX2's vpmaddubsw; Gather is quantized because the 21128-row word
+    embedding table is 65 MB of the ViT-B-16 text tower in fp32.
+    """
+
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    reduce_range: bool = True
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
+    # Nodes whose names contain one of these stay in fp32.
+    exclude_name_patterns: tuple[str, ...] = ()
+
+
+class Stages(_Strict):
+    onnx: OnnxOptions = OnnxOptions()
+    simplify: SimplifyOptions = SimplifyOptions()
+    int8: Int8Options = Int8Options()
+
+
+class Tolerance(_Strict):
+    cosine_min: float = Field(gt=0.0, le=1.0)
+    cosine_mean: float | None = Field(default=None, gt=0.0, le=1.0)
+    top1_agreement_min: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+FP32_TOLERANCE = Tolerance(cosine_min=0.99999, top1_agreement_min=1.0)
+INT8_TOLERANCE = Tolerance(cosine_min=0.98, cosine_mean=0.99)
+
+
+class ParityTolerances(_Strict):
+    onnx: Tolerance = FP32_TOLERANCE
+    simplify: Tolerance = FP32_TOLERANCE
+    int8: Tolerance = INT8_TOLERANCE
+
+
+class Checkpoint(_Strict):
+    # Name of the official release in cn_clip's download table; None for
+    # architectures that only exist here (the tiny test models).
+    release: str | None = None
+
+
+class ModelConfig(_Strict):
+    name: str
+    architecture: Architecture
+    image_resolution: int = Field(gt=0)
+    context_length: int = Field(default=52, ge=2)
+    seed: int = 0
+    checkpoint: Checkpoint = Checkpoint()
+    stages: Stages = Stages()
+    parity: ParityTolerances = ParityTolerances()
+    source: Path | None = Field(default=None, exclude=True)
+
+    def stage_options(self, stage: str) -> BaseModel:
+        return getattr(self.stages, stage.replace("-", "_"))
+
+    def tolerance(self, stage: str) -> Tolerance:
+        return getattr(self.parity, stage.replace("-", "_"))
+
+
+def known_models(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> ModelConfig:
+    """Load a config by model name (a file stem in `config_dir`) or by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = config_dir / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"Unknown model '{name_or_path}'. Known models: {', '.join(known_models(config_dir))}. "
+                f"Add a config file as {path} to define a new one."
+            )
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values at the top level.")
+    raw.setdefault("name", path.stem)
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a valid model config:\n{_describe(exc)}") from None
+    _check_consistency(config, path)
+    return config.model_copy(update={"source": path})
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check its spelling and indentation)")
+        else:
+            lines.append(f"  - {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _check_consistency(config: ModelConfig, path: Path) -> None:
+    vision = config.architecture.vision
+    problems = []
+    if vision.family == "vit":
+        if vision.patch_size is None:
+            problems.append("architecture.vision.patch_size is required for a ViT (integer layers)")
+        elif config.image_resolution % vision.patch_size:
+            problems.append("image_resolution must be a multiple of architecture.vision.patch_size")
+        if vision.width % vision.head_width:
+            problems.append("architecture.vision.width must be a multiple of head_width")
+    elif config.image_resolution % 32:
+        problems.append("image_resolution must be a multiple of 32 for a ModifiedResNet")
+    text = config.architecture.text
+    if text.hidden_size % text.num_attention_heads:
+        problems.append("architecture.text.hidden_size must be a multiple of num_attention_heads")
+    if config.context_length > text.max_position_embeddings:
+        problems.append("context_length exceeds architecture.text.max_position_embeddings")
+    if problems:
+        raise ConfigError(f"{path} is inconsistent:\n" + "\n".join(f"  - {p}" for p in problems))

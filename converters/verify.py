@@ -1,0 +1,63 @@
+"""Run parity for every artifact a bundle lists, and write `parity.json` / `parity.md`.
+
+The PyTorch reference embeddings are computed once per checkpoint and parity
+set and cached in the bundle, so re-checking a bundle needs no model load.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from converters import parity
+from converters.config import ModelConfig
+from converters.errors import ArtifactError
+from converters.fsutil import atomic_write_bytes, sha256_text
+from converters.layout import PARITY_SET_DIR, BundleLayout
+from converters.manifest import Manifest
+from converters.parity_set import ParitySet, load_parity_set
+from converters.pipeline import STAGES, Progress
+from converters.runtimes import TowerPair, open_tower
+from converters.tokenizer import Tokenizer
+
+
+def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) -> parity.ParityReport:
+    manifest = Manifest.load(layout.manifest)
+    parity_set = load_parity_set(PARITY_SET_DIR, config.image_resolution, Tokenizer.from_vocab(layout.vocab, config.context_length))
+    reference = reference_embeddings(manifest, config, parity_set, layout, progress)
+    results = []
+    for stage in (name for name in STAGES if name in manifest.stages()):
+        progress(f"parity: {stage}")
+        visual, text = (manifest.artifact(tower, stage) for tower in ("visual", "text"))
+        candidate = parity.embed(TowerPair(open_tower(visual), open_tower(text)), parity_set)
+        results.append(parity.compare(stage, visual.runtime, reference, candidate, config.tolerance(stage)))
+    report = parity.ParityReport(config.name, manifest.data["checkpoint"]["description"], parity_set.summary(), results)
+    parity.write(report, layout.parity_json, layout.parity_md)
+    return report
+
+
+def reference_embeddings(
+    manifest: Manifest, config: ModelConfig, parity_set: ParitySet, layout: BundleLayout, progress: Progress
+) -> parity.Embeddings:
+    checkpoint_sha256 = manifest.data["checkpoint"]["sha256"]
+    key = sha256_text(checkpoint_sha256, parity_set.digest)
+    if layout.reference.is_file():
+        with np.load(layout.reference) as cached:
+            if str(cached["key"]) == key:
+                return parity.Embeddings(cached["images"], cached["texts"])
+    progress("parity: computing the PyTorch reference")
+    from converters.runtimes.torch_runtime import TorchEmbedder
+    from converters.stages import checkpoint
+
+    recorded = manifest.data["checkpoint"]["source"]
+    source = checkpoint.resolve(config, recorded, cache_dir=layout.root)
+    if source.digest != checkpoint_sha256:
+        raise ArtifactError(
+            f"The checkpoint {recorded} changed since {layout.manifest} was written; convert again."
+        )
+    reference = parity.embed(TorchEmbedder(checkpoint.run(config, source).model), parity_set)
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), images=reference.images, texts=reference.texts)
+    atomic_write_bytes(layout.reference, buffer.getvalue())
+    return reference

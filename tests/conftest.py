@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny bundles converted once per test session, with random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from converters.config import load_config
+from converters.pipeline import ConvertRequest, convert
+
+TINY_MODELS = ("tiny-vit", "tiny-rn")
+
+
+def convert_random(model: str, out: Path, messages: list[str] | None = None, **overrides):
+    request = ConvertRequest(load_config(model), out, "random", out / "cache", **overrides)
+    return convert(request, (messages if messages is not None else []).append)
+
+
+@pytest.fixture(scope="session", params=TINY_MODELS)
+def tiny_bundle(request, tmp_path_factory) -> Path:
+    """A fully converted tiny bundle; tests must not modify it (copy it first)."""
+    out = tmp_path_factory.mktemp(request.param) / "bundle"
+    convert_random(request.param, out)
+    return out
