@@ -70,9 +70,9 @@ def convert(model: str, checkpoint: str | None, out: Path | None, stages: str | 
     re-run after an interruption finishes the job. Exits with status 3 when a
     parity tolerance is not met.
     """
+    config = load_config(model)
     from converters.pipeline import STAGES, ConvertRequest, convert as run_convert, parse_stages
 
-    config = load_config(model)
     out = out or default_bundle_dir(config.name)
     request = ConvertRequest(config, out, checkpoint, cache_dir, parse_stages(stages) if stages else tuple(STAGES))
     run_convert(request, _say)

@@ -1,0 +1,56 @@
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from converters.cli import cli
+from converters.config import CONFIG_DIR
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "converters", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", [[], ["convert"], ["parity"], ["models"]])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_models_lists_the_configs():
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.output.split() == sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_user_error_is_one_paragraph_without_traceback():
+    result = run_cli("convert", "ViT-X", "--checkpoint", "random")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Unknown model 'ViT-X'" in result.stderr and "ViT-B-16" in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run_cli("--debug", "convert", "ViT-X", "--checkpoint", "random")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli("convert", "tiny-vit", "--checkpoint", "random", "--out", str(blocker / "bundle"))
+    assert result.returncode == 2 and "Cannot write into" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_convert_then_parity_failure_exits_3(tmp_path):
+    config = tmp_path / "strict.yaml"
+    config.write_text((CONFIG_DIR / "tiny-vit.yaml").read_text() + "parity:\n  int8:\n    cosine_min: 1.0\n")
+    out = tmp_path / "bundle"
+    result = run_cli("convert", str(config), "--checkpoint", "random", "--out", str(out))
+    assert result.returncode == 3, result.stderr
+    assert "Parity failed for strict" in result.stderr
+    assert "| int8 | onnxruntime | visual |" in result.stdout and "FAIL" in result.stdout
+    assert (out / "parity.json").is_file() and (out / "parity.md").is_file()
+    again = run_cli("parity", str(config), "--out", str(out))
+    assert again.returncode == 3 and "computing the PyTorch reference" not in again.stderr
