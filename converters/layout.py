@@ -48,6 +48,23 @@ class BundleLayout:
     def vocab(self) -> Path:
         return self.root / "vocab.txt"
 
+    @property
+    def tokenizer_spec(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    @property
+    def preprocess_spec(self) -> Path:
+        return self.root / "preprocess.json"
+
+    @property
+    def golden(self) -> Path:
+        """Expected inputs and embeddings for an app's own tests."""
+        return self.root / "golden.json"
+
+    @property
+    def golden_images(self) -> Path:
+        return self.root / "golden"
+
     def onnx_model(self, tower: str, tag: str) -> Path:
         return self.root / f"{tower}.{tag}.onnx"
 

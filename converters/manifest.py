@@ -67,6 +67,11 @@ class Manifest:
     def record(self, artifact: Artifact, inputs_digest: str) -> None:
         self.artifacts[artifact.key] = artifact.describe(inputs_digest)
 
+    def record_file(self, role: str, path: Path) -> None:
+        """List a non-model file of the bundle (vocabulary, specs, golden vectors) with its sha256."""
+        relative = path.relative_to(self.root).as_posix()
+        self.data.setdefault("files", {})[role] = {"path": relative, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
     def forget(self, key: str) -> None:
         self.artifacts.pop(key, None)
 

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from converters import parity
+from converters import golden, parity
 from converters.config import ModelConfig
 from converters.errors import ArtifactError
 from converters.fsutil import atomic_write_bytes, sha256_text
@@ -26,14 +26,16 @@ def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) ->
     manifest = Manifest.load(layout.manifest)
     parity_set = load_parity_set(PARITY_SET_DIR, config.image_resolution, Tokenizer.from_vocab(layout.vocab, config.context_length))
     reference = reference_embeddings(manifest, config, parity_set, layout, progress)
-    results = []
+    results, embeddings = [], {"pytorch": reference}
     for stage in (name for name in STAGES if name in manifest.stages()):
         progress(f"parity: {stage}")
         visual, text = (manifest.artifact(tower, stage) for tower in ("visual", "text"))
-        candidate = parity.embed(TowerPair(open_tower(visual), open_tower(text)), parity_set)
-        results.append(parity.compare(stage, visual.runtime, reference, candidate, config.tolerance(stage)))
+        embeddings[stage] = parity.embed(TowerPair(open_tower(visual), open_tower(text)), parity_set)
+        results.append(parity.compare(stage, visual.runtime, reference, embeddings[stage], config.tolerance(stage)))
     report = parity.ParityReport(config.name, manifest.data["checkpoint"]["description"], parity_set.summary(), results)
     parity.write(report, layout.parity_json, layout.parity_md)
+    golden.write(manifest, parity_set, embeddings)
+    manifest.save()
     return report
 
 
