@@ -11,6 +11,7 @@ before they are loaded.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from converters.errors import ArtifactError
+from converters.errors import ArtifactError, UserError
 from converters.fsutil import sha256_text
 from converters.layout import BundleLayout
 from converters.manifest import Manifest
@@ -85,4 +86,25 @@ class Bundle:
         return preprocess_batch(images, self.resolution)
 
     def token_ids(self, texts: Sequence[str]) -> np.ndarray:
-        return self.tokenizer.encode(list(texts))
+        """Padded ids; a text longer than the context is cut as cn_clip cuts it, with a warning."""
+        texts = list(texts)
+        counts = self.tokenizer.piece_counts(texts)
+        for text, count in zip(texts, counts):
+            if count == 0:
+                raise QueryError(f"The text {text!r} has no words the tokenizer knows (it is empty or only spaces and control characters).")
+            if count > self.tokenizer.max_pieces:
+                warnings.warn(
+                    f"The text {text[:20]!r}… has {count} word pieces; only the first {self.tokenizer.max_pieces} "
+                    "are used, as cn_clip does.",
+                    TruncationWarning,
+                    stacklevel=2,
+                )
+        return self.tokenizer.encode(texts)
+
+
+class QueryError(UserError):
+    """A query cannot be embedded."""
+
+
+class TruncationWarning(UserWarning):
+    """A text was longer than the context length and was cut."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -106,8 +107,14 @@ def _report_parity(config, out: Path) -> None:
         raise ParityError(f"Parity failed for {config.name}; see {layout.parity_md}.")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _say(f"warning: {message}")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
+    if not debug:
+        warnings.showwarning = _show_warning
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -121,3 +128,11 @@ def main() -> None:
             traceback.print_exc()
         _say(f"error: {exc}")
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A full disk or a permission change mid-run: staging folders are removed
+        # on the way out and the manifest lists only what was finished.
+        if debug:
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        _say(f"error: {exc.strerror or exc}{where}. Free space or choose another --out, then run the same command again.")
+        sys.exit(2)

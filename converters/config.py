@@ -113,6 +113,8 @@ class Checkpoint(_Strict):
     # Name of the official release in cn_clip's download table; None for
     # architectures that only exist here (the tiny test models).
     release: str | None = None
+    # sha256 of the release file, checked after download when given.
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
 
 
 class ModelConfig(_Strict):

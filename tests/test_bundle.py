@@ -53,3 +53,20 @@ def test_runtimes_and_identity(tiny_bundle):
     assert bundle.artifact_id("onnx") != bundle.artifact_id("onnx-int8")
     with pytest.raises(ArtifactError, match="no 'tflite' artifacts"):
         bundle.embedder("tflite")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x00\u200b"])
+def test_query_that_tokenizes_to_nothing_is_refused(tiny_bundle, text):
+    from converters.bundle import QueryError
+
+    with pytest.raises(QueryError, match="no words the tokenizer knows"):
+        Bundle.open(tiny_bundle).token_ids([text])
+
+
+def test_over_long_text_is_cut_with_a_warning(tiny_bundle):
+    from converters.bundle import TruncationWarning
+
+    bundle = Bundle.open(tiny_bundle)
+    with pytest.warns(TruncationWarning, match="only the first 50"):
+        ids = bundle.token_ids(["海" * 80])
+    assert ids.shape == (1, 52) and ids[0, -1] == 102

@@ -54,3 +54,27 @@ def test_convert_then_parity_failure_exits_3(tmp_path):
     assert (out / "parity.json").is_file() and (out / "parity.md").is_file()
     again = run_cli("parity", str(config), "--out", str(out))
     assert again.returncode == 3 and "computing the PyTorch reference" not in again.stderr
+
+
+def test_full_disk_is_a_clear_error_and_leaves_nothing_listed(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from converters import onnx_io
+    from converters.cli import main
+    from converters.layout import BundleLayout
+    from converters.manifest import Manifest
+
+    def full(model, path):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(onnx_io, "save", full)
+    out = tmp_path / "bundle"
+    monkeypatch.setattr(sys, "argv", ["cnclip", "convert", "tiny-vit", "--checkpoint", "random", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Free space or choose another --out" in err
+    assert Manifest.load(BundleLayout(out).manifest).artifacts == {}
+    assert not list(out.glob("*.onnx")) and not any(BundleLayout(out).staging.iterdir())

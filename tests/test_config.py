@@ -88,3 +88,39 @@ def test_defaults_and_overrides(tmp_path):
     assert config.stages.int8.per_channel is False
     assert config.tolerance("onnx").cosine_min == 0.99999
     assert config.tolerance("int8").cosine_mean == 0.99
+
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10_000), st.floats(allow_nan=True), st.text(max_size=8))
+yaml_values = st.recursive(yaml_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=st.sampled_from(["architecture", "image_resolution", "context_length", "seed", "stages", "parity", "checkpoint", "extra"]),
+    value=yaml_values,
+)
+def test_fuzzed_configs_load_or_fail_with_a_config_error(tmp_path, key, value):
+    import yaml
+
+    data = yaml.safe_load(tiny_text())
+    data[key] = value
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_fuzzed_yaml_text_never_crashes_the_loader(tmp_path, text):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_config(path)
+    except ConfigError:
+        pass

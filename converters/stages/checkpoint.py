@@ -7,7 +7,6 @@ random weights for the same architecture (offline pipeline checks).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +15,13 @@ from cn_clip.clip import tokenize
 from cn_clip.clip.model import CLIP
 
 from converters.config import ModelConfig, known_models, load_config
+from converters.download import DOWNLOAD_HINT, fetch_release
 from converters.errors import CheckpointError
 from converters.fsutil import sha256_file, sha256_text
 from converters.towers import TowerSpec
 
 NAME = "checkpoint"
 RANDOM = "random"
-
-_DOWNLOAD_HINT = (
-    "Download the checkpoint on a machine with network access (the official releases are listed in "
-    "Chinese-CLIP's README) and pass it with CKPT=path/to/file.pt (make) or --checkpoint (CLI), "
-    "or use WEIGHTS=random for an offline pipeline check."
-)
 
 
 @dataclass(frozen=True)
@@ -140,7 +134,7 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
         return CheckpointSource(None, digest, f"random weights (seed {config.seed})")
     path = Path(checkpoint) if checkpoint else download_release(config, cache_dir)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist. {_DOWNLOAD_HINT}")
+        raise CheckpointError(f"Checkpoint {path} does not exist. {DOWNLOAD_HINT}")
     return CheckpointSource(path, sha256_file(path), str(path))
 
 
@@ -158,24 +152,15 @@ def download_release(config: ModelConfig, cache_dir: Path) -> Path:
         raise CheckpointError(
             f"Model '{config.name}' has no official checkpoint; pass one with --checkpoint or use random weights."
         )
-    from cn_clip.clip.utils import _MODELS, _download
+    from cn_clip.clip.utils import _MODELS
 
-    target = cache_dir / _MODELS[release][1]
-    if target.is_file():
-        return target
-    use_modelscope = os.environ.get("CNCLIP_DOWNLOAD_SOURCE", "huggingface") == "modelscope"
-    try:
-        return Path(_download(release, str(cache_dir), use_modelscope))
-    except Exception as exc:  # network, auth and missing-package errors all end the same way
-        raise CheckpointError(f"Could not download the {release} checkpoint into {cache_dir}: {exc}. {_DOWNLOAD_HINT}") from None
-
-
+    return fetch_release(release, _MODELS[release][1], config.checkpoint.sha256, cache_dir)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors, as cn_clip saves them, without running pickled code."""
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist. {_DOWNLOAD_HINT}")
+        raise CheckpointError(f"Checkpoint {path} does not exist. {DOWNLOAD_HINT}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes); download it again.")
     try:
