@@ -10,6 +10,7 @@ manifest list them: an interrupted run leaves nothing the manifest calls good.
 from __future__ import annotations
 
 import functools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,6 +69,8 @@ def convert(request: ConvertRequest, progress: Progress) -> Manifest:
 
 def _convert_locked(request: ConvertRequest, layout: BundleLayout, progress: Progress) -> Manifest:
     config = request.config
+    # Holding the lock, anything in the staging folder is left over from a killed run.
+    shutil.rmtree(layout.staging, ignore_errors=True)
     source = checkpoint.resolve(config, request.checkpoint, request.cache_dir)
     # Artifacts of other weights or another model are never reused.
     manifest = Manifest.load_or_new(layout.manifest, config.name, source.digest)

@@ -118,3 +118,33 @@ def test_manifest_describes_the_contract(tiny_bundle):
     for entry in data["artifacts"].values():
         for file in entry["files"]:
             assert os.path.getsize(tiny_bundle / file["path"]) == file["bytes"]
+
+
+def test_killed_conversion_is_finished_by_a_rerun(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bundle"
+    command = [sys.executable, "-m", "converters", "convert", "tiny-rn", "--checkpoint", "random", "--out", str(out), "--no-parity"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest_path = BundleLayout(out).manifest
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest_path.is_file() and "visual.onnx" in json.loads(manifest_path.read_text()).get("artifacts", {}):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    listed = set(Manifest.load(manifest_path).artifacts)
+    assert "visual.onnx" in listed and len(listed) < 6, "the run was not killed mid-way; nothing to test"
+
+    messages = []
+    convert_random("tiny-rn", out, messages)
+    assert "visual.onnx: up to date" in messages
+    assert not any(BundleLayout(out).staging.iterdir())
+    manifest = Manifest.load(manifest_path)
+    assert len(manifest.artifacts) == 6
+    for entry in manifest.artifacts.values():
+        manifest.verify(entry)
