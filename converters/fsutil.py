@@ -25,6 +25,21 @@ def sha256_text(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def make_readable(path: Path) -> None:
+    """Give a file the permissions a plain `open(…, "w")` would have.
+
+    mkstemp (and onnx's external-data writer) create files readable by the
+    owner only; bundles are handed to other people and build machines.
+    """
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` so that `path` holds either the old content or all of the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        make_readable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -61,6 +77,7 @@ def publish(files: list[Path], destination: Path) -> list[Path]:
     published = []
     for file in files:
         target = destination / file.name
+        make_readable(file)
         os.replace(file, target)
         published.append(target)
     return published

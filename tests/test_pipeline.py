@@ -148,3 +148,11 @@ def test_killed_conversion_is_finished_by_a_rerun(tmp_path):
     assert len(manifest.artifacts) == 6
     for entry in manifest.artifacts.values():
         manifest.verify(entry)
+
+
+def test_bundle_files_are_readable_by_others(tiny_bundle):
+    import stat
+
+    for path in tiny_bundle.rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            assert path.stat().st_mode & stat.S_IROTH, path
