@@ -1,0 +1,217 @@
+"""PyTorch module → ncnn .param/.bin through pnnx, with every output checked.
+
+pnnx exits 0 whether or not the graph it wrote is usable (an operator ncnn
+lacks stays in the .param under its torch name; a layout it cannot map only
+prints a warning), and its Python wrappers do not even look at the exit
+status. So `convert_with_pnnx` runs the pnnx binary itself and fails with
+the tail of pnnx's log when the exit status is not 0, an output is missing,
+pnnx reported an unsupported construct, a layer type is unknown to ncnn,
+or ncnn cannot load the pair.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+import ncnn
+import pnnx
+import torch
+from cn_clip.clip.model import CLIP
+from torch import nn
+
+from converters import rewrites
+from converters.artifact import Artifact
+from converters.config import ModelConfig
+from converters.errors import ConversionError
+from converters.towers import TensorSpec, Tower, TowerSpec
+
+LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class NcnnPrecision:
+    """How an ncnn artifact stores its weights and the `ncnn::Option` fields an app must set to run it as measured."""
+
+    name: str
+    fp16_weights: bool  # pnnx `fp16=1`: the .bin holds fp16 weights, half the size
+    options: dict[str, bool]
+
+
+PRECISIONS = {
+    # ncnn's Option defaults turn all three on; the fp32 path needs them off: with them
+    # on, even an fp32 .bin drifts (tiny-rn: 1e-4 max abs) as convolutions store fp16.
+    "fp32": NcnnPrecision(
+        "fp32", False, {"use_fp16_storage": False, "use_fp16_packed": False, "use_fp16_arithmetic": False}
+    ),
+    # What an app gets with pnnx's and ncnn's defaults: fp16 weights, and fp16 storage and
+    # arithmetic wherever the CPU has them. Measured on x86 (AVX2, F16C), where most layers
+    # still compute in fp32; ARMv8.2 cores also compute in fp16, which no test here covers.
+    "fp16": NcnnPrecision(
+        "fp16", True, {"use_fp16_storage": True, "use_fp16_packed": True, "use_fp16_arithmetic": True}
+    ),
+}
+
+_PNNX_TYPES = {"float32": "f32", "int64": "i64", "int32": "i32"}
+# pnnx drops the batch axis and ncnn has no 64-bit integers: it reads ids as int32.
+_NCNN_DTYPES = {"float32": "float32", "int64": "int32", "int32": "int32"}
+# pnnx's words for a construct it wrote but could not map; the graph then computes something else.
+_UNSUPPORTED = re.compile(r"not supported", re.IGNORECASE)
+
+
+def ncnn_spec(export: TowerSpec) -> TowerSpec:
+    """The blobs of the converted graph: pnnx names inputs in0, in1, … in argument order and the output out0."""
+
+    def blobs(prefix: str, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(f"{prefix}{i}", _NCNN_DTYPES[s.dtype], s.shape[1:], s.role) for i, s in enumerate(specs)
+        )
+
+    return TowerSpec(export.tower, blobs("in", export.inputs), blobs("out", export.outputs))
+
+
+def example_inputs(spec: TowerSpec, sequence: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of the shapes in `spec`, with `sequence` for the dynamic dim; ids are valid for any vocabulary."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for tensor in spec.inputs:
+        shape = [sequence if isinstance(dim, str) else dim for dim in tensor.shape]
+        if tensor.role == "pixels":
+            tensors.append(torch.randn(shape, generator=generator))
+        else:
+            # Position i holds id i + 1 ([PAD] is 0) or position i.
+            offset = 1 if tensor.role == "token_ids" else 0
+            tensors.append((torch.arange(shape[-1]) + offset).expand(shape).to(getattr(torch, tensor.dtype)))
+    return tuple(tensors)
+
+
+def _shape_arg(tensors: Sequence[torch.Tensor]) -> str:
+    def one(tensor: torch.Tensor) -> str:
+        return f"[{','.join(map(str, tensor.shape))}]{_PNNX_TYPES[str(tensor.dtype).removeprefix('torch.')]}"
+
+    return ",".join(one(tensor) for tensor in tensors)
+
+
+def _tail(log: str) -> str:
+    return "\n".join(log.rstrip().splitlines()[-LOG_TAIL_LINES:])
+
+
+def convert_with_pnnx(
+    module: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    workdir: Path,
+    fp16: bool,
+    *,
+    dynamic_example: Sequence[torch.Tensor] | None = None,
+    name: str = "model",
+) -> tuple[Path, Path]:
+    """Trace `module` on `example_inputs` and convert it with pnnx into `workdir/{name}.ncnn.param|bin`.
+
+    `dynamic_example` is a second set of inputs whose differing dims pnnx
+    declares dynamic in the graph. `fp16` stores the weights as fp16. pnnx's
+    intermediate files are deleted; its log is kept as `{name}.pnnx.log`.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    param, binary = workdir / f"{name}.ncnn.param", workdir / f"{name}.ncnn.bin"
+    log_path = workdir / f"{name}.pnnx.log"
+    for stale in (param, binary, log_path):
+        stale.unlink(missing_ok=True)
+    # pnnx also writes its own graph, Python code and ONNX file, each as large as the model.
+    scratch = workdir / f"{name}.pnnx"
+    scratch.mkdir(exist_ok=True)
+    try:
+        traced = _trace(module, example_inputs, scratch / "model.pt")
+        command = [
+            pnnx.EXEC_PATH,
+            str(traced),
+            f"inputshape={_shape_arg(example_inputs)}",
+            f"fp16={int(fp16)}",
+            f"ncnnparam={param}",
+            f"ncnnbin={binary}",
+            f"ncnnpy={scratch / 'model_ncnn.py'}",
+            f"pnnxparam={scratch / 'model.pnnx.param'}",
+            f"pnnxbin={scratch / 'model.pnnx.bin'}",
+            f"pnnxpy={scratch / 'model_pnnx.py'}",
+            f"pnnxonnx={scratch / 'model.pnnx.onnx'}",
+        ]
+        if dynamic_example is not None:
+            command.append(f"inputshape2={_shape_arg(dynamic_example)}")
+        returncode, log = _run(command)
+    finally:
+        shutil.rmtree(scratch)
+    log_path.write_text(log, encoding="utf-8")
+    check_ncnn_model(param, binary, returncode, log, log_path)
+    return param, binary
+
+
+def _trace(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit.trace announces its deprecation
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        # No check_trace: it traces a second time, and the converted graph is checked by parity instead.
+        torch.jit.trace(module, tuple(example_inputs), check_trace=False).save(str(path))
+    # Exporters can leave a module tree in training mode (torch.onnx.export restores the flag it
+    # found); the module shares cn_clip's submodules, whose dropout must stay off.
+    module.eval()
+    return path
+
+
+def _run(command: list[str]) -> tuple[int, str]:
+    try:
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    except OSError as exc:
+        raise ConversionError(f"Cannot run pnnx ({exc}); reinstall the pnnx package.") from None
+    return result.returncode, " ".join(command) + "\n\n" + result.stdout
+
+
+def check_ncnn_model(param: Path, binary: Path, returncode: int, log: str, log_path: Path) -> None:
+    """Raise ConversionError, with the log's tail, unless pnnx succeeded and ncnn loads what it wrote."""
+
+    def fail(problem: str) -> NoReturn:
+        raise ConversionError(
+            f"pnnx conversion failed: {problem}. Full log: {log_path}\n--- pnnx log (tail) ---\n{_tail(log)}"
+        )
+
+    if returncode != 0:
+        fail(f"pnnx exited with status {returncode}")
+    for path in (param, binary):
+        if not path.is_file() or path.stat().st_size == 0:
+            fail(f"pnnx wrote no {path.name}")
+    unsupported = sorted({line.strip() for line in log.splitlines() if _UNSUPPORTED.search(line)})
+    if unsupported:
+        fail("pnnx could not map part of the graph to ncnn (" + "; ".join(unsupported) + ")")
+    unknown = sorted({kind for kind in layer_types(param) if ncnn.layer_to_index(kind) < 0})
+    if unknown:
+        fail(f"{param.name} uses layer types ncnn does not have: {', '.join(unknown)}")
+    net = ncnn.Net()
+    if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
+        fail(f"ncnn cannot load {param.name} with {binary.name}")
+
+
+def layer_types(param: Path) -> list[str]:
+    """The layer type of each line of an ncnn .param (after the magic number and the counts line)."""
+    lines = param.read_text(encoding="utf-8").splitlines()[2:]
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def convert_tower(
+    model: CLIP, config: ModelConfig, tower: Tower, precision: NcnnPrecision, workdir: Path, stage: str = "ncnn"
+) -> Artifact:
+    """One tower of `model` as an ncnn artifact: rewrite, convert, describe."""
+    export = rewrites.export_spec(config, tower)
+    dynamic = any(isinstance(dim, str) for tensor in export.inputs for dim in tensor.shape)
+    param, binary = convert_with_pnnx(
+        rewrites.export_module(model, tower),
+        example_inputs(export, config.context_length),
+        workdir,
+        precision.fp16_weights,
+        # A second, shorter sequence makes pnnx write the sequence dim as dynamic (Gemm M=0, not 52).
+        dynamic_example=example_inputs(export, 4) if dynamic else None,
+        name=f"{tower}.{precision.name}",
+    )
+    return Artifact(tower, stage, "ncnn", precision.name, (param, binary), ncnn_spec(export), dict(precision.options))
