@@ -31,7 +31,8 @@ from converters.tokenizer import Tokenizer
 RUNTIME_STAGES = {
     "onnx": "simplify",
     "onnx-int8": "int8",
-    "ncnn": "ncnn",
+    "ncnn": "ncnn",  # fp16 weights and ncnn's default Options: what an app ships
+    "ncnn-fp32": "ncnn-fp32",
     "ncnn-int8": "ncnn-int8",
 }
 

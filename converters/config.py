@@ -87,10 +87,16 @@ class Int8Options(_Strict):
     exclude_name_patterns: tuple[str, ...] = ()
 
 
+class NcnnOptions(_Strict):
+    """pnnx conversion of the rewritten towers (converters/rewrites); the precision is the stage's."""
+
+
 class Stages(_Strict):
     onnx: OnnxOptions = OnnxOptions()
     simplify: SimplifyOptions = SimplifyOptions()
     int8: Int8Options = Int8Options()
+    ncnn_fp32: NcnnOptions = NcnnOptions()
+    ncnn: NcnnOptions = NcnnOptions()
 
 
 class Tolerance(_Strict):
@@ -100,6 +106,7 @@ class Tolerance(_Strict):
 
 
 FP32_TOLERANCE = Tolerance(cosine_min=0.99999, top1_agreement_min=1.0)
+FP16_STORAGE_TOLERANCE = Tolerance(cosine_min=0.9995)
 INT8_TOLERANCE = Tolerance(cosine_min=0.98, cosine_mean=0.99)
 
 
@@ -107,6 +114,8 @@ class ParityTolerances(_Strict):
     onnx: Tolerance = FP32_TOLERANCE
     simplify: Tolerance = FP32_TOLERANCE
     int8: Tolerance = INT8_TOLERANCE
+    ncnn_fp32: Tolerance = FP32_TOLERANCE
+    ncnn: Tolerance = FP16_STORAGE_TOLERANCE
 
 
 class Checkpoint(_Strict):

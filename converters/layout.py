@@ -68,6 +68,9 @@ class BundleLayout:
     def onnx_model(self, tower: str, tag: str) -> Path:
         return self.root / f"{tower}.{tag}.onnx"
 
+    def ncnn_model(self, tower: str, tag: str) -> tuple[Path, Path]:
+        return self.root / f"{tower}.{tag}.ncnn.param", self.root / f"{tower}.{tag}.ncnn.bin"
+
     @staticmethod
     def external_data_name(model_file: Path) -> str:
         return f"{model_file.name}.data"

@@ -29,6 +29,7 @@ from converters import rewrites
 from converters.artifact import Artifact
 from converters.config import ModelConfig
 from converters.errors import ConversionError
+from converters.layout import BundleLayout
 from converters.towers import TensorSpec, Tower, TowerSpec
 
 LOG_TAIL_LINES = 40
@@ -104,25 +105,24 @@ def _tail(log: str) -> str:
 def convert_with_pnnx(
     module: nn.Module,
     example_inputs: Sequence[torch.Tensor],
-    workdir: Path,
+    param: Path,
+    binary: Path,
     fp16: bool,
     *,
     dynamic_example: Sequence[torch.Tensor] | None = None,
-    name: str = "model",
 ) -> tuple[Path, Path]:
-    """Trace `module` on `example_inputs` and convert it with pnnx into `workdir/{name}.ncnn.param|bin`.
+    """Trace `module` on `example_inputs` and convert it with pnnx into `param` and `binary`.
 
     `dynamic_example` is a second set of inputs whose differing dims pnnx
     declares dynamic in the graph. `fp16` stores the weights as fp16. pnnx's
-    intermediate files are deleted; its log is kept as `{name}.pnnx.log`.
+    intermediate files are deleted; its log is kept beside `param` as `*.pnnx.log`.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    param, binary = workdir / f"{name}.ncnn.param", workdir / f"{name}.ncnn.bin"
-    log_path = workdir / f"{name}.pnnx.log"
+    param.parent.mkdir(parents=True, exist_ok=True)
+    log_path = param.with_suffix(".pnnx.log")
     for stale in (param, binary, log_path):
         stale.unlink(missing_ok=True)
     # pnnx also writes its own graph, Python code and ONNX file, each as large as the model.
-    scratch = workdir / f"{name}.pnnx"
+    scratch = param.with_suffix(".pnnx")
     scratch.mkdir(exist_ok=True)
     try:
         traced = _trace(module, example_inputs, scratch / "model.pt")
@@ -202,16 +202,15 @@ def layer_types(param: Path) -> list[str]:
 def convert_tower(
     model: CLIP, config: ModelConfig, tower: Tower, precision: NcnnPrecision, workdir: Path, stage: str = "ncnn"
 ) -> Artifact:
-    """One tower of `model` as an ncnn artifact: rewrite, convert, describe."""
+    """One tower of `model` as an ncnn artifact in `workdir`: rewrite, convert, describe."""
     export = rewrites.export_spec(config, tower)
     dynamic = any(isinstance(dim, str) for tensor in export.inputs for dim in tensor.shape)
     param, binary = convert_with_pnnx(
         rewrites.export_module(model, tower),
         example_inputs(export, config.context_length),
-        workdir,
+        *BundleLayout(workdir).ncnn_model(tower, precision.name),
         precision.fp16_weights,
         # A second, shorter sequence makes pnnx write the sequence dim as dynamic (Gemm M=0, not 52).
         dynamic_example=example_inputs(export, 4) if dynamic else None,
-        name=f"{tower}.{precision.name}",
     )
     return Artifact(tower, stage, "ncnn", precision.name, (param, binary), ncnn_spec(export), dict(precision.options))

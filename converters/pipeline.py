@@ -24,10 +24,10 @@ from converters.errors import ArtifactError, UserError
 from converters.fsutil import ensure_writable, publish, sha256_text, staging_dir
 from converters.layout import BundleLayout
 from converters.manifest import Manifest
-from converters.stages import checkpoint, int8, onnx_export, simplify
+from converters.stages import checkpoint, int8, ncnn, ncnn_fp32, onnx_export, simplify
 from converters.towers import TOWERS, onnx_tower_specs
 
-STAGES = {stage.NAME: stage for stage in (onnx_export, simplify, int8)}
+STAGES = {stage.NAME: stage for stage in (onnx_export, simplify, int8, ncnn_fp32, ncnn)}
 
 Progress = Callable[[str], None]
 
@@ -89,7 +89,7 @@ def _convert_locked(request: ConvertRequest, layout: BundleLayout, progress: Pro
         for tower in TOWERS:
             if stage.PARENT == checkpoint.NAME:
                 parent_digest = sha256_text(source.digest, tower)
-                parent = lambda: loaded().tower(specs[tower], config.context_length)  # noqa: E731
+                parent = lambda: loaded().tower(config, specs[tower])  # noqa: E731
             else:
                 parent_artifact = _parent_artifact(manifest, tower, stage.PARENT, name)
                 parent_digest = sha256_text(*(f["sha256"] for f in manifest.entry(tower, stage.PARENT)["files"]))

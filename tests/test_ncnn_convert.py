@@ -93,8 +93,10 @@ class Encode(nn.Module):
 def test_unconvertible_graph_fails_with_the_pnnx_log(tower, problem, tmp_path):
     example = tokenize(TEXTS[1:2]) if tower == "text" else torch.zeros(1, 3, 32, 32)
     with pytest.raises(ConversionError, match=rf"(?s){problem}.*pnnx log \(tail\).*pass_ncnn"):
-        convert_with_pnnx(Encode(random_model(load_config("tiny-vit")), tower), (example,), tmp_path, fp16=False)
-    assert (tmp_path / "model.pnnx.log").is_file()
+        convert_with_pnnx(
+            Encode(random_model(load_config("tiny-vit")), tower), (example,), tmp_path / "m.param", tmp_path / "m.bin", fp16=False
+        )
+    assert (tmp_path / "m.pnnx.log").is_file()
 
 
 def test_example_inputs_fill_the_dynamic_dim():

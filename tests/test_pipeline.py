@@ -60,7 +60,9 @@ def test_interrupted_stage_leaves_nothing_listed_and_rerun_finishes(tmp_path, mo
     monkeypatch.setattr(int8, "run", real_run)
     messages = []
     convert_random("tiny-vit", out, messages)
-    assert [m for m in messages if m.endswith("running")] == ["visual.int8: running", "text.int8: running"]
+    running = [m for m in messages if m.endswith("running")]
+    assert running[:2] == ["visual.int8: running", "text.int8: running"]
+    assert not [m for m in running if m.split(":")[0].split(".")[1] in ("onnx", "simplify")]
 
 
 def test_rebuilding_a_stage_drops_its_stale_descendants(tmp_path):
@@ -78,7 +80,9 @@ def test_external_data_flows_through_every_stage(tmp_path, monkeypatch):
     out = tmp_path / "bundle"
     convert_random("tiny-vit", out)
     manifest = Manifest.load(BundleLayout(out).manifest)
-    for entry in manifest.artifacts.values():
+    onnx_entries = [e for e in manifest.artifacts.values() if e["runtime"] == "onnxruntime"]
+    assert len(onnx_entries) == 6
+    for entry in onnx_entries:
         assert [f["path"] for f in entry["files"]][1:] == [entry["files"][0]["path"] + ".data"]
     from converters.verify import run_parity
     from converters.config import load_config
@@ -138,14 +142,14 @@ def test_killed_conversion_is_finished_by_a_rerun(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     listed = set(Manifest.load(manifest_path).artifacts)
-    assert "visual.onnx" in listed and len(listed) < 6, "the run was not killed mid-way; nothing to test"
+    assert "visual.onnx" in listed and len(listed) < 2 * len(STAGES), "the run was not killed mid-way; nothing to test"
 
     messages = []
     convert_random("tiny-rn", out, messages)
     assert "visual.onnx: up to date" in messages
     assert not any(BundleLayout(out).staging.iterdir())
     manifest = Manifest.load(manifest_path)
-    assert len(manifest.artifacts) == 6
+    assert len(manifest.artifacts) == 2 * len(STAGES)
     for entry in manifest.artifacts.values():
         manifest.verify(entry)
 

@@ -56,24 +56,29 @@ class LoadedModel:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
 
-    def tower(self, spec: TowerSpec, context_length: int) -> "TorchTower":
+    def tower(self, config: ModelConfig, spec: TowerSpec) -> "TorchTower":
         module = TowerModule(self.model, spec.tower).eval()
         if spec.tower == "visual":
             # Batch 2, so that tracing cannot mistake the batch size for a constant.
             shape = [2 if isinstance(dim, str) else dim for dim in spec.inputs[0].shape]
             example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         else:
-            example = tokenize(["一只猫在沙发上睡觉", "海边的日落 sunset 2025"], context_length=context_length)
-        return TorchTower(module, spec, example)
+            example = tokenize(["一只猫在沙发上睡觉", "海边的日落 sunset 2025"], context_length=config.context_length)
+        return TorchTower(module, spec, example, config)
 
 
 @dataclass
 class TorchTower:
-    """The in-memory artifact that the export stages consume: a tower, its I/O spec, an example input."""
+    """The in-memory artifact the export stages consume: a tower, its ONNX I/O spec, an example input."""
 
     module: TowerModule
     spec: TowerSpec
     example: torch.Tensor
+    config: ModelConfig
+
+    @property
+    def model(self) -> CLIP:
+        return self.module.model
 
 
 def cn_clip_kwargs(config: ModelConfig) -> dict:
