@@ -111,6 +111,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _say(f"warning: {message}")
 
 
+# Commands defined in their own packages; each package's command module imports nothing heavy.
+from converters.search.commands import register as register_search  # noqa: E402  (needs `cli` above)
+
+register_search(cli)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     if not debug:

@@ -1,0 +1,141 @@
+"""`index` and `search`: the reference photo search engine on the command line.
+
+    python -m converters index ~/Pictures --artifacts artifacts/ViT-B-16 --runtime ncnn
+    python -m converters search "海边的日落" --top 10 --since 2025-01-01 --html results.html
+    python -m converters search --image query.jpg --json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from converters.bundle import RUNTIME_STAGES, Bundle
+from converters.fsutil import atomic_write_text
+from converters.search.index import DEFAULT_INDEX_DIR, IndexUpdater, UpdateReport, load_index, read_artifact
+from converters.search.query import BACKENDS, Searcher, TimeRange, image_query, text_query
+from converters.search.render import render_html, render_json, render_table
+
+
+def register(group: click.Group) -> None:
+    group.add_command(index_command)
+    group.add_command(search_command)
+
+
+def _say(message: str) -> None:
+    # converters.cli's format; not imported from there, since cli.py imports this module to register it.
+    click.echo(f"[cnclip] {message}", err=True)
+
+
+index_option = click.option(
+    "--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_DIR,
+    show_default=True, help="Index directory (env CNCLIP_INDEX).",
+)
+artifacts_option = click.option(
+    "--artifacts", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Bundle directory, e.g. artifacts/ViT-B-16 (default: the bundle the index was made with).",
+)
+
+
+@click.command("index")
+@click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@artifacts_option
+@click.option(
+    "--runtime", type=click.Choice(list(RUNTIME_STAGES)), default=None,
+    help="Which of the bundle's artifacts embeds the photos (default: the index's, else onnx).",
+)
+@index_option
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Photos per model call.")
+@click.option(
+    "--threads", type=click.IntRange(0), default=0, show_default=True, help="Inference threads (0: all cores)."
+)
+@click.option(
+    "--checkpoint-every", type=click.FloatRange(0), default=60.0, show_default=True,
+    help="Seconds between saves of the progress made.",
+)
+def index_command(
+    photos: Path, artifacts: Path | None, runtime: str | None, index_dir: Path, batch_size: int, threads: int,
+    checkpoint_every: float,
+) -> None:
+    """Index the photos under PHOTOS (recursively) for `search`.
+
+    A re-run embeds only new or changed files and drops deleted ones; an
+    interrupted run keeps its progress. Unreadable files are skipped and
+    listed at the end. One index can hold several folders, all embedded by
+    the same artifact.
+    """
+    bundle, runtime = _indexing_artifact(index_dir, artifacts, runtime)
+    with IndexUpdater(index_dir, bundle, runtime, threads) as updater:
+        plan = updater.plan(photos)
+        _say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {plan.removed} gone since last time")
+        with tqdm(total=len(plan.to_embed), unit="photo", disable=not plan.to_embed) as bar:
+            report = updater.run(plan, bar.update, batch_size, checkpoint_every)
+    _report_update(report)
+
+
+def _indexing_artifact(index_dir: Path, artifacts: Path | None, runtime: str | None) -> tuple[Bundle, str]:
+    existing = read_artifact(index_dir)
+    if existing is None:
+        if artifacts is None:
+            raise click.UsageError(f"There is no index at {index_dir} yet: give --artifacts BUNDLE to create one.")
+        return Bundle.open(artifacts), runtime or "onnx"
+    # A --runtime other than the index's is refused by IndexUpdater, which compares the artifacts.
+    return existing.open_bundle(artifacts, index_dir), runtime or existing.runtime
+
+
+def _report_update(report: UpdateReport) -> None:
+    _say(
+        f"{report.index_file}: {report.total} photos ({report.added} added, {report.updated} updated, "
+        f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped)"
+    )
+    for reason in report.skipped:
+        _say(f"skipped: {reason}")
+
+
+@click.command("search")
+@click.argument("text", required=False)
+@click.option(
+    "--image", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Search by this photo instead of text."
+)
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many photos to show.")
+@click.option("--since", default=None, metavar="DATE", help="Only photos taken on or after DATE (YYYY-MM-DD[THH:MM]).")
+@click.option(
+    "--until", default=None, metavar="DATE", help="Only photos taken up to DATE; a bare date includes that whole day."
+)
+@index_option
+@artifacts_option
+@click.option(
+    "--backend", type=click.Choice(list(BACKENDS)), default="int8", show_default=True,
+    help="int8: fast scan of int8 codes; exact: float32 over every vector; faiss: needs faiss-cpu.",
+)
+@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="Scan threads (0: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
+@click.option(
+    "--html", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a page of thumbnails here."
+)
+def search_command(
+    text: str | None, image: Path | None, top: int, since: str | None, until: str | None, index_dir: Path,
+    artifacts: Path | None, backend: str, threads: int, as_json: bool, html: Path | None,
+) -> None:
+    """Find photos by TEXT (Chinese or mixed) or by a photo (--image).
+
+    The date of a photo is its EXIF capture time, else its file's
+    modification time; dates without a time zone are local time.
+    """
+    if (text is None) == (image is None):
+        raise click.UsageError("Give either a TEXT query or --image FILE, not both and not neither.")
+    time_range = TimeRange.parse(since, until)
+    index = load_index(index_dir)
+    bundle = index.artifact.open_bundle(artifacts, index.file)
+    embedder = bundle.embedder(index.artifact.runtime)
+    query = text_query(bundle, embedder, text) if image is None else image_query(bundle, embedder, image)
+    label = text if image is None else f"image: {image}"
+    result = Searcher(index, backend, threads).find(label, query, top, time_range)
+    if html is not None:
+        atomic_write_text(html, render_html(result))
+        _say(f"wrote {html}")
+    click.echo(render_json(result) if as_json else render_table(result))
+    if not index.complete:
+        _say("this index is from an interrupted `index` run; run it again to finish indexing.")

@@ -1,0 +1,118 @@
+"""Search results for people and programs: a terminal table, JSON, or a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from PIL import ImageOps
+
+from converters.preprocess import ImageError, load_image
+from converters.search.query import Hit, SearchResult
+
+THUMBNAIL_PX = 256
+MTIME_MARK = "*"
+
+
+def to_dict(result: SearchResult) -> dict:
+    return {
+        "query": result.query,
+        "model": result.artifact.model,
+        "runtime": result.artifact.runtime,
+        "artifact_id": result.artifact.id,
+        "index": result.index_file,
+        "indexed": result.indexed,
+        "considered": result.considered,
+        "index_complete": result.complete,
+        "since": result.time_range.since.isoformat() if result.time_range.since else None,
+        "until": result.time_range.until.isoformat() if result.time_range.until else None,
+        "backend": result.backend,
+        "hits": [
+            {
+                "rank": hit.rank,
+                "score": round(hit.score, 6),
+                "path": hit.path,
+                "time": hit.time.isoformat(),
+                "time_source": "exif" if hit.captured else "mtime",
+                "size": hit.size,
+            }
+            for hit in result.hits
+        ],
+    }
+
+
+def render_json(result: SearchResult) -> str:
+    return json.dumps(to_dict(result), ensure_ascii=False, indent=2)
+
+
+def summary(result: SearchResult) -> str:
+    scope = f"{result.indexed:,} photos"
+    if result.time_range.since or result.time_range.until:
+        scope += f", {result.considered:,} of them {result.time_range.describe()}"
+    return f"{result.query} · {result.artifact.model} / {result.artifact.runtime} · {scope}"
+
+
+def _when(hit: Hit) -> str:
+    return hit.time.strftime("%Y-%m-%d %H:%M") + ("" if hit.captured else MTIME_MARK)
+
+
+def render_table(result: SearchResult) -> str:
+    lines = [summary(result)]
+    if not result.hits:
+        return "\n".join([*lines, "No photo matches."])
+    lines.append(f"{'#':>3}  {'score':>6}  {'date':<17}  path")
+    lines += [f"{hit.rank:>3}  {hit.score:>6.3f}  {_when(hit):<17}  {hit.path}" for hit in result.hits]
+    if any(not hit.captured for hit in result.hits):
+        lines.append(f"{MTIME_MARK} no EXIF capture time: the file's modification time")
+    return "\n".join(lines)
+
+
+def render_html(result: SearchResult, thumbnail_px: int = THUMBNAIL_PX) -> str:
+    """One HTML page with the thumbnails inside it (base64 JPEG), so it can be moved or mailed alone."""
+    figures = "\n".join(_figure(hit, thumbnail_px) for hit in result.hits) or "<p>No photo matches.</p>"
+    return f"""<!doctype html>
+<html lang="zh">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(result.query)} · cnclip search</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; }}
+.hits {{ display: flex; flex-wrap: wrap; gap: 16px; }}
+figure {{ margin: 0; width: {thumbnail_px}px; }}
+figure img {{ display: block; max-width: {thumbnail_px}px; max-height: {thumbnail_px}px; }}
+figcaption {{ font-size: 12px; overflow-wrap: anywhere; }}
+.missing {{ width: {thumbnail_px}px; height: {thumbnail_px // 2}px; background: #eee; color: #666; font-size: 12px; }}
+</style>
+</head>
+<body>
+<h1>{html.escape(result.query)}</h1>
+<p>{html.escape(summary(result))}</p>
+<div class="hits">
+{figures}
+</div>
+</body>
+</html>
+"""
+
+
+def _figure(hit: Hit, thumbnail_px: int) -> str:
+    try:
+        picture = f'<img src="data:image/jpeg;base64,{_thumbnail(hit.path, thumbnail_px)}" alt="">'
+    except ImageError as error:
+        # Indexed earlier, since moved, deleted or damaged: the hit stays, without its picture.
+        picture = f'<div class="missing">{html.escape(str(error))}</div>'
+    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(hit.path)}"
+    link = html.escape(Path(hit.path).as_uri())
+    return f'<figure><a href="{link}">{picture}</a><figcaption>{caption}</figcaption></figure>'
+
+
+def _thumbnail(path: str, size: int) -> str:
+    # Turned upright for people, unlike the model's pixels, which use the file as stored.
+    image = ImageOps.exif_transpose(load_image(path))
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
