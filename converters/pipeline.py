@@ -17,17 +17,17 @@ from typing import Callable
 
 from filelock import FileLock, Timeout
 
-from converters import bundle_facts
+from converters import __version__, bundle_facts
 from converters.artifact import Artifact
 from converters.config import ModelConfig
 from converters.errors import ArtifactError, UserError
 from converters.fsutil import ensure_writable, publish, sha256_text, staging_dir
 from converters.layout import BundleLayout
 from converters.manifest import Manifest
-from converters.stages import checkpoint, int8, ncnn, ncnn_fp32, onnx_export, simplify
+from converters.stages import checkpoint, int8, ncnn, ncnn_fp32, ncnn_int8, onnx_export, simplify
 from converters.towers import TOWERS, onnx_tower_specs
 
-STAGES = {stage.NAME: stage for stage in (onnx_export, simplify, int8, ncnn_fp32, ncnn)}
+STAGES = {stage.NAME: stage for stage in (onnx_export, simplify, int8, ncnn_fp32, ncnn, ncnn_int8)}
 
 Progress = Callable[[str], None]
 
@@ -83,29 +83,30 @@ def _convert_locked(request: ConvertRequest, layout: BundleLayout, progress: Pro
     specs = onnx_tower_specs(config)
     bundle_facts.record(manifest, config, source, lambda: loaded().logit_scale)
     manifest.save()
-    for name in request.stages:
-        stage = STAGES[name]
-        options = config.stage_options(name)
-        for tower in TOWERS:
-            if stage.PARENT == checkpoint.NAME:
-                parent_digest = sha256_text(source.digest, tower)
-                parent = lambda: loaded().tower(config, specs[tower])  # noqa: E731
-            else:
-                parent_artifact = _parent_artifact(manifest, tower, stage.PARENT, name)
-                parent_digest = sha256_text(*(f["sha256"] for f in manifest.entry(tower, stage.PARENT)["files"]))
-                parent = lambda: parent_artifact  # noqa: E731
-            digest = sha256_text(name, options.model_dump_json(), parent_digest)
-            if manifest.is_current(tower, name, digest):
-                progress(f"{tower}.{name}: up to date")
-                continue
-            progress(f"{tower}.{name}: running")
-            with staging_dir(layout.staging) as workdir:
-                artifact: Artifact = stage.run(parent(), options, workdir)
-                for stale in (name, *descendants(name)):
-                    manifest.forget(f"{tower}.{stale}")
-                manifest.save()
-                manifest.record(artifact.moved_to(publish(list(artifact.files), layout.root)), digest)
-                manifest.save()
+    def parent_of(stage, tower: str) -> tuple[str, Callable[[], object]]:
+        """The parent's content digest, and a thunk that produces the parent only if the stage must run."""
+        if stage.PARENT == checkpoint.NAME:
+            return sha256_text(source.digest, tower), lambda: loaded().tower(config, specs[tower])
+        artifact = _parent_artifact(manifest, tower, stage.PARENT, stage.NAME)
+        return sha256_text(*(f["sha256"] for f in manifest.entry(tower, stage.PARENT)["files"])), lambda: artifact
+
+    steps = [(name, tower) for name in request.stages for tower in TOWERS]
+    for number, (name, tower) in enumerate(steps, start=1):
+        stage, options = STAGES[name], config.stage_options(name)
+        parent_digest, parent = parent_of(stage, tower)
+        # The package version is part of the digest: a new converter rebuilds what an old one made.
+        digest = sha256_text(name, __version__, options.model_dump_json(), parent_digest)
+        if manifest.is_current(tower, name, digest):
+            progress(f"[{number}/{len(steps)}] {tower}.{name}: up to date")
+            continue
+        progress(f"[{number}/{len(steps)}] {tower}.{name}: running")
+        with staging_dir(layout.staging) as workdir:
+            artifact: Artifact = stage.run(parent(), options, workdir)
+            for stale in (name, *descendants(name)):
+                manifest.forget(f"{tower}.{stale}")
+            manifest.save()
+            manifest.record(artifact.moved_to(publish(list(artifact.files), layout.root)), digest)
+            manifest.save()
     return manifest
 
 
