@@ -22,6 +22,13 @@ from converters.runtimes import TowerPair, open_tower
 from converters.tokenizer import Tokenizer
 
 
+# One thread: a multi-threaded reduction may sum in another order on a machine
+# with another core count, and the golden vectors must come out the same there.
+# It also spares ncnn's OpenMP workers from spinning against other processes
+# (tiny-rn: 7 ms for 14 images on one thread, 5 s on two on a loaded 2-core box).
+PARITY_THREADS = 1
+
+
 def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) -> parity.ParityReport:
     manifest = Manifest.load(layout.manifest)
     parity_set = load_parity_set(PARITY_SET_DIR, config.image_resolution, Tokenizer.from_vocab(layout.vocab, config.context_length))
@@ -30,7 +37,8 @@ def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) ->
     for stage in (name for name in STAGES if name in manifest.stages()):
         progress(f"parity: {stage}")
         visual, text = (manifest.artifact(tower, stage) for tower in ("visual", "text"))
-        embeddings[stage] = parity.embed(TowerPair(open_tower(visual), open_tower(text)), parity_set)
+        runners = TowerPair(open_tower(visual, PARITY_THREADS), open_tower(text, PARITY_THREADS))
+        embeddings[stage] = parity.embed(runners, parity_set)
         results.append(parity.compare(stage, visual.runtime, reference, embeddings[stage], config.tolerance(stage)))
     report = parity.ParityReport(config.name, manifest.data["checkpoint"]["description"], parity_set.summary(), results)
     parity.write(report, layout.parity_json, layout.parity_md)
