@@ -8,6 +8,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_ROOT = REPO_ROOT / "artifacts"
 PARITY_SET_DIR = REPO_ROOT / "tests" / "data" / "parity"
+CALIBRATION_SET_DIR = REPO_ROOT / "tests" / "data" / "calibration"
 
 
 def default_bundle_dir(model: str) -> Path:
@@ -29,6 +30,14 @@ class BundleLayout:
     @property
     def parity_md(self) -> Path:
         return self.root / "parity.md"
+
+    @property
+    def bench_json(self) -> Path:
+        return self.root / "bench.json"
+
+    @property
+    def bench_md(self) -> Path:
+        return self.root / "bench.md"
 
     @property
     def reference(self) -> Path:

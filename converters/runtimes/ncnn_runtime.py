@@ -9,6 +9,8 @@ the `ncnn::Option` settings from its `runtime_options`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import ncnn
 import numpy as np
 
@@ -35,8 +37,25 @@ class NcnnTower:
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         """[N, 3, R, R] float32 pixels, or [N, L] token ids padded with 0 → [N, D] float32."""
-        rows = self._text_feeds(inputs) if self.is_text else self._image_feeds(inputs)
-        return np.stack([self._run(feed) for feed in rows])
+        return np.stack([self.extract(feed, [self.output.name])[0].reshape(-1) for feed in self.feeds(inputs)])
+
+    def feeds(self, inputs: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+        """The ncnn inputs of each sample of a batch `embed` takes, by blob name."""
+        return self._text_feeds(inputs) if self.is_text else self._image_feeds(inputs)
+
+    def extract(self, feed: dict[str, np.ndarray], blobs: list[str]) -> list[np.ndarray]:
+        """The values of `blobs` (the output, or any intermediate blob) for one sample's feed."""
+        extractor = self.net.create_extractor()
+        # ncnn.Mat wraps the array's memory; `feed` keeps the arrays alive until extraction.
+        for name, array in feed.items():
+            extractor.input(name, ncnn.Mat(array))
+        values = []
+        for blob in blobs:
+            status, out = extractor.extract(blob)
+            if status != 0:
+                raise RuntimeError(f"ncnn failed to compute {blob} (status {status})")
+            values.append(np.array(out, dtype=np.float32))
+        return values
 
     def _image_feeds(self, pixels: np.ndarray):
         (spec,) = self.spec.inputs
@@ -61,13 +80,3 @@ class NcnnTower:
 
     def _input(self, role: str) -> TensorSpec:
         return next(t for t in self.spec.inputs if t.role == role)
-
-    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        extractor = self.net.create_extractor()
-        # ncnn.Mat wraps the array's memory; `feed` keeps the arrays alive until extraction.
-        for name, array in feed.items():
-            extractor.input(name, ncnn.Mat(array))
-        status, out = extractor.extract(self.output.name)
-        if status != 0:
-            raise RuntimeError(f"ncnn failed to compute {self.output.name} (status {status})")
-        return np.array(out, dtype=np.float32).reshape(-1)
