@@ -92,7 +92,10 @@ class Bundle:
         counts = self.tokenizer.piece_counts(texts)
         for text, count in zip(texts, counts):
             if count == 0:
-                raise QueryError(f"The text {text!r} has no words the tokenizer knows (it is empty or only spaces and control characters).")
+                raise QueryError(
+                    f"The text {text!r} has no words once tokenized (it is empty, or only spaces and invisible "
+                    "characters); write what to look for, e.g. 海边的日落."
+                )
             if count > self.tokenizer.max_pieces:
                 warnings.warn(
                     f"The text {text[:20]!r}… has {count} word pieces; only the first {self.tokenizer.max_pieces} "
@@ -104,7 +107,7 @@ class Bundle:
 
 
 class QueryError(UserError):
-    """A query cannot be embedded."""
+    """A query that cannot be searched: empty text, a bad date, an empty index."""
 
 
 class TruncationWarning(UserWarning):

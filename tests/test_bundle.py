@@ -59,7 +59,7 @@ def test_runtimes_and_identity(tiny_bundle):
 def test_query_that_tokenizes_to_nothing_is_refused(tiny_bundle, text):
     from converters.bundle import QueryError
 
-    with pytest.raises(QueryError, match="no words the tokenizer knows"):
+    with pytest.raises(QueryError, match="no words once tokenized"):
         Bundle.open(tiny_bundle).token_ids([text])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.bundle import Bundle
+from converters.bundle import Bundle, QueryError
 from converters.errors import UserError
 from converters.preprocess import load_image
 from converters.runtimes import Embedder
@@ -24,10 +24,6 @@ from converters.search.index import CHUNK_ROWS, ArtifactStamp, PhotoIndex, norma
 # already held every true top 10; 64 leaves room for larger k and closer scores.
 MIN_CANDIDATES = 64
 CANDIDATES_PER_HIT = 4
-
-
-class QueryError(UserError):
-    """A query that cannot be searched: empty text, a bad date, an empty index."""
 
 
 class BackendUnavailableError(UserError):
@@ -109,11 +105,6 @@ class SearchResult:
 
 
 def text_query(bundle: Bundle, embedder: Embedder, text: str) -> np.ndarray:
-    if bundle.tokenizer.piece_counts([text])[0] == 0:
-        raise QueryError(
-            f"The query {text!r} has no words once tokenized (it is empty, or only spaces and invisible characters); "
-            "write what to look for, e.g. 海边的日落."
-        )
     return normalize_rows(embedder.embed_texts(bundle.token_ids([text])))
 
 
