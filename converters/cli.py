@@ -112,9 +112,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 # Commands defined in their own packages; each package's command module imports nothing heavy.
-from converters.search.commands import register as register_search  # noqa: E402  (needs `cli` above)
+from converters.bench.command import register as register_bench  # noqa: E402  (needs `cli` above)
+from converters.search.commands import register as register_search  # noqa: E402
 
 register_search(cli)
+register_bench(cli)
 
 
 def main() -> None:

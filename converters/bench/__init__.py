@@ -1,0 +1,17 @@
+"""`bench`: speed, size and memory of every artifact of a bundle, beside PyTorch and onnxruntime fp32, in one run.
+
+    command.py     the `bench` command (`register(group)` adds it to the CLI)
+    run.py         one run: what is measured in which order; writes bench.json and bench.md
+    towers.py      latency, throughput, size and memory of one tower in one runtime
+    timing.py      the measurement loop and its repetition budgets
+    processes.py   fresh processes per measurement; resident-memory peaks
+    worker.py      the entry point of those processes
+    flops.py       a graph's FLOPs and the machine's matmul peak
+    compare.py     ratios against PyTorch and onnxruntime fp32, FLOP rates
+    conversion.py  the conversion's wall time and memory, step by step
+    search.py      indexing throughput and top-10 latency at scale
+    goals.py       the goals, met or missed by how much
+    machine.py     CPU, load and versions
+    report.py      the results as dataclasses (bench.json)
+    markdown.py    bench.md
+"""

@@ -1,0 +1,78 @@
+"""The speed and cost goals (set for ViT-B-16), checked against one run's measurements.
+
+Only artifacts whose parity tolerance is met count for the speed goals:
+a fast artifact that computes something else is no answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from converters.bench.compare import ONNX_FP32, fastest, measurement
+from converters.bench.report import ConversionRun, Goal, TowerBench
+from converters.bundle import RUNTIME_STAGES
+from converters.layout import BundleLayout
+
+GOAL_QUERY_CHARS = 10
+TEXT_QUERY_MS = 30.0
+IMAGE_SPEEDUP = 1.5
+CONVERSION_SECONDS = 300.0
+CONVERSION_PEAK_MB = 8 * 1024.0  # 8 GiB
+
+NOT_PROFILED = "not profiled yet"
+
+
+def passed_runtimes(layout: BundleLayout) -> list[str]:
+    """Runtimes whose stage parity.json records as passed; a stage it does not list counts as unchecked."""
+    if not layout.parity_json.is_file():
+        return []
+    stages = {s["stage"]: s["passed"] for s in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]}
+    return [runtime for runtime, stage in RUNTIME_STAGES.items() if stages.get(stage)]
+
+
+def evaluate(
+    towers: list[TowerBench], image_input: str, query_input: str, tokenize_ms: float, passed: list[str],
+    conversion: ConversionRun,
+) -> list[Goal]:
+    return [
+        text_query_goal(towers, query_input, tokenize_ms, set(passed)),
+        image_throughput_goal(towers, image_input, set(passed)),
+        checked("conversion, all stages: wall time", CONVERSION_SECONDS, "s", True, conversion.seconds),
+        checked("conversion, all stages: peak memory", CONVERSION_PEAK_MB, "MiB", True, conversion.peak_mb),
+    ]
+
+
+def text_query_goal(towers: list[TowerBench], query_input: str, tokenize_ms: float, passed: set[str]) -> Goal:
+    name = f"text query embedding, {GOAL_QUERY_CHARS} characters, batch 1, tokenizing included, fastest artifact that passes parity"
+    best = fastest(towers, "text", query_input, "latency", passed)
+    if best is None:
+        return Goal(name, TEXT_QUERY_MS, "ms", True, None, None, None, "no artifact has passed parity (see parity.json)")
+    runtime, row = best
+    return checked(name, TEXT_QUERY_MS, "ms", True, row.timing.median_ms + tokenize_ms, runtime)
+
+
+def image_throughput_goal(towers: list[TowerBench], image_input: str, passed: set[str]) -> Goal:
+    name = "image tower throughput, fastest artifact that passes parity, against onnxruntime fp32"
+    best = fastest(towers, "visual", image_input, "throughput", passed)
+    baseline = measurement(towers, ONNX_FP32, "visual", image_input, "throughput")
+    if best is None or baseline is None:
+        return Goal(name, IMAGE_SPEEDUP, "×", False, None, None, None, "needs the onnx runtime and an artifact that passed parity")
+    runtime, row = best
+    goal = checked(name, IMAGE_SPEEDUP, "×", False, row.per_second / baseline.per_second, runtime)
+    return dataclasses.replace(goal, detail=f"{goal.detail}; {row.per_second:.2f} against {baseline.per_second:.2f} img/s")
+
+
+def checked(name: str, target: float, unit: str, at_most: bool, value: float, artifact: str | None = None) -> Goal:
+    """A goal with its verdict and, where it is missed, by how much."""
+    margin = target - value if at_most else value - target
+    if margin >= 0:
+        return Goal(name, target, unit, at_most, value, artifact, True, f"{amount(margin, unit)} to spare")
+    return Goal(
+        name, target, unit, at_most, value, artifact, False,
+        f"missed by {amount(-margin, unit)} ({-margin / target:.0%} of the target)", NOT_PROFILED,
+    )
+
+
+def amount(value: float, unit: str) -> str:
+    return f"{value:.2f}{unit}" if unit == "×" else f"{value:,.1f} {unit}"

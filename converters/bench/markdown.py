@@ -1,0 +1,205 @@
+"""`bench.md`: the benchmark report as tables, rendered from the data alone."""
+
+from __future__ import annotations
+
+from converters.bench.goals import amount
+from converters.bench.report import BenchReport, Measurement, TowerBench
+from converters.bench.towers import BATCH, PYTORCH
+
+METHOD = [
+    "Every tower of every runtime is measured in its own fresh Python process: memory peaks never mix, and "
+    "`after imports` is that process's floor before any model is loaded.",
+    "Latency: batch 1. Throughput: batch {batch} where the graph has a batch axis (PyTorch, ONNX), 1 for ncnn, "
+    "whose graphs take one sample per call. Each timing starts after {warmup} untimed calls and runs at least "
+    "{min_runs} times and for {min_seconds:g} s (at most {max_runs} times); median and the 10th–90th percentile "
+    "spread per call are shown.",
+    "Inputs are the same arrays for every runtime: random pixels, and token ids of [CLS] + N characters + [SEP] "
+    "without padding columns (the ONNX and ncnn runners drop padding themselves; PyTorch gets the same unpadded ids, "
+    "so ratios compare engines, not padding). The last text row is the full context.",
+    "× PyTorch and × ORT fp32: items per second divided by PyTorch eager fp32's (respectively the `onnx` "
+    "runtime's) for the same tower, input and mode.",
+    "GFLOP per image: 2 × output elements × reduction length of every MatMul, Gemm and Conv in the fp32 ONNX graph "
+    "at batch 1, shapes from onnx shape inference; element-wise work is left out. The same count is used for every "
+    "runtime, so an int8 artifact's GFLOP/s is the fp32-equivalent rate (it can pass 100%). The peak is the "
+    "fastest float32 matmul of two 2048 × 2048 matrices among numpy, PyTorch and onnxruntime, each at the same "
+    "thread count and at its fastest run, measured in a fresh process before and again after the towers (the "
+    "better of the two). The towers' rates are medians taken at other moments: on a busy machine the fraction is "
+    "only a rough guide.",
+    "Memory: peak resident set (getrusage ru_maxrss) of the measuring process after imports, after loading, and "
+    "after all timed runs. PyTorch builds the whole CLIP model in each of its two processes; its model size is the "
+    "tower's fp32 parameters and buffers. Load time includes the sha256 check of the files, as `Bundle.embedder` does.",
+    "Conversion: one fresh process runs every stage into a scratch folder, like `convert --no-parity`; steps are the "
+    "spans between the pipeline's progress messages, each with the resident high-water mark (VmHWM, reset at every "
+    "step). The total runs from the interpreter's start to its exit.",
+    "Indexing: `IndexUpdater` over copies of the 14 parity photos (JPEGs of many sizes) into a new index, at the "
+    "`index` command's default batch: listing, decoding, preprocessing, embedding and saving, model loading "
+    "included. `decode only` is loading and preprocessing the same files alone, one photo at a time.",
+    "Top-10 search: `converters.search.scale.measure_topk` on random unit vectors, single queries in a fresh "
+    "process; recall@10 is against exact float32 search.",
+]
+
+
+def render_markdown(report: BenchReport) -> str:
+    lines = [f"# Benchmark: {report.model} ({report.weights}){' — quick run' if report.quick else ''}", ""]
+    lines += _machine(report)
+    lines += _goals(report)
+    lines += _towers(report, "visual")
+    lines += _towers(report, "text")
+    lines += _memory(report)
+    lines += _conversion(report)
+    lines += _search(report)
+    lines += _method(report)
+    if report.notes:
+        lines += ["## Notes", "", *(f"- {note}" for note in report.notes), ""]
+    return "\n".join(lines)
+
+
+def _machine(report: BenchReport) -> list[str]:
+    m = report.machine
+    peak = m.matmul_peak
+    versions = ", ".join(f"{name} {version}" for name, version in m.versions.items())
+    return [
+        f"Measured in one run on {m.cpu}, {m.cores} usable cores; every runtime, BLAS and search backend ran with "
+        f"{m.threads} threads. Load average (1, 5, 15 min): {_triple(m.load_average_start)} at the start, "
+        f"{_triple(m.load_average_end)} at the end. fp32 matmul peak ({peak.size}², {peak.threads} threads): "
+        f"{peak.gflops:.1f} GFLOP/s with {peak.library} ("
+        + ", ".join(f"{library} {rate:.1f}" for library, rate in peak.gflops_by_library.items()) + ").",
+        "",
+        f"Versions: {versions}.",
+        "",
+    ]
+
+
+def _goals(report: BenchReport) -> list[str]:
+    lines = [
+        "## Goals",
+        "",
+        f"Artifacts that pass parity (parity.json): {', '.join(report.parity_passed) or 'none'}.",
+        "",
+        "| goal | target | measured | result | detail | limits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for goal in report.goals:
+        result = {True: "met", False: "MISSED", None: "not evaluated"}[goal.met]
+        target = f"{'≤' if goal.at_most else '≥'} {amount(goal.target, goal.unit)}"
+        measured = "—" if goal.measured is None else amount(goal.measured, goal.unit)
+        if goal.artifact:
+            measured += f" ({goal.artifact})"
+        lines.append(f"| {goal.name} | {target} | {measured} | {result} | {goal.detail} | {goal.limits or '—'} |")
+    return lines + [""]
+
+
+def _towers(report: BenchReport, tower: str) -> list[str]:
+    if tower == "visual":
+        title = f"## Image tower ({_num(report.image_gflop, '.4g')} GFLOP per image, counted from the fp32 ONNX graph)"
+        header = "| runtime | precision | input | mode | batch | median ms | p10–p90 ms | runs | img/s | × PyTorch | × ORT fp32 | GFLOP/s | of matmul peak | parity |"
+    else:
+        title = f"## Text tower (tokenizing a 10-character query: {report.tokenize_ms:.3f} ms, not included below)"
+        header = "| runtime | precision | input | mode | batch | median ms | p10–p90 ms | runs | texts/s | × PyTorch | × ORT fp32 | parity |"
+    lines = [title, "", header, "|" + "---|" * header.count(" | ") + "---|"]
+    rows = [(t, m) for t in report.towers if t.tower == tower for m in t.measurements]
+    for t, m in sorted(rows, key=lambda row: (_input_order(report, row[1]), row[1].mode)):
+        cells = [
+            t.runtime, t.precision, m.input, m.mode, str(m.batch), f"{m.timing.median_ms:.2f}",
+            f"{m.timing.p10_ms:.2f}–{m.timing.p90_ms:.2f}", str(m.timing.runs), f"{m.per_second:.2f}",
+            _times(m.vs_pytorch), _times(m.vs_onnx),
+        ]
+        if tower == "visual":
+            cells += [_num(m.gflops, ".1f"), _percent(m.of_matmul_peak)]
+        lines.append("| " + " | ".join([*cells, _parity(report, t)]) + " |")
+    return lines + [""]
+
+
+def _input_order(report: BenchReport, measurement: Measurement) -> int:
+    inputs = list(dict.fromkeys(m.input for t in report.towers for m in t.measurements))
+    return inputs.index(measurement.input)
+
+
+def _parity(report: BenchReport, tower: TowerBench) -> str:
+    if tower.runtime == PYTORCH:
+        return "reference"
+    return "pass" if tower.runtime in report.parity_passed else "not passed"
+
+
+def _memory(report: BenchReport) -> list[str]:
+    lines = [
+        "## Size and memory (peak resident set, MiB)",
+        "",
+        "| runtime | tower | engine | precision | model MiB | load s | after imports | after loading | after runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in report.towers:
+        mem = t.memory
+        lines.append(
+            f"| {t.runtime} | {t.tower} | {t.engine} | {t.precision} | {t.model_mb:.1f} | {t.load_s:.2f} | "
+            f"{mem.imports_mb:.0f} | {mem.loaded_mb:.0f} | {mem.peak_mb:.0f} |"
+        )
+    return lines + [""]
+
+
+def _conversion(report: BenchReport) -> list[str]:
+    run = report.conversion
+    stepped = sum(step.seconds for step in run.steps)
+    lines = [
+        "## Conversion (every stage, one process)",
+        "",
+        f"Stages: {', '.join(run.stages)}. Total {run.seconds:.1f} s, peak resident set {run.peak_mb:.0f} MiB.",
+        "",
+        "| step | seconds | peak MiB |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {step.step} | {step.seconds:.1f} | {_num(step.peak_mb, '.0f')} |" for step in run.steps]
+    lines.append(f"| interpreter start and exit | {run.seconds - stepped:.1f} | — |")
+    return lines + [""]
+
+
+def _search(report: BenchReport) -> list[str]:
+    lines = [
+        "## Search engine",
+        "",
+        "| indexing runtime | photos | batch | seconds | photos/s | decode only, photos/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {run.runtime} | {run.images} | {run.batch} | {run.seconds:.1f} | {run.images_per_s:.2f} | {run.decode_images_per_s:.1f} |"
+        for run in report.indexing
+    ]
+    lines += [
+        "",
+        "| backend | vectors | dim | threads | median ms | p90 ms | recall@10 | index MiB | process MiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report.search:
+        m = row.measured
+        if m is None:
+            lines.append(f"| {row.backend} | {row.n:,} | — | — | — | — | — | — | — | {row.note} |")
+        else:
+            lines.append(
+                f"| {row.backend} | {row.n:,} | {m.dim} | {m.threads} | {m.median_ms:.2f} | {m.p90_ms:.2f} | "
+                f"{m.recall:.4f} | {m.resident_mb:.0f} | {m.process_mb:.0f} | {row.note or '—'} |"
+            )
+    return lines + [""]
+
+
+def _method(report: BenchReport) -> list[str]:
+    budget = report.budget
+    facts = dict(
+        batch=BATCH, warmup=budget.warmup, min_runs=budget.min_runs, min_seconds=budget.min_seconds, max_runs=budget.max_runs,
+    )
+    return ["## Method", "", *(f"- {line.format(**facts)}" for line in METHOD), ""]
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _times(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.3g}×"
+
+
+def _percent(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{fraction:.1%}"
+
+
+def _triple(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)

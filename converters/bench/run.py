@@ -1,0 +1,135 @@
+"""One benchmark run: every measurement on the same machine, then `bench.json` and `bench.md` beside the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from converters.bench import goals
+from converters.bench.compare import ONNX_FP32, add_comparisons, fastest
+from converters.bench.conversion import bench_conversion
+from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
+from converters.bench.machine import cpu_name, load_average, versions
+from converters.bench.markdown import render_markdown
+from converters.bench.processes import run_fresh, usable_cores
+from converters.bench.report import BenchReport, Machine, TowerBench
+from converters.bench.search import bench_indexing, bench_topk
+from converters.bench.timing import FULL, QUICK, Budget, time_calls
+from converters.bench.towers import PYTORCH, TowerJob, image_label, measure_tower, query_label, query_text
+from converters.bundle import RUNTIME_STAGES, Bundle
+from converters.fsutil import atomic_write_text
+from converters.layout import BundleLayout
+from converters.manifest import Manifest
+from converters.towers import TOWERS
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What `--quick` shrinks: repetitions, search sizes, photos indexed."""
+
+    budget: Budget
+    search_sizes: tuple[int, ...]
+    search_queries: int
+    photo_copies: int  # copies of the 14 parity photos to index
+
+
+FULL_SCALE = Scale(FULL, (10_000, 100_000, 1_000_000), 50, 5)
+QUICK_SCALE = Scale(QUICK, (10_000,), 5, 1)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    model: str  # config name or path, as given to `convert`
+    bundle: Path
+    threads: int = 0  # 0: every usable core
+    quick: bool = False
+
+
+def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
+    layout = BundleLayout(request.bundle)
+    bundle = Bundle.open(layout.root)
+    scale = QUICK_SCALE if request.quick else FULL_SCALE
+    threads = request.threads or usable_cores()
+    load_at_start = load_average()
+
+    progress(f"fp32 matmul peak, {threads} threads")
+    peak = run_fresh(measure_matmul_peak, threads, scale.budget, threads=threads)
+    towers = _bench_towers(request, bundle, threads, scale.budget, progress)
+    progress("fp32 matmul peak, again after the towers")
+    peak = best_peak(peak, run_fresh(measure_matmul_peak, threads, scale.budget, threads=threads))
+    image_gflop = _image_gflop(bundle.manifest)
+    add_comparisons(towers, image_gflop, peak)
+    passed = goals.passed_runtimes(layout)
+
+    image_input = image_label(bundle.resolution)
+    indexing = []
+    for runtime in _indexing_runtimes(towers, image_input, passed, bundle.runtimes()):
+        progress(f"search: indexing photos with {runtime}")
+        indexing.append(bench_indexing(layout.root, runtime, scale.photo_copies, threads))
+    search = bench_topk(bundle.embedding_dim, scale.search_sizes, scale.search_queries, threads, progress)
+
+    progress("conversion: every stage, in a scratch folder")
+    conversion = bench_conversion(request.model, bundle.manifest.data["checkpoint"]["source"], threads)
+
+    tokenize = time_calls(lambda: bundle.token_ids([query_text(goals.GOAL_QUERY_CHARS)]), scale.budget)
+    machine = Machine(cpu_name(), usable_cores(), threads, load_at_start, load_average(), peak, versions())
+    report = BenchReport(
+        model=bundle.model,
+        weights=bundle.manifest.data["checkpoint"]["description"],
+        quick=request.quick,
+        budget=scale.budget,
+        machine=machine,
+        image_gflop=image_gflop,
+        tokenize_ms=tokenize.median_ms,
+        parity_passed=passed,
+        towers=towers,
+        conversion=conversion,
+        indexing=indexing,
+        search=search,
+        goals=goals.evaluate(
+            towers, image_input, query_label(goals.GOAL_QUERY_CHARS), tokenize.median_ms, passed, conversion
+        ),
+        notes=_notes(machine, layout),
+    )
+    atomic_write_text(layout.bench_json, report.to_json())
+    atomic_write_text(layout.bench_md, render_markdown(report))
+    return report
+
+
+def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: Budget, progress: Progress) -> list[TowerBench]:
+    towers = []
+    for runtime in (PYTORCH, *bundle.runtimes()):
+        for tower in TOWERS:
+            progress(f"{runtime}: {tower} tower, {threads} threads")
+            job = TowerJob(request.bundle, request.model, runtime, tower, threads, budget)
+            towers.append(run_fresh(measure_tower, job, threads=threads))
+    return towers
+
+
+def _image_gflop(manifest: Manifest) -> float | None:
+    """GFLOP per image, counted on the simplified fp32 graph: the raw export's shapes do not all infer."""
+    entry = manifest.entry("visual", RUNTIME_STAGES[ONNX_FP32])
+    return None if entry is None else round(graph_gflop(manifest.root / entry["files"][0]["path"], {"batch": 1}), 3)
+
+
+def _indexing_runtimes(towers: list[TowerBench], image_input: str, passed: list[str], runtimes: list[str]) -> list[str]:
+    """The `index` command's default runtime, and the fastest image artifact that passes parity if another."""
+    best = fastest(towers, "visual", image_input, "throughput", set(passed))
+    chosen = [ONNX_FP32, *([best[0]] if best else [])]
+    return [runtime for runtime in dict.fromkeys(chosen) if runtime in runtimes]
+
+
+def _notes(machine: Machine, layout: BundleLayout) -> list[str]:
+    notes = []
+    busiest = max(machine.load_average_start[0], machine.load_average_end[0])
+    if busiest > machine.cores / 2:
+        notes.append(
+            f"The machine was busy (1-minute load average up to {busiest:.2f} on {machine.cores} cores): absolute "
+            "times are noisy; ratios measured in this run are the better guide."
+        )
+    if not layout.parity_json.is_file():
+        notes.append("No parity.json: no artifact counts as passing, so the speed goals are not evaluated. Run `make parity`.")
+    return notes

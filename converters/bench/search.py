@@ -1,0 +1,73 @@
+"""The reference search engine: how fast it indexes photos, and how fast it answers a top-10 query at scale."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from converters.bench.processes import run_fresh
+from converters.bench.report import IndexingRun, TopkRow
+from converters.bundle import Bundle
+from converters.layout import PARITY_SET_DIR
+from converters.preprocess import load_image
+from converters.search.scale import measure_topk
+
+TOP_K = 10
+DEFAULT_BACKEND = "int8"  # what `search` uses unless --backend says otherwise
+BACKENDS = (DEFAULT_BACKEND, "faiss")
+INDEX_BATCH = 16  # the `index` command's default --batch-size
+PHOTOS = PARITY_SET_DIR / "images"  # real JPEGs of many sizes, so decoding costs what it costs on photos
+
+
+def bench_topk(
+    dim: int, sizes: tuple[int, ...], queries: int, threads: int, progress: Callable[[str], None]
+) -> list[TopkRow]:
+    rows = []
+    for n in sizes:
+        for backend in BACKENDS:
+            if backend == "faiss" and importlib.util.find_spec("faiss") is None:
+                rows.append(TopkRow(backend, n, None, "not measured: faiss-cpu is not installed (pip install faiss-cpu)"))
+                continue
+            progress(f"search: top-{TOP_K} over {n:,} vectors, {backend}")
+            # measure_topk times in a process of its own; starting it from a fresh one pins its BLAS threads too.
+            measured = run_fresh(measure_topk, n, dim, backend, TOP_K, queries, threads, threads=threads)
+            rows.append(TopkRow(backend, n, measured))
+    return rows
+
+
+def bench_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) -> IndexingRun:
+    return run_fresh(measure_indexing, bundle_dir, runtime, copies, threads, threads=threads)
+
+
+def measure_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) -> IndexingRun:
+    """Index `copies` copies of the parity photos into a new index, as `python -m converters index` would."""
+    from converters.search.index import IndexUpdater
+
+    bundle = Bundle.open(bundle_dir)
+    with tempfile.TemporaryDirectory(prefix="cnclip-bench-index-") as folder:
+        photos = _photo_folder(Path(folder) / "photos", copies)
+        files = sorted(photos.iterdir())
+        started = time.perf_counter()
+        for file in files:
+            bundle.pixels([load_image(file)])
+        decode_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        with IndexUpdater(Path(folder) / "index", bundle, runtime, threads) as updater:
+            updater.run(updater.plan(photos), batch_size=INDEX_BATCH)
+        seconds = time.perf_counter() - started
+    return IndexingRun(
+        runtime, len(files), INDEX_BATCH, round(seconds, 3), round(len(files) / seconds, 3),
+        round(len(files) / decode_seconds, 3),
+    )
+
+
+def _photo_folder(folder: Path, copies: int) -> Path:
+    folder.mkdir(parents=True)
+    for copy in range(copies):
+        for photo in sorted(PHOTOS.glob("*.jpg")):
+            shutil.copyfile(photo, folder / f"{copy:03d}-{photo.name}")
+    return folder
