@@ -14,12 +14,12 @@ from converters.bench.report import IndexingRun, TopkRow
 from converters.bundle import Bundle
 from converters.layout import PARITY_SET_DIR
 from converters.preprocess import load_image
+from converters.search.index import DEFAULT_BATCH_SIZE
+from converters.search.query import DEFAULT_BACKEND
 from converters.search.scale import measure_topk
 
 TOP_K = 10
-DEFAULT_BACKEND = "int8"  # what `search` uses unless --backend says otherwise
 BACKENDS = (DEFAULT_BACKEND, "faiss")
-INDEX_BATCH = 16  # the `index` command's default --batch-size
 PHOTOS = PARITY_SET_DIR / "images"  # real JPEGs of many sizes, so decoding costs what it costs on photos
 
 
@@ -57,10 +57,10 @@ def measure_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) 
         decode_seconds = time.perf_counter() - started
         started = time.perf_counter()
         with IndexUpdater(Path(folder) / "index", bundle, runtime, threads) as updater:
-            updater.run(updater.plan(photos), batch_size=INDEX_BATCH)
+            updater.run(updater.plan(photos), batch_size=DEFAULT_BATCH_SIZE)
         seconds = time.perf_counter() - started
     return IndexingRun(
-        runtime, len(files), INDEX_BATCH, round(seconds, 3), round(len(files) / seconds, 3),
+        runtime, len(files), DEFAULT_BATCH_SIZE, round(seconds, 3), round(len(files) / seconds, 3),
         round(len(files) / decode_seconds, 3),
     )
 

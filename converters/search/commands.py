@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from converters.bundle import RUNTIME_STAGES, Bundle
 from converters.fsutil import atomic_write_text
-from converters.search.index import DEFAULT_INDEX_DIR, IndexUpdater, UpdateReport, load_index, read_artifact
-from converters.search.query import BACKENDS, Searcher, TimeRange, image_query, text_query
+from converters.search.index import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater, UpdateReport, load_index, read_artifact
+from converters.search.query import BACKENDS, DEFAULT_BACKEND, Searcher, TimeRange, image_query, text_query
 from converters.search.render import render_html, render_json, render_table
 
 
@@ -47,7 +47,9 @@ artifacts_option = click.option(
     help="Which of the bundle's artifacts embeds the photos (default: the index's, else onnx).",
 )
 @index_option
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Photos per model call.")
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True, help="Photos per model call."
+)
 @click.option(
     "--threads", type=click.IntRange(0), default=0, show_default=True, help="Inference threads (0: all cores)."
 )
@@ -107,7 +109,7 @@ def _report_update(report: UpdateReport) -> None:
 @index_option
 @artifacts_option
 @click.option(
-    "--backend", type=click.Choice(list(BACKENDS)), default="int8", show_default=True,
+    "--backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
     help="int8: fast scan of int8 codes; exact: float32 over every vector; faiss: needs faiss-cpu.",
 )
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="Scan threads (0: all cores).")

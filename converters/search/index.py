@@ -39,6 +39,8 @@ from converters.preprocess import ImageError, load_image
 
 INDEX_FILE = "index.cnclip"
 LOCK_FILE = "index.lock"
+# Photos per model call when indexing: the `index` command's default.
+DEFAULT_BATCH_SIZE = 16
 DEFAULT_INDEX_DIR = Path(os.environ.get("CNCLIP_INDEX", Path.home() / ".cache" / "cnclip" / "index"))
 FORMAT = "cnclip-photo-index"
 VERSION = 1

@@ -247,6 +247,7 @@ def import_faiss():
 
 
 BACKENDS = {backend.name: backend for backend in (Int8Scan, ExactScan, FaissScan)}
+DEFAULT_BACKEND = Int8Scan.name
 
 
 # ---- search -----------------------------------------------------------------------------------
