@@ -12,7 +12,6 @@ import numpy as np
 
 from converters import golden, parity
 from converters.config import ModelConfig
-from converters.errors import ArtifactError
 from converters.fsutil import atomic_write_bytes, sha256_text
 from converters.layout import PARITY_SET_DIR, BundleLayout
 from converters.manifest import Manifest
@@ -50,8 +49,7 @@ def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) ->
 def reference_embeddings(
     manifest: Manifest, config: ModelConfig, parity_set: ParitySet, layout: BundleLayout, progress: Progress
 ) -> parity.Embeddings:
-    checkpoint_sha256 = manifest.data["checkpoint"]["sha256"]
-    key = sha256_text(checkpoint_sha256, parity_set.digest)
+    key = sha256_text(manifest.data["checkpoint"]["sha256"], parity_set.digest)
     if layout.reference.is_file():
         with np.load(layout.reference) as cached:
             if str(cached["key"]) == key:
@@ -60,13 +58,7 @@ def reference_embeddings(
     from converters.runtimes.torch_runtime import TorchEmbedder
     from converters.stages import checkpoint
 
-    recorded = manifest.data["checkpoint"]["source"]
-    source = checkpoint.resolve(config, recorded, cache_dir=layout.root)
-    if source.digest != checkpoint_sha256:
-        raise ArtifactError(
-            f"The checkpoint {recorded} changed since {layout.manifest} was written; convert again."
-        )
-    reference = parity.embed(TorchEmbedder(checkpoint.run(config, source).model), parity_set)
+    reference = parity.embed(TorchEmbedder(checkpoint.load_recorded(config, manifest).model), parity_set)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), images=reference.images, texts=reference.texts)
     atomic_write_bytes(layout.reference, buffer.getvalue())

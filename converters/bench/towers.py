@@ -21,7 +21,6 @@ from converters.bench.processes import peak_rss_mb
 from converters.bench.report import Measurement, Memory, TowerBench
 from converters.bench.timing import Budget, Timing, time_calls
 from converters.bundle import RUNTIME_STAGES, Bundle
-from converters.errors import ArtifactError
 
 PYTORCH = "pytorch"
 # Items per call where the graph has a batch axis; ncnn graphs take one sample per call.
@@ -157,11 +156,7 @@ def _open_pytorch(bundle: Bundle, job: TowerJob) -> OpenedTower:
 
     torch.set_num_threads(job.threads)
     config = load_config(job.model)
-    recorded = bundle.manifest.data["checkpoint"]
-    source = checkpoint.resolve(config, recorded["source"], cache_dir=bundle.manifest.root)
-    if source.digest != recorded["sha256"]:
-        raise ArtifactError(f"The checkpoint {recorded['source']} changed since the bundle was converted; convert again.")
-    model = checkpoint.run(config, source).model
+    model = checkpoint.load_recorded(config, bundle.manifest).model
     embedder = TorchEmbedder(model)
     visual_bytes = _tensor_bytes(model.visual)
     size = visual_bytes if job.tower == "visual" else _tensor_bytes(model) - visual_bytes

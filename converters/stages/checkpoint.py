@@ -16,8 +16,9 @@ from cn_clip.clip.model import CLIP
 
 from converters.config import ModelConfig, known_models, load_config
 from converters.download import DOWNLOAD_HINT, fetch_release
-from converters.errors import CheckpointError
+from converters.errors import ArtifactError, CheckpointError
 from converters.fsutil import sha256_file, sha256_text
+from converters.manifest import Manifest
 from converters.towers import TowerSpec
 
 NAME = "checkpoint"
@@ -149,6 +150,15 @@ def run(config: ModelConfig, source: CheckpointSource) -> LoadedModel:
     model = build_model(config)
     load_into(model, source.path, config)
     return LoadedModel(model.eval(), source)
+
+
+def load_recorded(config: ModelConfig, manifest: Manifest) -> LoadedModel:
+    """The model a bundle was converted from, as its manifest records it; refused if the file changed since."""
+    recorded = manifest.data["checkpoint"]
+    source = resolve(config, recorded["source"], cache_dir=manifest.root)
+    if source.digest != recorded["sha256"]:
+        raise ArtifactError(f"The checkpoint {recorded['source']} changed since {manifest.path} was written; convert again.")
+    return run(config, source)
 
 
 def download_release(config: ModelConfig, cache_dir: Path) -> Path:
