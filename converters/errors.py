@@ -26,7 +26,15 @@ class ArtifactError(UserError):
 
 
 class ConversionError(UserError):
-    """A converter (exporter, simplifier, quantizer, pnnx) failed."""
+    """A converter (exporter, simplifier, quantizer, pnnx) failed.
+
+    `log` is (file name, text) of the converter's whole log, which the pipeline
+    keeps in the bundle's `logs/` folder for the user to read.
+    """
+
+    def __init__(self, message: str, log: tuple[str, str] | None = None):
+        super().__init__(message)
+        self.log = log
 
 
 class ParityError(UserError):

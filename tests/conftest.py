@@ -6,25 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from converters.config import load_config
-from converters.layout import BundleLayout
-from converters.parity import render_markdown
-from converters.pipeline import ConvertRequest, convert
-from converters.verify import run_parity
+from converters.export.config import load_config
+from converters.export.pipeline import Conversion, ConvertRequest, convert
+from converters.progress import Event
+from converters.validate.report import render_markdown
 
 TINY_MODELS = ("tiny-vit", "tiny-rn")
 
 
-def convert_random(model: str, out: Path, messages: list[str] | None = None, **overrides):
+def convert_random(model: str, out: Path, events: list[Event] | None = None, **overrides) -> Conversion:
     request = ConvertRequest(load_config(model), out, "random", out / "cache", **overrides)
-    return convert(request, (messages if messages is not None else []).append)
+    return convert(request, (events if events is not None else []).append)
 
 
 @pytest.fixture(scope="session", params=TINY_MODELS)
 def tiny_bundle(request, tmp_path_factory) -> Path:
     """A tiny bundle as `convert` leaves it, parity passed; tests must not modify it (copy it first)."""
     out = tmp_path_factory.mktemp(request.param) / "bundle"
-    convert_random(request.param, out)
-    report = run_parity(load_config(request.param), BundleLayout(out), lambda _: None)
+    report = convert_random(request.param, out).parity
     assert report.passed, render_markdown(report)
     return out

@@ -5,14 +5,14 @@ import pytest
 from click.testing import CliRunner
 
 from converters.cli import cli
-from converters.config import CONFIG_DIR
+from converters.export.config import CONFIG_DIR
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "converters", *args], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize("command", [[], ["convert"], ["parity"], ["models"]])
+@pytest.mark.parametrize("command", [[], ["convert"], ["parity"], ["models"], ["bench"], ["index"], ["search"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0
@@ -45,12 +45,12 @@ def test_unwritable_output_directory(tmp_path):
 
 def test_convert_then_parity_failure_exits_3(tmp_path):
     config = tmp_path / "strict.yaml"
-    config.write_text((CONFIG_DIR / "tiny-vit.yaml").read_text() + "parity:\n  int8:\n    cosine_min: 1.0\n")
+    config.write_text((CONFIG_DIR / "tiny-vit.yaml").read_text() + "parity:\n  onnx_int8:\n    cosine_min: 1.0\n")
     out = tmp_path / "bundle"
     result = run_cli("convert", str(config), "--checkpoint", "random", "--out", str(out))
     assert result.returncode == 3, result.stderr
     assert "Parity failed for strict" in result.stderr
-    assert "| int8 | onnxruntime | visual |" in result.stdout and "FAIL" in result.stdout
+    assert "| onnx-int8 | onnxruntime | visual |" in result.stdout and "FAIL" in result.stdout
     assert (out / "parity.json").is_file() and (out / "parity.md").is_file()
     again = run_cli("parity", str(config), "--out", str(out))
     assert again.returncode == 3 and "computing the PyTorch reference" not in again.stderr
@@ -59,10 +59,10 @@ def test_convert_then_parity_failure_exits_3(tmp_path):
 def test_full_disk_is_a_clear_error_and_leaves_nothing_listed(tmp_path, monkeypatch, capsys):
     import errno
 
-    from converters import onnx_io
+    from converters.app.layout import BundleLayout
+    from converters.app.manifest import Manifest
     from converters.cli import main
-    from converters.layout import BundleLayout
-    from converters.manifest import Manifest
+    from converters.export import onnx_io
 
     def full(model, path):
         path.write_bytes(b"partial")
@@ -75,6 +75,24 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing_listed(tmp_path, monkeypa
         main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "Free space or choose another --out" in err
+    assert "No space left on device" in err and "Free space or fix the permissions" in err
     assert Manifest.load(BundleLayout(out).manifest).artifacts == {}
     assert not list(out.glob("*.onnx")) and not any(BundleLayout(out).staging.iterdir())
+
+
+def test_convert_help_lists_every_stage():
+    from converters.app.specs import STAGE_NAMES
+
+    result = CliRunner().invoke(cli, ["convert", "--help"])
+    assert ",".join(STAGE_NAMES) in "".join(result.output.split())
+
+
+def test_cli_start_up_imports_no_converter_library():
+    code = (
+        "import sys; from click.testing import CliRunner; from converters.cli import cli\n"
+        "assert CliRunner().invoke(cli, ['search', '--help']).exit_code == 0\n"
+        "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'cn_clip', 'pnnx', 'onnx', 'pydantic'))\n"
+        "assert not loaded, loaded"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr

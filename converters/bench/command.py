@@ -10,13 +10,11 @@ from pathlib import Path
 
 import click
 
+from converters.cli import say
+
 
 def register(group: click.Group) -> None:
     group.add_command(bench_command)
-
-
-def _say(message: str) -> None:
-    click.echo(f"[cnclip] {message}", err=True)
 
 
 @click.command("bench")
@@ -36,13 +34,13 @@ def bench_command(model: str, out: Path | None, quick: bool, threads: int) -> No
     converted bundle (and parity.json for the goals). Takes minutes for
     full-size models; the timings are only as quiet as the machine.
     """
+    from converters.app.layout import BundleLayout, default_bundle_dir
     from converters.bench.markdown import render_markdown
     from converters.bench.run import BenchRequest, run_bench
-    from converters.config import load_config
-    from converters.layout import BundleLayout, default_bundle_dir
+    from converters.export.config import load_config
 
     config = load_config(model)
     layout = BundleLayout(out or default_bundle_dir(config.name))
-    report = run_bench(BenchRequest(model, layout.root, threads, quick), _say)
+    report = run_bench(BenchRequest(model, layout.root, threads, quick), say)
     click.echo(render_markdown(report))
-    _say(f"wrote {layout.bench_json} and {layout.bench_md}")
+    say(f"wrote {layout.bench_json} and {layout.bench_md}")

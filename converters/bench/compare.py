@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from converters.bench.flops import MatmulPeak
 from converters.bench.report import Measurement, TowerBench
-from converters.bench.towers import PYTORCH
+from converters.bench.tower_speed import PYTORCH
 
-ONNX_FP32 = "onnx"  # the bundle runtime of the simplified fp32 ONNX graphs
+ONNX_FP32 = "onnx-sim"  # the simplified fp32 ONNX graphs: the baseline every ratio is taken against
 
 
 def add_comparisons(towers: list[TowerBench], image_gflop: float | None, peak: MatmulPeak) -> None:

@@ -4,7 +4,7 @@ One fresh process converts the bundle's weights again, every stage, into a
 scratch folder, as one `convert --no-parity` run does: a single process
 keeps the loaded PyTorch model from the first stage to the last, so its
 peak is what a user meets, which separate processes per stage would hide.
-The steps are the spans between the pipeline's progress messages (its only
+The steps are the spans between the pipeline's progress events (its only
 hook; the pipeline is not changed for the benchmark). Each step's peak
 comes from resetting the kernel's resident high-water mark (VmHWM) as the
 step opens and reading it as the step closes.
@@ -36,14 +36,15 @@ def bench_conversion(model: str, checkpoint: str, threads: int) -> ConversionRun
 def convert_measured(model: str, checkpoint: str, out: Path) -> ConversionRun:
     steps = _StepClock()
     steps.open(START_UP)
-    from converters.config import load_config
-    from converters.pipeline import STAGES, ConvertRequest, convert
+    from converters.export.config import load_config
+    from converters.export.pipeline import STAGES, ConvertRequest, convert
+    from converters.progress import Event, render
 
-    def progress(message: str) -> None:
-        print(f"[cnclip] bench convert: {message}", file=sys.stderr)
-        steps.open(message)
+    def progress(event: Event) -> None:
+        print(f"[cnclip] bench convert: {render(event)}", file=sys.stderr)
+        steps.open(render(event))
 
-    convert(ConvertRequest(load_config(model), out, checkpoint, out / "cache"), progress)
+    convert(ConvertRequest(load_config(model), out, checkpoint, out / "cache", parity=False), progress)
     steps.close()
     # Resetting VmHWM resets getrusage's peak too, so the steps' peaks are the record where there are any.
     peaks = [step.peak_mb for step in steps.steps if step.peak_mb is not None]

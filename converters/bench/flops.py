@@ -95,9 +95,10 @@ def _peak(threads: int, rates: dict[str, float]) -> MatmulPeak:
 
 
 def _matmuls(a: np.ndarray, b: np.ndarray, threads: int) -> dict[str, Callable[[], object]]:
-    import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
+
+    from converters.app.runtimes.onnx_runtime import session
 
     torch.set_num_threads(threads)
     left, right = torch.from_numpy(a), torch.from_numpy(b)
@@ -108,11 +109,9 @@ def _matmuls(a: np.ndarray, b: np.ndarray, threads: int) -> dict[str, Callable[[
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, matrix)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    matmul = session(model.SerializeToString(), threads)
     return {
         "numpy": lambda: a @ b,
         "torch": lambda: torch.mm(left, right),
-        "onnxruntime": lambda: session.run(None, {"a": a, "b": b}),
+        "onnxruntime": lambda: matmul.run(None, {"a": a, "b": b}),
     }

@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from converters.app.layout import BundleLayout
 from converters.bench.compare import ONNX_FP32, fastest, measurement
 from converters.bench.report import ConversionRun, Goal, TowerBench
-from converters.bundle import RUNTIME_STAGES
-from converters.layout import BundleLayout
 
 GOAL_QUERY_CHARS = 10
 TEXT_QUERY_MS = 30.0
@@ -28,7 +27,7 @@ def passed_runtimes(layout: BundleLayout) -> list[str]:
     if not layout.parity_json.is_file():
         return []
     stages = {s["stage"]: s["passed"] for s in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]}
-    return [runtime for runtime, stage in RUNTIME_STAGES.items() if stages.get(stage)]
+    return [stage for stage, passed in stages.items() if passed]
 
 
 def evaluate(

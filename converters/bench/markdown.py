@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from converters.bench.goals import amount
 from converters.bench.report import BenchReport, Measurement, TowerBench
-from converters.bench.towers import BATCH, PYTORCH
+from converters.bench.tower_speed import BATCH, PYTORCH
 
 METHOD = [
     "Every tower of every runtime is measured in its own fresh Python process: memory peaks never mix, and "
@@ -29,12 +29,12 @@ METHOD = [
     "after all timed runs. PyTorch builds the whole CLIP model in each of its two processes; its model size is the "
     "tower's fp32 parameters and buffers. Load time includes the sha256 check of the files, as `Bundle.embedder` does.",
     "Conversion: one fresh process runs every stage into a scratch folder, like `convert --no-parity`; steps are the "
-    "spans between the pipeline's progress messages, each with the resident high-water mark (VmHWM, reset at every "
+    "spans between the pipeline's progress events, each with the resident high-water mark (VmHWM, reset at every "
     "step). The total runs from the interpreter's start to its exit.",
     "Indexing: `IndexUpdater` over copies of the 14 parity photos (JPEGs of many sizes) into a new index, at the "
     "`index` command's default batch: listing, decoding, preprocessing, embedding and saving, model loading "
     "included. `decode only` is loading and preprocessing the same files alone, one photo at a time.",
-    "Top-10 search: `converters.search.scale.measure_topk` on random unit vectors, single queries in a fresh "
+    "Top-10 search: `converters.bench.search_scale.measure_topk` on random unit vectors, single queries in a fresh "
     "process; recall@10 is against exact float32 search.",
 ]
 

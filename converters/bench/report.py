@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from converters.bench.flops import MatmulPeak
+from converters.bench.search_scale import TopkMeasurement
 from converters.bench.timing import Budget, Timing
-from converters.search.scale import TopkMeasurement
 
 
 @dataclass

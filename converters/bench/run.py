@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from converters.app.bundle import Bundle
+from converters.app.fsutil import atomic_write_text
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.app.specs import TOWERS
 from converters.bench import goals
 from converters.bench.compare import ONNX_FP32, add_comparisons, fastest
 from converters.bench.conversion import bench_conversion
@@ -16,12 +21,14 @@ from converters.bench.processes import run_fresh, usable_cores
 from converters.bench.report import BenchReport, Machine, TowerBench
 from converters.bench.search import bench_indexing, bench_topk
 from converters.bench.timing import FULL, QUICK, Budget, time_calls
-from converters.bench.towers import PYTORCH, TowerJob, image_label, measure_tower, query_label, query_text
-from converters.bundle import RUNTIME_STAGES, Bundle
-from converters.fsutil import atomic_write_text
-from converters.layout import BundleLayout
-from converters.manifest import Manifest
-from converters.towers import TOWERS
+from converters.bench.tower_speed import (
+    PYTORCH,
+    TowerJob,
+    image_label,
+    measure_tower,
+    query_label,
+    query_text,
+)
 
 Progress = Callable[[str], None]
 
@@ -72,13 +79,13 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
     search = bench_topk(bundle.embedding_dim, scale.search_sizes, scale.search_queries, threads, progress)
 
     progress("conversion: every stage, in a scratch folder")
-    conversion = bench_conversion(request.model, bundle.manifest.data["checkpoint"]["source"], threads)
+    conversion = bench_conversion(request.model, bundle.manifest.checkpoint.source, threads)
 
     tokenize = time_calls(lambda: bundle.token_ids([query_text(goals.GOAL_QUERY_CHARS)]), scale.budget)
     machine = Machine(cpu_name(), usable_cores(), threads, load_at_start, load_average(), peak, versions())
     report = BenchReport(
         model=bundle.model,
-        weights=bundle.manifest.data["checkpoint"]["description"],
+        weights=bundle.manifest.checkpoint.description,
         quick=request.quick,
         budget=scale.budget,
         machine=machine,
@@ -111,8 +118,8 @@ def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: B
 
 def _image_gflop(manifest: Manifest) -> float | None:
     """GFLOP per image, counted on the simplified fp32 graph: the raw export's shapes do not all infer."""
-    entry = manifest.entry("visual", RUNTIME_STAGES[ONNX_FP32])
-    return None if entry is None else round(graph_gflop(manifest.root / entry["files"][0]["path"], {"batch": 1}), 3)
+    entry = manifest.entry("visual", ONNX_FP32)
+    return None if entry is None else round(graph_gflop(manifest.root / entry.files[0].path, {"batch": 1}), 3)
 
 
 def _indexing_runtimes(towers: list[TowerBench], image_input: str, passed: list[str], runtimes: list[str]) -> list[str]:

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from converters.app.bundle import Bundle
+from converters.app.preprocess import load_image
 from converters.bench.processes import run_fresh
 from converters.bench.report import IndexingRun, TopkRow
-from converters.bundle import Bundle
-from converters.layout import PARITY_SET_DIR
-from converters.preprocess import load_image
-from converters.search.index import DEFAULT_BATCH_SIZE
-from converters.search.query import DEFAULT_BACKEND
-from converters.search.scale import measure_topk
+from converters.bench.search_scale import measure_topk
+from converters.data import PARITY_SET_DIR
+from converters.search.backends import DEFAULT_BACKEND
+from converters.search.updater import DEFAULT_BATCH_SIZE
 
 TOP_K = 10
 BACKENDS = (DEFAULT_BACKEND, "faiss")
@@ -45,7 +45,7 @@ def bench_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) ->
 
 def measure_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) -> IndexingRun:
     """Index `copies` copies of the parity photos into a new index, as `python -m converters index` would."""
-    from converters.search.index import IndexUpdater
+    from converters.search.updater import IndexUpdater
 
     bundle = Bundle.open(bundle_dir)
     with tempfile.TemporaryDirectory(prefix="cnclip-bench-index-") as folder:

@@ -1,9 +1,11 @@
 """The reference photo search engine: index a folder with any converted artifact, search it by text or image.
 
-    index.py     the index file (atomic, checksummed) and the incremental indexer
-    query.py     queries, the time filter, top-k with the int8 / exact / faiss backends
+    store.py     the index file (atomic, checksummed): embeddings, int8 codes, photo facts
+    scanner.py   finding photos under a folder, reading their pixels and capture times
+    updater.py   the incremental indexer
+    query.py     text and image queries, the time filter, top-k with rescoring
+    backends.py  the int8 / exact / faiss scans that propose candidates
     render.py    results as a terminal table, JSON or a self-contained HTML page
-    scale.py     latency, memory and recall at scale, for the `bench` command
     commands.py  the `index` and `search` commands
 
 Torch-free, like the rest of the app side: it uses the bundle API and nothing

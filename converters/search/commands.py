@@ -1,6 +1,6 @@
 """`index` and `search`: the reference photo search engine on the command line.
 
-    python -m converters index ~/Pictures --artifacts artifacts/ViT-B-16 --runtime ncnn
+    python -m converters index ~/Pictures --artifacts artifacts/ViT-B-16 --runtime ncnn-int8
     python -m converters search "海边的日落" --top 10 --since 2025-01-01 --html results.html
     python -m converters search --image query.jpg --json
 """
@@ -12,22 +12,20 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from converters.bundle import RUNTIME_STAGES, Bundle
-from converters.fsutil import atomic_write_text
-from converters.search.index import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater, UpdateReport, load_index, read_artifact
-from converters.search.query import BACKENDS, DEFAULT_BACKEND, Searcher, TimeRange, image_query, text_query
+from converters.app.bundle import DEFAULT_RUNTIME, Bundle
+from converters.app.fsutil import atomic_write_text
+from converters.app.specs import STAGE_NAMES
+from converters.cli import say
+from converters.search.backends import BACKENDS, DEFAULT_BACKEND
+from converters.search.query import Searcher, TimeRange, image_query, text_query
 from converters.search.render import render_html, render_json, render_table
-
-
-def register(group: click.Group) -> None:
-    group.add_command(index_command)
-    group.add_command(search_command)
-
-
-def _say(message: str) -> None:
-    # converters.cli's format; not imported from there, since cli.py imports this module to register it.
-    click.echo(f"[cnclip] {message}", err=True)
-
+from converters.search.store import load_index, read_artifact
+from converters.search.updater import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INDEX_DIR,
+    IndexUpdater,
+    UpdateReport,
+)
 
 index_option = click.option(
     "--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_DIR,
@@ -43,8 +41,8 @@ artifacts_option = click.option(
 @click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @artifacts_option
 @click.option(
-    "--runtime", type=click.Choice(list(RUNTIME_STAGES)), default=None,
-    help="Which of the bundle's artifacts embeds the photos (default: the index's, else onnx).",
+    "--runtime", type=click.Choice(STAGE_NAMES), default=None,
+    help=f"Which of the bundle's artifacts embeds the photos (default: the index's, else {DEFAULT_RUNTIME}).",
 )
 @index_option
 @click.option(
@@ -71,7 +69,7 @@ def index_command(
     bundle, runtime = _indexing_artifact(index_dir, artifacts, runtime)
     with IndexUpdater(index_dir, bundle, runtime, threads) as updater:
         plan = updater.plan(photos)
-        _say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {plan.removed} gone since last time")
+        say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {plan.removed} gone since last time")
         with tqdm(total=len(plan.to_embed), unit="photo", disable=not plan.to_embed) as bar:
             report = updater.run(plan, bar.update, batch_size, checkpoint_every)
     _report_update(report)
@@ -82,18 +80,18 @@ def _indexing_artifact(index_dir: Path, artifacts: Path | None, runtime: str | N
     if existing is None:
         if artifacts is None:
             raise click.UsageError(f"There is no index at {index_dir} yet: give --artifacts BUNDLE to create one.")
-        return Bundle.open(artifacts), runtime or "onnx"
+        return Bundle.open(artifacts), runtime or DEFAULT_RUNTIME
     # A --runtime other than the index's is refused by IndexUpdater, which compares the artifacts.
     return existing.open_bundle(artifacts, index_dir), runtime or existing.runtime
 
 
 def _report_update(report: UpdateReport) -> None:
-    _say(
+    say(
         f"{report.index_file}: {report.total} photos ({report.added} added, {report.updated} updated, "
         f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped)"
     )
     for reason in report.skipped:
-        _say(f"skipped: {reason}")
+        say(f"skipped: {reason}")
 
 
 @click.command("search")
@@ -137,7 +135,7 @@ def search_command(
     result = Searcher(index, backend, threads).find(label, query, top, time_range)
     if html is not None:
         atomic_write_text(html, render_html(result))
-        _say(f"wrote {html}")
+        say(f"wrote {html}")
     click.echo(render_json(result) if as_json else render_table(result))
     if not index.complete:
-        _say("this index is from an interrupted `index` run; run it again to finish indexing.")
+        say("this index is from an interrupted `index` run; run it again to finish indexing.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import ImageOps
 
-from converters.preprocess import ImageError, load_image
+from converters.app.preprocess import ImageError, load_image
 from converters.search.query import Hit, SearchResult
 
 THUMBNAIL_PX = 256

@@ -13,21 +13,14 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from converters.search.commands import register
-from converters.search.index import ArtifactMismatchError, IndexFileError
+from converters.cli import cli
+from converters.data import PARITY_SET_DIR
 from converters.search.query import QueryError
+from converters.search.store import ArtifactMismatchError, IndexFileError
 
-PHOTOS = Path(__file__).resolve().parents[1] / "data" / "parity" / "images"
+PHOTOS = PARITY_SET_DIR / "images"
 REPO = Path(__file__).resolve().parents[2]
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
-
-
-@click.group()
-def cli() -> None:
-    """A group like converters.cli's, holding only the search commands."""
-
-
-register(cli)
 
 
 def invoke(*args) -> click.testing.Result:
@@ -61,7 +54,7 @@ def test_search_by_text_as_json(indexed):
     result = invoke("search", "海边的日落", "--index", index_dir, "--top", 3, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["query"] == "海边的日落" and data["runtime"] == "onnx" and data["backend"] == "int8"
+    assert data["query"] == "海边的日落" and data["runtime"] == "onnx-sim" and data["backend"] == "int8"
     assert [hit["rank"] for hit in data["hits"]] == [1, 2, 3]
     assert all(Path(hit["path"]).is_file() for hit in data["hits"])
 
@@ -80,7 +73,7 @@ def test_search_by_image_prints_a_table_and_writes_an_html_page(indexed, tmp_pat
 
 
 @ON_TINY_VIT
-@pytest.mark.parametrize("runtime", ["onnx-int8", "ncnn", "ncnn-int8"])
+@pytest.mark.parametrize("runtime", ["onnx-int8", "ncnn-fp16", "ncnn-int8"])
 def test_every_runtime_of_the_bundle_indexes_and_searches(tiny_bundle, tmp_path, runtime):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -130,13 +123,10 @@ def test_the_search_engine_never_imports_torch(indexed):
         import sys
         import click
         from click.testing import CliRunner
-        from converters.search import commands, index, query, render, scale
-
-        group = click.Group()
-        commands.register(group)
+        from converters.cli import cli
         for args in (["index", {str(photos)!r}, "--index", {str(index_dir)!r}],
                      ["search", "日落", "--index", {str(index_dir)!r}, "--json"]):
-            result = CliRunner().invoke(group, args)
+            result = CliRunner().invoke(cli, args)
             assert result.exit_code == 0, result.output
         loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torchvision", "cn_clip"))
         assert not loaded, loaded

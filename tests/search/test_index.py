@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from converters.bundle import Bundle
-from converters.search import index as index_module
-from converters.search.index import (
+from converters.app.bundle import Bundle
+from converters.data import PARITY_SET_DIR
+from converters.search import store, updater
+from converters.search.store import (
     INDEX_FILE,
     ArtifactMismatchError,
-    IndexBusyError,
     IndexFileError,
-    IndexUpdater,
     load_index,
     normalize_rows,
     wall_seconds,
 )
+from converters.search.updater import IndexBusyError, IndexUpdater
 
-PHOTOS = Path(__file__).resolve().parents[1] / "data" / "parity" / "images"
+PHOTOS = PARITY_SET_DIR / "images"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 
 
@@ -38,13 +38,13 @@ def photos(tmp_path) -> Path:
     return folder
 
 
-def update(index_dir: Path, photos: Path, bundle: Bundle, runtime: str = "onnx", **options):
+def update(index_dir: Path, photos: Path, bundle: Bundle, runtime: str = "onnx-sim", **options):
     with IndexUpdater(index_dir, bundle, runtime) as updater:
         return updater.run(updater.plan(photos), **options)
 
 
 def embed_file(bundle: Bundle, path: Path) -> np.ndarray:
-    return normalize_rows(bundle.embedder("onnx").embed_images(bundle.pixels([Image.open(path)])))[0]
+    return normalize_rows(bundle.embedder("onnx-sim").embed_images(bundle.pixels([Image.open(path)])))[0]
 
 
 @ON_TINY_VIT
@@ -61,7 +61,7 @@ def test_index_holds_every_photo_and_lists_the_unreadable_ones(tiny_bundle, phot
     for name in ("empty.jpg", "notes.png", "truncated.jpg"):
         assert sum(name in reason for reason in report.skipped) == 1
     index = load_index(tmp_path / "index")
-    assert index.complete and index.artifact.id == bundle.artifact_id("onnx") and index.artifact.runtime == "onnx"
+    assert index.complete and index.artifact.id == bundle.artifact_id("onnx-sim") and index.artifact.runtime == "onnx-sim"
     assert index.artifact.model == bundle.model and index.roots == [str(photos.resolve())]
     assert sorted(Path(p).name for p in index.photos.paths) == sorted(p.name for p in PHOTOS.glob("*.jpg"))
     row = index.photos.paths.index(str(photos.resolve() / "album" / "cat_chelsea.jpg"))
@@ -147,12 +147,12 @@ def test_photo_time_is_the_exif_capture_time_else_the_mtime(tiny_bundle, tmp_pat
 @ON_TINY_VIT
 def test_an_index_made_by_another_artifact_is_refused(tiny_bundle, photos, tmp_path):
     bundle = Bundle.open(tiny_bundle)
-    update(tmp_path / "index", photos, bundle, "onnx")
+    update(tmp_path / "index", photos, bundle, "onnx-sim")
     with pytest.raises(ArtifactMismatchError) as refused:
         update(tmp_path / "index", photos, bundle, "onnx-int8")
     message = str(refused.value)
-    assert "/ onnx (" in message and "onnx-int8" in message and "--index" in message
-    assert load_index(tmp_path / "index").artifact.runtime == "onnx"
+    assert "/ onnx-sim (" in message and "onnx-int8" in message and "--index" in message
+    assert load_index(tmp_path / "index").artifact.runtime == "onnx-sim"
 
 
 @ON_TINY_VIT
@@ -176,9 +176,9 @@ def test_one_index_keeps_several_folders_apart(tiny_bundle, tmp_path):
 @ON_TINY_VIT
 def test_a_second_indexer_on_the_same_index_is_refused(tiny_bundle, photos, tmp_path):
     bundle = Bundle.open(tiny_bundle)
-    with IndexUpdater(tmp_path / "index", bundle, "onnx"):
+    with IndexUpdater(tmp_path / "index", bundle, "onnx-sim"):
         with pytest.raises(IndexBusyError, match="Another `index` run"):
-            IndexUpdater(tmp_path / "index", bundle, "onnx").__enter__()
+            IndexUpdater(tmp_path / "index", bundle, "onnx-sim").__enter__()
 
 
 @ON_TINY_VIT
@@ -204,13 +204,13 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_a_rerun_finishes(tiny_bund
 @ON_TINY_VIT
 def test_periodic_checkpoints_are_written_during_a_run(tiny_bundle, photos, tmp_path, monkeypatch):
     saves = []
-    real_save = index_module.save_index
+    real_save = updater.save_index
 
     def recording_save(file, artifact, roots, photos, parts, complete):
         saves.append((len(photos.paths), complete))
         real_save(file, artifact, roots, photos, parts, complete)
 
-    monkeypatch.setattr(index_module, "save_index", recording_save)
+    monkeypatch.setattr(updater, "save_index", recording_save)
     update(tmp_path / "index", photos, Bundle.open(tiny_bundle), batch_size=5, checkpoint_seconds=0)
     # A checkpoint after the first batch; later ones only once 10x the last save's time has passed.
     assert saves[0] == (5, False) and saves[-1] == (14, True)
@@ -222,7 +222,7 @@ def test_a_save_interrupted_midway_leaves_the_old_index_whole(tiny_bundle, photo
     update(tmp_path / "index", photos, bundle)
     before = (tmp_path / "index" / INDEX_FILE).read_bytes()
     shutil.copy(PHOTOS / "grass.jpg", photos / "album" / "new.jpg")
-    real_write = index_module._write_section
+    real_write = store._write_section
 
     def write_then_interrupt(handle, section):
         described = real_write(handle, section)
@@ -230,7 +230,7 @@ def test_a_save_interrupted_midway_leaves_the_old_index_whole(tiny_bundle, photo
             raise KeyboardInterrupt  # Ctrl-C halfway through the new file
         return described
 
-    monkeypatch.setattr(index_module, "_write_section", write_then_interrupt)
+    monkeypatch.setattr(store, "_write_section", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         update(tmp_path / "index", photos, bundle)
 
@@ -247,18 +247,18 @@ def test_a_process_killed_midway_through_a_save_leaves_the_old_index_whole(tiny_
     # The child dies without any clean-up, as on a power cut or kill -9, after writing part of the file.
     script = textwrap.dedent(f"""
         import os
-        from converters.bundle import Bundle
-        from converters.search import index
-        real_write = index._write_section
+        from converters.app.bundle import Bundle
+        from converters.search import store, updater
+        real_write = store._write_section
         def write_then_die(handle, section):
             described = real_write(handle, section)
             if section.name == "codes":
                 handle.flush()
                 os._exit(9)
             return described
-        index._write_section = write_then_die
-        with index.IndexUpdater({str(tmp_path / "index")!r}, Bundle.open({str(tiny_bundle)!r}), "onnx") as updater:
-            updater.run(updater.plan({str(photos)!r}))
+        store._write_section = write_then_die
+        with updater.IndexUpdater({str(tmp_path / "index")!r}, Bundle.open({str(tiny_bundle)!r}), "onnx-sim") as run:
+            run.run(run.plan({str(photos)!r}))
     """)
     child = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
     assert child.returncode == 9
@@ -275,11 +275,11 @@ def saved_index(tmp_path) -> Path:
     """A small index written straight from vectors, for the file-format tests."""
     folder = tmp_path / "index"
     vectors = normalize_rows(np.random.default_rng(0).standard_normal((50, 16)))
-    photos = index_module.PhotoFacts(
+    photos = store.PhotoFacts(
         [f"/photos/{i}.jpg" for i in range(50)], *(np.arange(50, dtype=np.int64) for _ in range(3)), np.ones(50, bool)
     )
-    stamp = index_module.ArtifactStamp("0" * 64, "tiny", "onnx", 16, "/bundle")
-    index_module.save_index(folder / INDEX_FILE, stamp, ["/photos"], photos, [(vectors, None)], complete=True)
+    stamp = store.ArtifactStamp("0" * 64, "tiny", "onnx-sim", 16, "/bundle")
+    store.save_index(folder / INDEX_FILE, stamp, ["/photos"], photos, [(vectors, None)], complete=True)
     return folder
 
 
@@ -304,7 +304,7 @@ def test_a_truncated_index_is_detected(saved_index):
 def test_a_corrupt_section_is_detected_by_its_sha256(saved_index):
     file = saved_index / INDEX_FILE
     data = bytearray(file.read_bytes())
-    header = index_module._read_header(open(file, "rb"), file, len(data))[0]
+    header = store._read_header(open(file, "rb"), file, len(data))[0]
     for section in header["sections"]:
         damaged = data.copy()
         damaged[section["offset"]] ^= 0xFF

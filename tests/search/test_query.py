@@ -13,10 +13,19 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from converters.bundle import Bundle
-from converters.search.index import (
+from converters.app.bundle import Bundle
+from converters.bench.search_scale import measure_topk
+from converters.data import PARITY_SET_DIR
+from converters.search.backends import BackendUnavailableError, Int8Scan
+from converters.search.query import (
+    QueryError,
+    Searcher,
+    TimeRange,
+    image_query,
+    text_query,
+)
+from converters.search.store import (
     ArtifactMismatchError,
-    IndexUpdater,
     Int8Codes,
     PhotoFacts,
     PhotoIndex,
@@ -24,18 +33,9 @@ from converters.search.index import (
     normalize_rows,
     quantize,
 )
-from converters.search.query import (
-    BackendUnavailableError,
-    Int8Scan,
-    QueryError,
-    Searcher,
-    TimeRange,
-    image_query,
-    text_query,
-)
-from converters.search.scale import measure_topk
+from converters.search.updater import IndexUpdater
 
-PHOTOS = Path(__file__).resolve().parents[1] / "data" / "parity" / "images"
+PHOTOS = PARITY_SET_DIR / "images"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 CAPTURED = {
     "grass.jpg": "2019:05:01 10:00:00",
@@ -58,7 +58,7 @@ def library(tiny_bundle, tmp_path_factory) -> tuple[Bundle, Path, Path]:
     for name, modified in MODIFIED.items():
         os.utime(photos / name, (modified.timestamp(), modified.timestamp()))
     bundle = Bundle.open(tiny_bundle)
-    with IndexUpdater(root / "index", bundle, "onnx") as updater:
+    with IndexUpdater(root / "index", bundle, "onnx-sim") as updater:
         updater.run(updater.plan(photos))
     return bundle, photos, root / "index"
 
@@ -72,7 +72,7 @@ def names(result) -> list[str]:
 def test_an_image_finds_itself_first(library, backend):
     bundle, photos, index_dir = library
     searcher = Searcher(load_index(index_dir), backend)
-    embedder = bundle.embedder("onnx")
+    embedder = bundle.embedder("onnx-sim")
     for name in ("cat_chelsea.jpg", "hubble_deep_field.jpg", "cameraman_gray.jpg"):
         result = searcher.find(name, image_query(bundle, embedder, photos / name), k=3)
         assert names(result)[0] == name
@@ -86,7 +86,7 @@ def test_an_image_finds_itself_first(library, backend):
 def test_a_text_query_ranks_photos_by_cosine_similarity(library, backend):
     bundle, _, index_dir = library
     index = load_index(index_dir)
-    query = text_query(bundle, bundle.embedder("onnx"), "海边的日落 sunset")
+    query = text_query(bundle, bundle.embedder("onnx-sim"), "海边的日落 sunset")
     result = Searcher(index, backend).find("海边的日落 sunset", query, k=5)
     similarities = index.vectors[:].astype(np.float32) @ query[0]
     expected = np.argsort(-similarities, kind="stable")[:5]
@@ -107,7 +107,7 @@ def test_a_text_query_ranks_photos_by_cosine_similarity(library, backend):
 )
 def test_the_time_filter_uses_capture_time_else_mtime(library, since, until, expected):
     bundle, photos, index_dir = library
-    query = image_query(bundle, bundle.embedder("onnx"), photos / "astronaut.jpg")
+    query = image_query(bundle, bundle.embedder("onnx-sim"), photos / "astronaut.jpg")
     result = Searcher(load_index(index_dir)).find("astronaut", query, k=10, time_range=TimeRange.parse(since, until))
     assert set(names(result)) == expected and result.considered == len(expected)
     captured = {Path(hit.path).name: hit.captured for hit in result.hits}
@@ -119,7 +119,7 @@ def test_the_time_filter_uses_capture_time_else_mtime(library, since, until, exp
 def test_a_query_with_no_words_is_refused(library, text):
     bundle, _, _ = library
     with pytest.raises(QueryError, match="no words once tokenized"):
-        text_query(bundle, bundle.embedder("onnx"), text)
+        text_query(bundle, bundle.embedder("onnx-sim"), text)
 
 
 @pytest.mark.parametrize(
@@ -142,13 +142,13 @@ def test_a_bundle_with_another_artifact_is_refused(library, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(bundle.manifest.root, other)
     manifest = json.loads((other / "manifest.json").read_text())
-    # Its "onnx" visual tower is now the int8 model: a different artifact under the same model name.
-    manifest["artifacts"]["visual.simplify"] = {**manifest["artifacts"]["visual.int8"], "stage": "simplify"}
+    # Its "onnx-sim" visual tower is now the int8 model: a different artifact under the same model name.
+    manifest["artifacts"]["visual.onnx-sim"] = {**manifest["artifacts"]["visual.onnx-int8"], "stage": "onnx-sim"}
     (other / "manifest.json").write_text(json.dumps(manifest))
     index = load_index(index_dir)
     with pytest.raises(ArtifactMismatchError, match="cannot be compared"):
         index.artifact.open_bundle(other, index.file)
-    assert index.artifact.open_bundle(None, index.file).artifact_id("onnx") == bundle.artifact_id("onnx")
+    assert index.artifact.open_bundle(None, index.file).artifact_id("onnx-sim") == bundle.artifact_id("onnx-sim")
 
 
 def in_memory_index(vectors: np.ndarray) -> PhotoIndex:
@@ -193,7 +193,7 @@ def test_the_faiss_backend_agrees_with_exact(library):
     pytest.importorskip("faiss")
     bundle, photos, index_dir = library
     index = load_index(index_dir)
-    query = image_query(bundle, bundle.embedder("onnx"), photos / "coffee_cup.jpg")
+    query = image_query(bundle, bundle.embedder("onnx-sim"), photos / "coffee_cup.jpg")
     time_range = TimeRange.parse("2019-01-01", "2022-01-01")
     for window in (TimeRange(), time_range):
         expected = Searcher(index, "exact").find("cup", query, 5, window)

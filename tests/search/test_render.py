@@ -7,15 +7,15 @@ import io
 import json
 import re
 from datetime import datetime
-from pathlib import Path
 
 from PIL import Image
 
-from converters.search.index import ArtifactStamp
 from converters.search.query import Hit, SearchResult, TimeRange
 from converters.search.render import render_html, render_json, render_table
+from converters.data import PARITY_SET_DIR
+from converters.search.store import ArtifactStamp
 
-PHOTOS = Path(__file__).resolve().parents[1] / "data" / "parity" / "images"
+PHOTOS = PARITY_SET_DIR / "images"
 
 
 def result(query: str = "海边的日落", hits: list[Hit] | None = None, time_range: TimeRange | None = None) -> SearchResult:

@@ -1,0 +1,98 @@
+"""A converted tower: as a stage makes it (`Artifact`), and as the manifest records it (`ArtifactEntry`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converters.app.fsutil import sha256_file
+from converters.app.specs import TensorSpec, Tower, TowerSpec, engine_of
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str  # relative to the bundle folder, '/'-separated
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path, root: Path) -> "FileRecord":
+        return cls(path.relative_to(root).as_posix(), path.stat().st_size, sha256_file(path))
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Files on disk (the model file first, then its companions: external data, ncnn .bin) and what they take."""
+
+    tower: Tower
+    stage: str
+    precision: str
+    files: tuple[Path, ...]
+    spec: TowerSpec
+    # Settings the app must give the runtime to reproduce the parity numbers.
+    runtime_options: dict = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str:
+        return engine_of(self.stage)
+
+    @property
+    def model_file(self) -> Path:
+        return self.files[0]
+
+    @property
+    def key(self) -> str:
+        return f"{self.tower}.{self.stage}"
+
+    def moved_to(self, files: list[Path]) -> "Artifact":
+        return Artifact(self.tower, self.stage, self.precision, tuple(files), self.spec, self.runtime_options)
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    """One artifact of `manifest.json`: files with bytes and sha256, tensors with roles, how it was made."""
+
+    tower: Tower
+    stage: str
+    precision: str
+    files: tuple[FileRecord, ...]
+    spec: TowerSpec
+    runtime_options: dict
+    inputs_digest: str  # the parent's content and the stage's options: unchanged means up to date
+
+    @classmethod
+    def of(cls, artifact: Artifact, root: Path, inputs_digest: str) -> "ArtifactEntry":
+        files = tuple(FileRecord.of(f, root) for f in artifact.files)
+        return cls(artifact.tower, artifact.stage, artifact.precision, files, artifact.spec,
+                   dict(artifact.runtime_options), inputs_digest)
+
+    def to_json(self) -> dict:
+        return {
+            "tower": self.tower,
+            "stage": self.stage,
+            "runtime": engine_of(self.stage),
+            "precision": self.precision,
+            "files": [f.to_json() for f in self.files],
+            "inputs": [t.to_json() for t in self.spec.inputs],
+            "outputs": [t.to_json() for t in self.spec.outputs],
+            "runtime_options": self.runtime_options,
+            "inputs_digest": self.inputs_digest,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ArtifactEntry":
+        spec = TowerSpec(
+            data["tower"],
+            tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+        )
+        files = tuple(FileRecord(**f) for f in data["files"])
+        return cls(data["tower"], data["stage"], data["precision"], files, spec, data["runtime_options"],
+                   data["inputs_digest"])
+
+    def artifact(self, root: Path) -> Artifact:
+        return Artifact(self.tower, self.stage, self.precision, tuple(root / f.path for f in self.files), self.spec,
+                        self.runtime_options)

@@ -1,0 +1,99 @@
+"""Where every file of a bundle lives. No other module builds artifact paths."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters.app.fsutil import exclusive
+
+
+def default_bundle_dir(model: str) -> Path:
+    """`artifacts/<model>` below the working directory (the repository root, for `make`)."""
+    return (Path("artifacts") / model).absolute()
+
+
+@dataclass(frozen=True)
+class BundleLayout:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def parity_json(self) -> Path:
+        return self.root / "parity.json"
+
+    @property
+    def parity_md(self) -> Path:
+        return self.root / "parity.md"
+
+    @property
+    def bench_json(self) -> Path:
+        return self.root / "bench.json"
+
+    @property
+    def bench_md(self) -> Path:
+        return self.root / "bench.md"
+
+    @property
+    def reference(self) -> Path:
+        """PyTorch embeddings of the parity set, cached per checkpoint."""
+        return self.root / "reference.npz"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Hold the bundle's lock: one conversion or parity check writes into a bundle at a time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return exclusive(
+            self.lock,
+            f"Another conversion or parity check is writing into {self.root} right now (lock {self.lock}). "
+            "Wait for it to finish, or choose another output directory.",
+        )
+
+    @property
+    def staging(self) -> Path:
+        """Stages write here first; files move into `root` only once complete."""
+        return self.root / ".staging"
+
+    @property
+    def vocab(self) -> Path:
+        return self.root / "vocab.txt"
+
+    @property
+    def tokenizer_spec(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    @property
+    def preprocess_spec(self) -> Path:
+        return self.root / "preprocess.json"
+
+    @property
+    def golden(self) -> Path:
+        """Expected inputs and embeddings for an app's own tests."""
+        return self.root / "golden.json"
+
+    @property
+    def golden_images(self) -> Path:
+        return self.root / "golden"
+
+    @property
+    def logs(self) -> Path:
+        """Logs of converters that failed (pnnx), kept for the user to read."""
+        return self.root / "logs"
+
+    def model_files(self, tower: str, stage: str) -> tuple[Path, ...]:
+        """An artifact's files, the model first: `visual.sim.onnx`, or `text.fp16.ncnn.param` and `.bin`."""
+        engine, tag = stage.split("-", 1)
+        if engine == "onnx":
+            return (self.root / f"{tower}.{tag}.onnx",)
+        return self.root / f"{tower}.{tag}.ncnn.param", self.root / f"{tower}.{tag}.ncnn.bin"
+
+    @staticmethod
+    def external_data_name(model_file: Path) -> str:
+        return f"{model_file.name}.data"

@@ -1,0 +1,197 @@
+"""`manifest.json`: the contract an app build relies on, typed, and checked against its JSON Schema on load.
+
+The manifest lists only artifacts whose files are complete: an entry is
+written after its files have been moved into place, and the manifest itself
+is replaced atomically. Every file it names lies inside the bundle folder
+and is checked against its sha256 before use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+
+from converters import __version__
+from converters.app.artifact import Artifact, ArtifactEntry, FileRecord
+from converters.app.fsutil import atomic_write_text, sha256_file
+from converters.app.specs import STAGE_NAMES, TOWERS
+from converters.errors import ArtifactError
+
+SCHEMA_VERSION = 2
+CONVERT_AGAIN = "run `python -m converters convert` (or `make convert`) for it again"
+
+
+@cache
+def schema() -> dict:
+    return json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    source: str  # "random", or the absolute path of the checkpoint file
+    description: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class EmbeddingFacts:
+    dim: int
+    logit_scale: float
+    normalized: bool = False
+    note: str = (
+        "Outputs are unnormalized, as cn_clip's encode_image/encode_text return them; L2-normalize before "
+        "comparing, and multiply cosine similarities by logit_scale for CLIP logits."
+    )
+
+
+@dataclass
+class Manifest:
+    path: Path
+    model: str
+    checkpoint: CheckpointRecord | None = None
+    embedding: EmbeddingFacts | None = None
+    preprocess: dict = field(default_factory=dict)  # the preprocessing spec (converters.app.preprocess.spec)
+    tokenizer: dict = field(default_factory=dict)  # the tokenizer spec (converters.app.tokenizer.Tokenizer.spec)
+    files: dict[str, FileRecord] = field(default_factory=dict)  # non-model files by role
+    artifacts: dict[str, ArtifactEntry] = field(default_factory=dict)  # by "<tower>.<stage>"
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ArtifactError(f"No manifest at {path}: run `make convert` (or `python -m converters convert`) first.") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path} is not valid JSON ({exc}); {CONVERT_AGAIN}.") from None
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{path} has schema version {version!r}, and this tool reads version {SCHEMA_VERSION} "
+                f"(stage names and the manifest's layout changed); {CONVERT_AGAIN}."
+            )
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(data))
+        if error is not None:
+            where = "/".join(str(part) for part in error.absolute_path) or "(top level)"
+            # A pattern error would print the regular expression; say what it stands for.
+            what = error.message
+            if error.validator == "pattern":
+                kind = "a path inside the bundle" if where.endswith("/path") else "of the expected form"
+                what = f"{error.instance!r} is not {kind}"
+            raise ArtifactError(f"{path} is not a valid manifest: at {where}: {what}. {CONVERT_AGAIN.capitalize()}.")
+        return cls(
+            path,
+            data["model"],
+            CheckpointRecord(**data["checkpoint"]),
+            EmbeddingFacts(**data["embedding"]),
+            data["preprocess"],
+            data["tokenizer"],
+            {role: FileRecord(**record) for role, record in data["files"].items()},
+            {key: ArtifactEntry.from_json(entry) for key, entry in data["artifacts"].items()},
+        )
+
+    @classmethod
+    def load_or_new(cls, path: Path, model: str, checkpoint_sha256: str) -> "Manifest":
+        """The manifest at `path` if it describes the same model and weights, else an empty one."""
+        if path.is_file():
+            manifest = cls.load(path)
+            if manifest.model == model and manifest.checkpoint.sha256 == checkpoint_sha256:
+                return manifest
+        return cls(path, model)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def require_model(self, model: str) -> None:
+        if self.model != model:
+            raise ArtifactError(
+                f"The bundle at {self.root} was converted from model '{self.model}', not '{model}': "
+                f"use MODEL={self.model} with it, or convert '{model}' into another folder."
+            )
+
+    def record(self, artifact: Artifact, inputs_digest: str) -> None:
+        self.artifacts[artifact.key] = ArtifactEntry.of(artifact, self.root, inputs_digest)
+
+    def record_file(self, role: str, path: Path) -> None:
+        """List a non-model file of the bundle (vocabulary, specs, golden vectors) with its sha256."""
+        self.files[role] = FileRecord.of(path, self.root)
+
+    def forget(self, key: str) -> None:
+        self.artifacts.pop(key, None)
+
+    def entry(self, tower: str, stage: str) -> ArtifactEntry | None:
+        return self.artifacts.get(f"{tower}.{stage}")
+
+    def artifact(self, tower: str, stage: str) -> Artifact:
+        """The artifact with its files verified: present, inside the bundle, same size and sha256."""
+        entry = self.entry(tower, stage)
+        if entry is None:
+            raise ArtifactError(
+                f"{self.path} lists no {tower} artifact for stage '{stage}'. Stages present: "
+                f"{', '.join(self.stages()) or 'none'}. Run convert with that stage."
+            )
+        self.verify(entry.files)
+        return entry.artifact(self.root)
+
+    def file(self, role: str) -> Path:
+        """A non-model file by role (vocab, tokenizer_spec, …), verified."""
+        record = self.files.get(role)
+        if record is None:
+            raise ArtifactError(f"{self.path} lists no '{role}' file; {CONVERT_AGAIN}.")
+        self.verify([record])
+        return self.root / record.path
+
+    def stages(self) -> list[str]:
+        """Stages with at least one tower listed, in pipeline order."""
+        present = {entry.stage for entry in self.artifacts.values()}
+        return [stage for stage in STAGE_NAMES if stage in present]
+
+    def complete_stages(self) -> list[str]:
+        """Stages with both towers listed: what an app can run."""
+        return [stage for stage in self.stages() if all(self.entry(tower, stage) for tower in TOWERS)]
+
+    def verify(self, records) -> None:
+        for record in records:
+            path = self.root / record.path
+            if not path.resolve().is_relative_to(self.root.resolve()):
+                raise ArtifactError(f"{self.path} names {record.path}, which lies outside the bundle; refusing to use it.")
+            if not path.is_file():
+                raise ArtifactError(f"{path} is listed in {self.path} but missing; {CONVERT_AGAIN} to rebuild it.")
+            if path.stat().st_size != record.bytes or sha256_file(path) != record.sha256:
+                raise ArtifactError(
+                    f"{path} changed after conversion (its sha256 no longer matches {self.path}); "
+                    f"{CONVERT_AGAIN} to rebuild it."
+                )
+
+    def is_current(self, tower: str, stage: str, inputs_digest: str) -> bool:
+        entry = self.entry(tower, stage)
+        if entry is None or entry.inputs_digest != inputs_digest:
+            return False
+        try:
+            self.verify(entry.files)
+        except ArtifactError:
+            return False
+        return True
+
+    def to_json(self) -> dict:
+        embedding = self.embedding
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "created_by": f"cnclip-converters {__version__}",
+            "checkpoint": vars(self.checkpoint),
+            "embedding": {"dim": embedding.dim, "normalized": embedding.normalized, "note": embedding.note,
+                          "logit_scale": embedding.logit_scale},
+            "preprocess": self.preprocess,
+            "tokenizer": self.tokenizer,
+            "artifacts": {key: entry.to_json() for key, entry in self.artifacts.items()},
+            "files": {role: record.to_json() for role, record in self.files.items()},
+        }
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")

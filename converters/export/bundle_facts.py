@@ -1,0 +1,46 @@
+"""The facts of a bundle that are not models: weights, embedding, tokenizer, preprocessing.
+
+They are written at the start of every conversion: into the manifest, and as
+files beside the models (vocabulary, tokenizer and preprocessing specs) that
+the manifest lists with sha256, so an app build needs nothing but the folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+from converters.app import preprocess
+from converters.app.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from converters.app.layout import BundleLayout
+from converters.app.manifest import CheckpointRecord, EmbeddingFacts, Manifest
+from converters.app.tokenizer import Tokenizer
+from converters.export.config import ModelConfig
+
+
+def cn_clip_vocab() -> Path:
+    """cn_clip's vocab.txt, located without importing cn_clip (which imports torch)."""
+    spec = importlib.util.find_spec("cn_clip")
+    return Path(next(iter(spec.submodule_search_locations))) / "clip" / "vocab.txt"
+
+
+def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callable[[], float]) -> None:
+    layout = BundleLayout(manifest.root)
+    if not layout.vocab.is_file() or sha256_file(layout.vocab) != sha256_file(cn_clip_vocab()):
+        atomic_write_bytes(layout.vocab, cn_clip_vocab().read_bytes())
+    tokenizer_spec = Tokenizer.from_vocab(layout.vocab, config.context_length).spec()
+    preprocess_spec = preprocess.spec(config.image_resolution)
+    manifest.checkpoint = CheckpointRecord(
+        "random" if source.path is None else str(source.path), source.description, source.digest
+    )
+    # The logit scale is read from the model only when no earlier run of the same weights recorded it:
+    # that spares loading a large checkpoint when every stage is up to date.
+    scale = manifest.embedding.logit_scale if manifest.embedding else logit_scale()
+    manifest.embedding = EmbeddingFacts(config.architecture.embed_dim, scale)
+    manifest.preprocess = preprocess_spec
+    manifest.tokenizer = tokenizer_spec
+    atomic_write_json(layout.tokenizer_spec, tokenizer_spec)
+    atomic_write_json(layout.preprocess_spec, preprocess_spec)
+    for role, path in (("vocab", layout.vocab), ("tokenizer_spec", layout.tokenizer_spec), ("preprocess_spec", layout.preprocess_spec)):
+        manifest.record_file(role, path)

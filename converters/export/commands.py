@@ -1,0 +1,80 @@
+"""`models` and `convert`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from converters.app.layout import default_bundle_dir
+from converters.app.specs import STAGE_NAMES
+from converters.cli import say
+from converters.errors import ParityError
+from converters.progress import render
+
+DEFAULT_CACHE = Path(os.environ.get("CNCLIP_CACHE", Path.home() / ".cache" / "clip"))
+
+model_argument = click.argument("model", metavar="MODEL")
+out_option = click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Bundle directory (default: artifacts/MODEL below the working directory).",
+)
+
+
+@click.command("models")
+def models_command() -> None:
+    """List the known model names (one config file each)."""
+    from converters.export.config import known_models
+
+    for name in known_models():
+        click.echo(name)
+
+
+@click.command("convert")
+@model_argument
+@click.option(
+    "--checkpoint", "checkpoint", default=None, metavar="PATH|random",
+    help="A Chinese-CLIP .pt checkpoint, or 'random' for seeded random weights. "
+    "Default: the official release, downloaded once into --cache-dir.",
+)
+@out_option
+@click.option(
+    "--stages", default=None, metavar="LIST",
+    help=f"Comma-separated stages to run (default: all, in this order): {','.join(STAGE_NAMES)}.",
+)
+@click.option(
+    "--parity/--no-parity", default=True, show_default=True,
+    help="Check every artifact against PyTorch as it is made; a stage is not built on a parent that fails.",
+)
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+    help="Where official checkpoints are downloaded (env CNCLIP_CACHE).",
+)
+def convert_command(model: str, checkpoint: str | None, out: Path | None, stages: str | None, parity: bool, cache_dir: Path) -> None:
+    """Run the conversion stages for MODEL, checking parity as they go.
+
+    Stages whose inputs have not changed since the last run are skipped, so a
+    re-run after an interruption finishes the job. Writes parity.json and
+    parity.md beside the manifest and exits with status 3 when a parity
+    tolerance is not met.
+    """
+    from converters.export.config import load_config
+    from converters.export.pipeline import ConvertRequest, convert, parse_stages
+
+    config = load_config(model)
+    out = (out or default_bundle_dir(config.name)).absolute()
+    selected = parse_stages(stages) if stages else STAGE_NAMES
+    conversion = convert(ConvertRequest(config, out, checkpoint, cache_dir, selected, parity), lambda e: say(render(e)))
+    say(f"artifacts in {out}")
+    if conversion.parity is not None:
+        report_parity(conversion.parity, out)
+
+
+def report_parity(report, out: Path) -> None:
+    from converters.app.layout import BundleLayout
+    from converters.validate.report import render_markdown
+
+    click.echo(render_markdown(report))
+    if not report.passed:
+        raise ParityError(f"Parity failed for {report.model}; see {BundleLayout(out).parity_md}.")

@@ -1,0 +1,254 @@
+"""Model configs: one YAML file per architecture in `converters/export/configs/` (package data), validated on load.
+
+The set of known model names is the set of file stems in the configs folder;
+nothing else lists them. Defaults below are the measured choices; a config
+file overrides them only where its architecture needs something else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from converters.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VisionArch(_Strict):
+    """ViT when `layers` is an int, ModifiedResNet when it lists four stage depths."""
+
+    layers: int | tuple[int, int, int, int]
+    width: int = Field(gt=0)
+    patch_size: int | None = Field(default=None, gt=0)
+    head_width: int = Field(default=64, gt=0)
+
+    @property
+    def family(self) -> Literal["vit", "resnet"]:
+        return "resnet" if isinstance(self.layers, tuple) else "vit"
+
+
+class TextArch(_Strict):
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0)
+    type_vocab_size: int = Field(default=2, gt=0)
+    hidden_act: Literal["gelu", "relu", "swish", "gelu_new"] = "gelu"
+
+
+class Architecture(_Strict):
+    embed_dim: int = Field(gt=0)
+    vision: VisionArch
+    text: TextArch
+
+
+class OnnxOptions(_Strict):
+    opset: int = Field(default=17, ge=13, le=21)
+
+
+class SimplifyOptions(_Strict):
+    # Shape-fixing input overrides would drop the dynamic batch axis, so the
+    # simplifier only folds constants and fuses; it is checked for that by parity.
+    skip_fuse_bn: bool = False
+
+
+class Int8Options(_Strict):
+    """onnxruntime dynamic quantization settings, chosen by measured parity, size and speed.
+
+    Measured on ViT-B-16 with WEIGHTS=random on this AVX2 CPU without VNNI
+    (parity set, per-sample cosine against PyTorch fp32; README "int8 settings"):
+    - int8 weights without `reduce_range` saturate AVX2's u8*s8 pair sums
+      (vpmaddubsw): the visual tower falls to cosine min 0.981, mean 0.990.
+      With `reduce_range` (7-bit weights) it is 0.9997 / 0.9998.
+    - uint8 weights do not saturate (cosine 0.99986) but run the u8*u8
+      kernel, 1.5x slower than u8*s8 here (700 vs 450 ms per image).
+    - per-channel scales cost 0.4 MB and raise the visual min cosine from
+      0.99953 to 0.99970.
+    - Gather is quantized: the 21128x768 word-embedding table is 65 MB of the
+      ViT-B-16 text tower in fp32; with it the tower is 102.7 MB (≤ 110 MB),
+      and the visual tower 89.1 MB (≤ 90 MB).
+    """
+
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    reduce_range: bool = True
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
+    # Nodes whose names contain one of these stay in fp32.
+    exclude_name_patterns: tuple[str, ...] = ()
+
+
+class NcnnOptions(_Strict):
+    """pnnx conversion of the rewritten towers (converters/export/rewrites); the precision is the stage's."""
+
+
+class NcnnInt8Options(_Strict):
+    """ncnn int8 quantization (a port of ncnn2table and ncnn2int8, see converters/export/stages/ncnn_int8.py).
+
+    Measured with WEIGHTS=random on the parity set (per-sample cosine against PyTorch
+    fp32, min / mean), calibrating in 1 thread on this 2-core machine:
+    - ViT-B-16 visual: kl with 32 samples 0.99983 / 0.99988 (45 s), with 8 samples
+      0.99979 / 0.99987 (12 s); aciq 0.99984 / 0.99986. Text: kl 0.99934 / 0.99946,
+      aciq 0.99929 / 0.99941.
+    - RN50 visual (55 calibrated convolutions): kl with 32 samples 0.99982 / 0.99983
+      (24 s), 8 or 64 samples within 1e-5 of it; aciq 0.99982 / 0.99982.
+    kl has the best mean everywhere. 32 samples cost under a minute per tower; random
+    weights spread activations evenly, so trained ones may ask for more.
+    """
+
+    # How the input scale of each Convolution and InnerProduct is found from the calibration set.
+    method: Literal["kl", "aciq"] = "kl"
+    # Calibration samples per tower: photos and crops of them, or captions.
+    samples: int = Field(default=32, gt=0)
+
+
+class Stages(_Strict):
+    """Options per stage, under the stage's name with '_' for '-' (`onnx_int8` for stage `onnx-int8`)."""
+
+    onnx_fp32: OnnxOptions = OnnxOptions()
+    onnx_sim: SimplifyOptions = SimplifyOptions()
+    onnx_int8: Int8Options = Int8Options()
+    ncnn_fp32: NcnnOptions = NcnnOptions()
+    ncnn_fp16: NcnnOptions = NcnnOptions()
+    ncnn_int8: NcnnInt8Options = NcnnInt8Options()
+
+
+class Tolerance(_Strict):
+    """What an artifact's embeddings must meet against PyTorch fp32, per sample of the parity set.
+
+    Whatever the tolerance, an output that is not finite, is all zeros or has
+    the wrong shape fails (converters.validate.metrics).
+    """
+
+    cosine_min: float = Field(gt=0.0, le=1.0)
+    cosine_mean: float | None = Field(default=None, gt=0.0, le=1.0)
+    # max |norm(artifact) / norm(PyTorch) - 1|: cosine cannot see an embedding scaled by 1000.
+    norm_ratio_max: float = Field(gt=0.0, le=1.0)
+    top1_agreement_min: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+# norm_ratio_max as measured on tiny-vit and tiny-rn with random weights (parity set, this 2-core
+# x86 machine): fp32 stages ≤ 2.1e-7, ncnn-fp16 ≤ 8.1e-5, int8 stages ≤ 1.1e-2. The limits leave
+# 100x or more for the float stages and 10x for int8; a scale error of 1000x fails all of them.
+FP32_TOLERANCE = Tolerance(cosine_min=0.99999, norm_ratio_max=1e-4, top1_agreement_min=1.0)
+FP16_STORAGE_TOLERANCE = Tolerance(cosine_min=0.9995, norm_ratio_max=1e-2)
+INT8_TOLERANCE = Tolerance(cosine_min=0.98, cosine_mean=0.99, norm_ratio_max=0.1)
+
+
+class ParityTolerances(_Strict):
+    onnx_fp32: Tolerance = FP32_TOLERANCE
+    onnx_sim: Tolerance = FP32_TOLERANCE
+    onnx_int8: Tolerance = INT8_TOLERANCE
+    ncnn_fp32: Tolerance = FP32_TOLERANCE
+    ncnn_fp16: Tolerance = FP16_STORAGE_TOLERANCE
+    ncnn_int8: Tolerance = INT8_TOLERANCE
+
+
+class Checkpoint(_Strict):
+    # Name of the official release in cn_clip's download table; None for
+    # architectures that only exist here (the tiny test models).
+    release: str | None = None
+    # sha256 of the release file, checked after download when given.
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+
+
+class ModelConfig(_Strict):
+    name: str
+    architecture: Architecture
+    image_resolution: int = Field(gt=0)
+    context_length: int = Field(default=52, ge=2)
+    seed: int = 0
+    checkpoint: Checkpoint = Checkpoint()
+    stages: Stages = Stages()
+    parity: ParityTolerances = ParityTolerances()
+    source: Path | None = Field(default=None, exclude=True)
+
+    def stage_options(self, stage: str) -> BaseModel:
+        return getattr(self.stages, stage.replace("-", "_"))
+
+    def tolerance(self, stage: str) -> Tolerance:
+        return getattr(self.parity, stage.replace("-", "_"))
+
+
+def known_models(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> ModelConfig:
+    """Load a config by model name (a file stem in `config_dir`) or by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = config_dir / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"Unknown model '{name_or_path}'. Known models: {', '.join(known_models(config_dir))}. "
+                f"Add a config file as {path} to define a new one."
+            )
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values at the top level.")
+    raw.setdefault("name", path.stem)
+    _inherit_default_tolerances(raw)
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a valid model config:\n{_describe(exc)}") from None
+    _check_consistency(config, path)
+    return config.model_copy(update={"source": path})
+
+
+def _inherit_default_tolerances(raw: dict) -> None:
+    """A stage's tolerance in a config overrides the default key by key: `cosine_min` alone keeps the rest."""
+    parity = raw.get("parity")
+    if not isinstance(parity, dict):
+        return
+    defaults = ParityTolerances().model_dump()
+    for stage, tolerance in parity.items():
+        if isinstance(tolerance, dict) and stage in defaults:
+            parity[stage] = defaults[stage] | tolerance
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check its spelling and indentation)")
+        else:
+            lines.append(f"  - {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _check_consistency(config: ModelConfig, path: Path) -> None:
+    vision = config.architecture.vision
+    problems = []
+    if vision.family == "vit":
+        if vision.patch_size is None:
+            problems.append("architecture.vision.patch_size is required for a ViT (integer layers)")
+        elif config.image_resolution % vision.patch_size:
+            problems.append("image_resolution must be a multiple of architecture.vision.patch_size")
+        if vision.width % vision.head_width:
+            problems.append("architecture.vision.width must be a multiple of head_width")
+    elif config.image_resolution % 32:
+        problems.append("image_resolution must be a multiple of 32 for a ModifiedResNet")
+    text = config.architecture.text
+    if text.hidden_size % text.num_attention_heads:
+        problems.append("architecture.text.hidden_size must be a multiple of num_attention_heads")
+    if config.context_length > text.max_position_embeddings:
+        problems.append("context_length exceeds architecture.text.max_position_embeddings")
+    if problems:
+        raise ConfigError(f"{path} is inconsistent:\n" + "\n".join(f"  - {p}" for p in problems))

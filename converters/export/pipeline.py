@@ -1,0 +1,176 @@
+"""The pipeline is the ordered list of stages; `convert` runs the selected ones, checking each artifact as it goes.
+
+Each stage runs per tower, consumes its parent's artifact and is skipped when
+the digest of its inputs (parent content, stage options) matches what the
+manifest recorded and the recorded files still verify. A stage writes into a
+staging folder, its files are renamed into the bundle, and only then does the
+manifest list them: an interrupted run leaves nothing the manifest calls good.
+
+With parity on, every artifact is checked against PyTorch as soon as it
+exists, and a stage is not built on a parent that failed its check.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from converters import __version__
+from converters.app.artifact import Artifact
+from converters.app.fsutil import ensure_writable, publish, sha256_text, staging_dir
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.app.specs import STAGE_NAMES, TOWERS
+from converters.errors import ConversionError, UserError
+from converters.export import bundle_facts, checkpoint
+from converters.export.config import ModelConfig
+from converters.export.stages import (
+    Stage,
+    ncnn_float,
+    ncnn_int8,
+    onnx_fp32,
+    onnx_int8,
+    onnx_sim,
+)
+from converters.export.towers import ModelTower
+from converters.progress import Note, Progress, StageStep
+from converters.validate.parity import (
+    ParityChecker,
+    parity_set_for,
+    reference_embeddings,
+)
+from converters.validate.report import ParityReport
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (onnx_fp32.STAGE, onnx_sim.STAGE, onnx_int8.STAGE, ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE)
+}
+assert tuple(STAGES) == STAGE_NAMES, "the pipeline's stages and the bundle's stage names must agree"
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    config: ModelConfig
+    out_dir: Path
+    checkpoint: str | None  # a path, "random", or None for the official release
+    cache_dir: Path
+    stages: tuple[str, ...] = STAGE_NAMES
+    parity: bool = True
+
+
+@dataclass(frozen=True)
+class Conversion:
+    manifest: Manifest
+    parity: ParityReport | None  # None when parity was not asked for
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STAGES]
+    if unknown or not names:
+        raise UserError(f"Unknown stage(s) {', '.join(unknown) or '(none given)'}; the stages are: {', '.join(STAGES)}.")
+    return tuple(name for name in STAGES if name in names)
+
+
+def descendants(stage: str) -> list[str]:
+    children = [name for name, candidate in STAGES.items() if candidate.parent == stage]
+    return children + [d for child in children for d in descendants(child)]
+
+
+def convert(request: ConvertRequest, progress: Progress) -> Conversion:
+    layout = BundleLayout(request.out_dir)
+    ensure_writable(layout.root)
+    with layout.exclusive():
+        conversion = _Conversion(request, layout, progress)
+        manifest = conversion.run()
+        report = conversion.checker.finish() if conversion.checker else None
+        shutil.rmtree(layout.staging, ignore_errors=True)
+    return Conversion(manifest, report)
+
+
+class _Conversion:
+    def __init__(self, request: ConvertRequest, layout: BundleLayout, progress: Progress):
+        self.request, self.config, self.layout, self.progress = request, request.config, layout, progress
+        # Holding the lock, anything in the staging folder is left over from a killed run.
+        shutil.rmtree(layout.staging, ignore_errors=True)
+        self.source = checkpoint.resolve(self.config, request.checkpoint, request.cache_dir)
+        # Artifacts of other weights or another model are never reused.
+        self.manifest = Manifest.load_or_new(layout.manifest, self.config.name, self.source.digest)
+        bundle_facts.record(self.manifest, self.config, self.source, lambda: self.loaded().logit_scale)
+        self.manifest.save()
+        self.checker = self._checker() if request.parity else None
+
+    @functools.cache
+    def loaded(self) -> checkpoint.LoadedModel:
+        self.progress(Note(f"loading {self.source.description}"))
+        return checkpoint.run(self.config, self.source)
+
+    def _checker(self) -> ParityChecker:
+        parity_set = parity_set_for(self.config, self.manifest)
+        reference = reference_embeddings(self.manifest, parity_set, lambda: self.loaded().model, self.progress)
+        return ParityChecker(self.config, self.manifest, parity_set, reference, self.progress)
+
+    def run(self) -> Manifest:
+        steps = [(name, tower) for name in self.request.stages for tower in TOWERS]
+        for number, (name, tower) in enumerate(steps, start=1):
+            step = functools.partial(StageStep, number, len(steps), tower, name)
+            stage, options = STAGES[name], self.config.stage_options(name)
+            digest = self._digest(stage, tower, options)
+            if self.manifest.is_current(tower, name, digest):
+                self.progress(step("up to date"))
+                continue
+            parent = self._parent(stage, tower)
+            if isinstance(parent, str):
+                self.progress(step("not built", parent))
+                continue
+            self.progress(step("running"))
+            self._build(stage, tower, options, parent, digest)
+        return self.manifest
+
+    def _parent(self, stage: Stage, tower: str) -> Artifact | ModelTower | str:
+        """What the stage consumes, or why it cannot be built (a parent missing or failing parity)."""
+        if stage.parent is None:
+            return ModelTower(self.loaded().model, self.config, tower)
+        artifact = self.manifest.artifact(tower, stage.parent)
+        if self.checker and not self.checker.check(artifact).passed:
+            return f"its parent {artifact.key} fails parity"
+        return artifact
+
+    def _digest(self, stage: Stage, tower: str, options) -> str:
+        if stage.parent is None:
+            parent_digest = sha256_text(self.source.digest, tower)
+        elif (entry := self.manifest.entry(tower, stage.parent)) is None:
+            raise UserError(
+                f"Stage '{stage.name}' needs the '{stage.parent}' artifact of the {tower} tower first; "
+                f"run convert with --stages {stage.parent},{stage.name}."
+            )
+        else:
+            parent_digest = sha256_text(*(f.sha256 for f in entry.files))
+        # The package version is part of the digest: a new converter rebuilds what an old one made.
+        return sha256_text(stage.name, __version__, options.model_dump_json(), parent_digest)
+
+    def _build(self, stage: Stage, tower: str, options, parent, digest: str) -> None:
+        with staging_dir(self.layout.staging) as workdir:
+            try:
+                artifact: Artifact = stage.run(parent, options, workdir)
+            except ConversionError as error:
+                raise self._with_log(error) from None
+            for stale in (stage.name, *descendants(stage.name)):
+                self.manifest.forget(f"{tower}.{stale}")
+            self.manifest.save()
+            self.manifest.record(artifact.moved_to(publish(list(artifact.files), self.layout.root)), digest)
+            self.manifest.save()
+        if self.checker:
+            self.checker.check(self.manifest.artifact(tower, stage.name))
+
+    def _with_log(self, error: ConversionError) -> ConversionError:
+        """Keep a failed converter's log in the bundle, where the message says it is."""
+        if error.log is None:
+            return error
+        name, text = error.log
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        path = self.layout.logs / name
+        path.write_text(text, encoding="utf-8")
+        return ConversionError(f"{error} Full log: {path}")

@@ -1,0 +1,54 @@
+"""Stage `onnx-fp32`: one tower of the PyTorch model → an fp32 ONNX file.
+
+The towers are exported separately, each with a dynamic batch axis (and a
+dynamic sequence axis for text), through the TorchScript exporter: it keeps
+`dynamic_axes` semantics for these models and writes >2 GB models at all.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from converters.app.artifact import Artifact
+from converters.app.layout import BundleLayout
+from converters.export import onnx_io
+from converters.export.config import OnnxOptions
+from converters.export.stages import Stage
+from converters.export.towers import ModelTower
+
+
+def run(parent: ModelTower, options: OnnxOptions, workdir: Path) -> Artifact:
+    spec = parent.spec("onnx")
+    module = spec.module(parent.model)
+    scratch = workdir / "export"
+    scratch.mkdir()
+    exported = scratch / "model.onnx"
+    with warnings.catch_warnings():
+        # The legacy exporter announces its own deprecation on every call.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                spec.example_inputs(parent.config.context_length),
+                str(exported),
+                dynamo=False,
+                input_names=[t.name for t in spec.graph.inputs],
+                output_names=[t.name for t in spec.graph.outputs],
+                dynamic_axes=spec.graph.dynamic_axes(),
+                opset_version=options.opset,
+                do_constant_folding=True,
+            )
+    # Exporting toggles the training flag of the module tree; dropout must stay off.
+    module.eval()
+    # Large exports scatter one file per tensor; loading and re-saving gathers them into one.
+    model = onnx.load(str(exported))
+    (path,) = BundleLayout(workdir).model_files(spec.tower, STAGE.name)
+    return Artifact(spec.tower, STAGE.name, "fp32", tuple(onnx_io.save(model, path)), spec.graph)
+
+
+STAGE = Stage("onnx-fp32", None, run)

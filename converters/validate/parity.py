@@ -1,0 +1,156 @@
+"""Parity: every artifact, run in its real runtime on the parity set, against the PyTorch fp32 model.
+
+A `ParityChecker` checks one tower artifact at a time and remembers the
+result, so the pipeline can check each artifact as its stage finishes (and
+never build a child from a parent that failed), and the report at the end
+reuses those checks. The PyTorch reference embeddings are computed once per
+checkpoint and parity set and cached in the bundle (`reference.npz`): with
+the cache, a parity check imports neither torch nor cn_clip.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+
+from converters.app.artifact import Artifact
+from converters.app.fsutil import atomic_write_bytes, sha256_text
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.app.runtimes import Embedder, open_tower
+from converters.app.specs import TOWERS, engine_of
+from converters.app.tokenizer import Tokenizer
+from converters.data import PARITY_SET_DIR
+from converters.data.parity_set import ParitySet, load_parity_set
+from converters.export.config import ModelConfig
+from converters.progress import Note, Progress
+from converters.validate import golden
+from converters.validate.metrics import (
+    Embeddings,
+    TowerParity,
+    top1_agreement,
+    tower_parity,
+)
+from converters.validate.report import ParityReport, StageParity, write
+
+# One sample per call: dynamic int8 quantizes activations over the whole call, so a sample's
+# embedding would depend on its batch mates. Batch 1 is what an app runs for a query, and it makes
+# the golden vectors reproducible.
+BATCH = 1
+# One thread: a multi-threaded reduction may sum in another order on a machine with another core
+# count, and the golden vectors must come out the same there. It also spares ncnn's OpenMP workers
+# from spinning against other processes (tiny-rn: 7 ms for 14 images on one thread, 5 s on two on a
+# loaded 2-core box).
+THREADS = 1
+
+
+def embed(embedder: Embedder, parity_set: ParitySet) -> Embeddings:
+    def batched(fn, inputs):
+        return np.concatenate([fn(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
+
+    return Embeddings(
+        batched(embedder.embed_images, parity_set.pixels), batched(embedder.embed_texts, parity_set.token_ids)
+    )
+
+
+class ParityChecker:
+    def __init__(self, config: ModelConfig, manifest: Manifest, parity_set: ParitySet, reference: Embeddings,
+                 progress: Progress):
+        self.config, self.manifest, self.parity_set = config, manifest, parity_set
+        self.reference, self.progress = reference, progress
+        self._checked: dict[str, tuple[np.ndarray, TowerParity]] = {}
+
+    def _key(self, artifact: Artifact) -> str:
+        return sha256_text(artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
+
+    def check(self, artifact: Artifact) -> TowerParity:
+        """The artifact's parity on its tower of the parity set, measured once per content."""
+        key = self._key(artifact)
+        if key not in self._checked:
+            runner = open_tower(artifact, THREADS)
+            if artifact.tower == "visual":
+                inputs, reference = self.parity_set.pixels, self.reference.images
+            else:
+                inputs, reference = self.parity_set.token_ids, self.reference.texts
+            embeddings = np.concatenate([runner.embed(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
+            measured = tower_parity(reference, embeddings, self.config.tolerance(artifact.stage))
+            if measured.failures:
+                self.progress(Note(f"parity: {artifact.key} fails: {'; '.join(measured.failures)}"))
+            self._checked[key] = (embeddings, measured)
+        return self._checked[key][1]
+
+    def _embeddings(self, artifact: Artifact) -> np.ndarray:
+        self.check(artifact)
+        return self._checked[self._key(artifact)][0]
+
+    def report(self) -> tuple[ParityReport, dict[str, Embeddings]]:
+        """Every stage the manifest lists, each tower checked (a missing one reported missing)."""
+        stages, complete = [], {"pytorch": self.reference}
+        for stage in self.manifest.stages():
+            self.progress(Note(f"parity: {stage}"))
+            artifacts = {t: self.manifest.artifact(t, stage) for t in TOWERS if self.manifest.entry(t, stage)}
+            measured = {t: self.check(a) for t, a in artifacts.items()}
+            top1 = None
+            if len(artifacts) == len(TOWERS) and all(m.samples and not _structural(m) for m in measured.values()):
+                complete[stage] = Embeddings(*(self._embeddings(artifacts[t]) for t in TOWERS))
+                top1 = top1_agreement(self.reference, complete[stage])
+            tolerance = self.config.tolerance(stage).model_dump(exclude_none=True)
+            stages.append(StageParity(stage, engine_of(stage), measured.get("visual"), measured.get("text"), top1, tolerance))
+        report = ParityReport(self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages)
+        return report, complete
+
+    def finish(self) -> ParityReport:
+        """Write parity.json, parity.md and the golden vectors, and list them in the manifest."""
+        layout = BundleLayout(self.manifest.root)
+        report, complete = self.report()
+        write(report, layout.parity_json, layout.parity_md)
+        golden.write(self.manifest, self.parity_set, complete)
+        self.manifest.save()
+        return report
+
+
+def _structural(measured: TowerParity) -> bool:
+    return bool(np.isnan(measured.cosine_min))
+
+
+def parity_set_for(config: ModelConfig, manifest: Manifest) -> ParitySet:
+    tokenizer = Tokenizer.from_vocab(manifest.file("vocab"), config.context_length)
+    return load_parity_set(PARITY_SET_DIR, config.image_resolution, tokenizer)
+
+
+def reference_embeddings(
+    manifest: Manifest, parity_set: ParitySet, load_model: Callable[[], object], progress: Progress
+) -> Embeddings:
+    """PyTorch's embeddings of the parity set, from the bundle's cache when the weights and set are the same."""
+    layout = BundleLayout(manifest.root)
+    key = sha256_text(manifest.checkpoint.sha256, parity_set.digest)
+    if layout.reference.is_file():
+        with np.load(layout.reference) as cached:
+            if str(cached["key"]) == key:
+                return Embeddings(cached["images"], cached["texts"])
+    progress(Note("parity: computing the PyTorch reference"))
+    from converters.export.torch_reference import TorchEmbedder
+
+    reference = embed(TorchEmbedder(load_model()), parity_set)
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), images=reference.images, texts=reference.texts)
+    atomic_write_bytes(layout.reference, buffer.getvalue())
+    return reference
+
+
+def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) -> ParityReport:
+    """Check an existing bundle, holding its lock (a conversion may not write into it meanwhile)."""
+    with layout.exclusive():
+        manifest = Manifest.load(layout.manifest)
+        manifest.require_model(config.name)
+
+        def load_model():
+            from converters.export.checkpoint import load_recorded
+
+            return load_recorded(config, manifest).model
+
+        parity_set = parity_set_for(config, manifest)
+        reference = reference_embeddings(manifest, parity_set, load_model, progress)
+        return ParityChecker(config, manifest, parity_set, reference, progress).finish()

@@ -1,0 +1,91 @@
+"""The parity report as data (`parity.json`) and as Markdown (`parity.md`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from converters.app.fsutil import atomic_write_text
+from converters.app.specs import TOWERS
+from converters.validate.metrics import TowerParity
+
+
+@dataclass
+class StageParity:
+    stage: str
+    runtime: str
+    visual: TowerParity | None  # None: the bundle lists no such artifact (a conversion stopped half-way)
+    text: TowerParity | None
+    top1_agreement: float | None  # None unless both towers produced embeddings
+    tolerance: dict
+
+    @property
+    def failures(self) -> list[str]:
+        found = []
+        for tower in TOWERS:
+            measured: TowerParity | None = getattr(self, tower)
+            if measured is None:
+                found.append(f"{tower}: artifact missing (the conversion stopped before it); run convert again")
+            else:
+                found += [f"{tower}: {failure}" for failure in measured.failures]
+        minimum = self.tolerance.get("top1_agreement_min")
+        if minimum is not None and self.top1_agreement is not None and not self.top1_agreement >= minimum:
+            found.append(f"top-1 agreement {self.top1_agreement:.3f} < {minimum}")
+        return found
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class ParityReport:
+    model: str
+    weights: str
+    parity_set: dict
+    stages: list[StageParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(stage.passed for stage in self.stages)
+
+    def to_json(self) -> str:
+        data = asdict(self) | {"passed": self.passed}
+        for stage, raw in zip(self.stages, data["stages"]):
+            raw["passed"], raw["failures"] = stage.passed, stage.failures
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_markdown(report: ParityReport) -> str:
+    verdict = "PASS" if report.passed else "FAIL"
+    lines = [
+        f"# Parity: {report.model} — {verdict}",
+        "",
+        f"Weights: {report.weights}. Parity set: {report.parity_set['images']} images, "
+        f"{report.parity_set['captions']} captions. Reference: PyTorch fp32. Cosine is per sample; "
+        "norm ratio is max |norm / PyTorch's norm - 1|.",
+        "",
+        "| stage | runtime | tower | cos min | cos mean | max abs diff | norm ratio | top-1 agree | tolerance | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for stage in report.stages:
+        tolerance = ", ".join(f"{k} {v}" for k, v in stage.tolerance.items())
+        top1 = "—" if stage.top1_agreement is None else f"{stage.top1_agreement:.3f}"
+        for tower in TOWERS:
+            m: TowerParity | None = getattr(stage, tower)
+            numbers = (
+                "missing | — | — | —" if m is None
+                else f"{m.cosine_min:.6f} | {m.cosine_mean:.6f} | {m.max_abs_diff:.2e} | {m.norm_ratio_max:.2e}"
+            )
+            result = "pass" if m is not None and m.passed else "FAIL"
+            lines.append(f"| {stage.stage} | {stage.runtime} | {tower} | {numbers} | {top1} | {tolerance} | {result} |")
+    failures = [f"- {stage.stage}: {failure}" for stage in report.stages for failure in stage.failures]
+    if failures:
+        lines += ["", "## Failures", "", *failures]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: ParityReport, json_path: Path, markdown_path: Path) -> None:
+    atomic_write_text(json_path, report.to_json())
+    atomic_write_text(markdown_path, render_markdown(report))

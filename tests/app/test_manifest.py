@@ -1,0 +1,100 @@
+import json
+import shutil
+from pathlib import Path
+from importlib import resources
+
+import jsonschema
+import pytest
+
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.errors import ArtifactError
+
+
+def schema() -> dict:
+    return json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text())
+
+
+def test_manifest_validates_against_its_published_schema(tiny_bundle):
+    jsonschema.validate(json.loads(BundleLayout(tiny_bundle).manifest.read_text()), schema())
+
+
+def test_schema_rejects_a_broken_manifest(tiny_bundle):
+    data = json.loads(BundleLayout(tiny_bundle).manifest.read_text())
+    data["artifacts"]["text.onnx-int8"]["inputs"][0]["role"] = "tokens"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, schema())
+
+
+def test_every_listed_file_verifies(tiny_bundle):
+    manifest = Manifest.load(BundleLayout(tiny_bundle).manifest)
+    for entry in manifest.artifacts.values():
+        manifest.verify(entry.files)
+    manifest.verify(manifest.files.values())
+
+
+def test_changed_file_is_detected_before_use(tiny_bundle, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    model = BundleLayout(bundle).model_files("visual", "onnx-int8")[0]
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="changed after conversion"):
+        Manifest.load(BundleLayout(bundle).manifest).artifact("visual", "onnx-int8")
+    model.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        Manifest.load(BundleLayout(bundle).manifest).artifact("visual", "onnx-int8")
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"schema_version": 99}', "schema version 99"), ('{"schema_version": 1}', "schema version 1.*convert")])
+def test_unreadable_manifest(tmp_path, content, message):
+    path = tmp_path / "manifest.json"
+    path.write_text(content)
+    with pytest.raises(ArtifactError, match=message):
+        Manifest.load(path)
+
+
+def test_missing_manifest_says_how_to_make_one(tmp_path):
+    with pytest.raises(ArtifactError, match="make convert"):
+        Manifest.load(tmp_path / "manifest.json")
+
+
+def edited_manifest(tiny_bundle, tmp_path, edit) -> Path:
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    path = BundleLayout(bundle).manifest
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda d: d.pop("tokenizer"), "(top level)"),
+    (lambda d: d["embedding"].update(dim="512"), "embedding/dim"),
+    (lambda d: d["artifacts"]["visual.onnx-sim"].update(files="visual.sim.onnx"), "artifacts/visual.onnx-sim/files"),
+    (lambda d: d["artifacts"]["visual.onnx-sim"].update(runtime="tflite"), "artifacts/visual.onnx-sim/runtime"),
+    (lambda d: d["artifacts"]["visual.onnx-sim"]["files"][0].update(path="../outside/visual.sim.onnx"), "files/0/path"),
+    (lambda d: d["artifacts"]["visual.onnx-sim"]["files"][0].update(path="/tmp/x/visual.sim.onnx"), "files/0/path"),
+    (lambda d: d["files"]["vocab"].pop("sha256"), "files/vocab"),
+])
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+def test_a_malformed_manifest_is_one_error_naming_the_key(tiny_bundle, tmp_path, edit, where):
+    path = edited_manifest(tiny_bundle, tmp_path, edit)
+    with pytest.raises(ArtifactError, match="not a valid manifest") as error:
+        Manifest.load(path)
+    assert where in str(error.value) and str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+def test_a_symlink_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
+    path = edited_manifest(tiny_bundle, tmp_path, lambda d: None)
+    model = path.parent / "visual.sim.onnx"
+    outside = tmp_path / "outside.onnx"
+    model.rename(outside)
+    model.symlink_to(outside)
+    with pytest.raises(ArtifactError, match="outside the bundle"):
+        Manifest.load(path).artifact("visual", "onnx-sim")

@@ -1,0 +1,33 @@
+"""The first-query attention-pool rewrite of ModifiedResNet equals cn_clip's encode_image."""
+
+import pytest
+from tests.export.rewrites.visual_checks import (
+    assert_equals_encode_image,
+    assert_leaves_model_untouched,
+    assert_shares_parameters,
+)
+
+from converters.export.checkpoint import random_model
+from converters.export.config import load_config
+from converters.export.rewrites import resnet
+
+
+CONFIG = load_config("tiny-rn")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(CONFIG)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_encode_image(model, seed):
+    assert_equals_encode_image(model, CONFIG, seed)
+
+
+def test_is_chosen_for_a_resnet_and_shares_its_parameters(model):
+    assert_shares_parameters(model, CONFIG, resnet.BatchFirstResNet)
+
+
+def test_leaves_the_model_untouched(model):
+    assert_leaves_model_untouched(model, CONFIG)
