@@ -25,12 +25,12 @@ CONVERT_ARGS = $(MODEL) \
 .PHONY: help venv convert parity bench test test-fast clean
 
 help:
-	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [STAGES=onnx,simplify,int8]"
+	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
 	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]"
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
 	@echo "make test    (all tests, full-size ones included)"
-	@echo "make test-fast (tiny architecture only)"
-	@echo "models: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' ')"
+	@echo "make test-fast (tiny architectures only: a few minutes)"
+	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

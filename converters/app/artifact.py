@@ -53,46 +53,38 @@ class Artifact:
 
 @dataclass(frozen=True)
 class ArtifactEntry:
-    """One artifact of `manifest.json`: files with bytes and sha256, tensors with roles, how it was made."""
+    """One artifact of `manifest.json`: the artifact, its files with bytes and sha256, how it was made."""
 
-    tower: Tower
-    stage: str
-    precision: str
+    artifact: Artifact
     files: tuple[FileRecord, ...]
-    spec: TowerSpec
-    runtime_options: dict
     inputs_digest: str  # the parent's content and the stage's options: unchanged means up to date
 
     @classmethod
     def of(cls, artifact: Artifact, root: Path, inputs_digest: str) -> "ArtifactEntry":
-        files = tuple(FileRecord.of(f, root) for f in artifact.files)
-        return cls(artifact.tower, artifact.stage, artifact.precision, files, artifact.spec,
-                   dict(artifact.runtime_options), inputs_digest)
+        return cls(artifact, tuple(FileRecord.of(f, root) for f in artifact.files), inputs_digest)
 
     def to_json(self) -> dict:
+        artifact = self.artifact
         return {
-            "tower": self.tower,
-            "stage": self.stage,
-            "runtime": engine_of(self.stage),
-            "precision": self.precision,
+            "tower": artifact.tower,
+            "stage": artifact.stage,
+            "runtime": artifact.runtime,
+            "precision": artifact.precision,
             "files": [f.to_json() for f in self.files],
-            "inputs": [t.to_json() for t in self.spec.inputs],
-            "outputs": [t.to_json() for t in self.spec.outputs],
-            "runtime_options": self.runtime_options,
+            "inputs": [t.to_json() for t in artifact.spec.inputs],
+            "outputs": [t.to_json() for t in artifact.spec.outputs],
+            "runtime_options": artifact.runtime_options,
             "inputs_digest": self.inputs_digest,
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "ArtifactEntry":
+    def from_json(cls, data: dict, root: Path) -> "ArtifactEntry":
         spec = TowerSpec(
             data["tower"],
             tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             tuple(TensorSpec.from_json(t) for t in data["outputs"]),
         )
         files = tuple(FileRecord(**f) for f in data["files"])
-        return cls(data["tower"], data["stage"], data["precision"], files, spec, data["runtime_options"],
-                   data["inputs_digest"])
-
-    def artifact(self, root: Path) -> Artifact:
-        return Artifact(self.tower, self.stage, self.precision, tuple(root / f.path for f in self.files), self.spec,
-                        self.runtime_options)
+        artifact = Artifact(data["tower"], data["stage"], data["precision"], tuple(root / f.path for f in files), spec,
+                            data["runtime_options"])
+        return cls(artifact, files, data["inputs_digest"])

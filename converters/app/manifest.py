@@ -91,7 +91,7 @@ class Manifest:
             data["preprocess"],
             data["tokenizer"],
             {role: FileRecord(**record) for role, record in data["files"].items()},
-            {key: ArtifactEntry.from_json(entry) for key, entry in data["artifacts"].items()},
+            {key: ArtifactEntry.from_json(entry, path.parent) for key, entry in data["artifacts"].items()},
         )
 
     @classmethod
@@ -136,7 +136,7 @@ class Manifest:
                 f"{', '.join(self.stages()) or 'none'}. Run convert with that stage."
             )
         self.verify(entry.files)
-        return entry.artifact(self.root)
+        return entry.artifact
 
     def file(self, role: str) -> Path:
         """A non-model file by role (vocab, tokenizer_spec, …), verified."""
@@ -148,7 +148,7 @@ class Manifest:
 
     def stages(self) -> list[str]:
         """Stages with at least one tower listed, in pipeline order."""
-        present = {entry.stage for entry in self.artifacts.values()}
+        present = {entry.artifact.stage for entry in self.artifacts.values()}
         return [stage for stage in STAGE_NAMES if stage in present]
 
     def complete_stages(self) -> list[str]:

@@ -23,10 +23,10 @@ import numpy as np
 from converters.bench.processes import run_fresh
 from converters.search.backends import BACKENDS, import_faiss
 from converters.search.query import Searcher
+from converters.search.stamp import ArtifactStamp
 from converters.search.store import (
     CHUNK_ROWS,
     INDEX_FILE,
-    ArtifactStamp,
     PhotoFacts,
     load_index,
     normalize_rows,

@@ -150,8 +150,8 @@ def _open_artifact(bundle: Bundle, job: TowerJob) -> OpenedTower:
 def _open_pytorch(bundle: Bundle, job: TowerJob) -> OpenedTower:
     import torch
 
-    from converters.export.config import load_config
     from converters.export import checkpoint
+    from converters.export.config import load_config
     from converters.export.torch_reference import TorchEmbedder
 
     torch.set_num_threads(job.threads)

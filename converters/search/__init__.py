@@ -1,6 +1,7 @@
 """The reference photo search engine: index a folder with any converted artifact, search it by text or image.
 
     store.py     the index file (atomic, checksummed): embeddings, int8 codes, photo facts
+    stamp.py     which artifact made the embeddings; others are refused
     scanner.py   finding photos under a folder, reading their pixels and capture times
     updater.py   the incremental indexer
     query.py     text and image queries, the time filter, top-k with rescoring

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from converters import __version__
-from converters.app.bundle import Bundle
 from converters.app.fsutil import atomic_writer
-from converters.errors import ArtifactError, UserError
+from converters.errors import UserError
+from converters.search.stamp import ArtifactStamp
 
 INDEX_FILE = "index.cnclip"
 FORMAT = "cnclip-photo-index"
@@ -46,48 +46,6 @@ WALL_EPOCH = datetime(1970, 1, 1)
 
 class IndexFileError(UserError):
     """The index file is missing, truncated, corrupt or of another format version."""
-
-
-class ArtifactMismatchError(UserError):
-    """Embeddings from two different artifacts would be mixed or compared."""
-
-
-@dataclass(frozen=True)
-class ArtifactStamp:
-    """Which artifact made an index's embeddings; embeddings from different ids never mix."""
-
-    id: str
-    model: str
-    runtime: str
-    dim: int
-    bundle: str
-
-    @classmethod
-    def of(cls, bundle: Bundle, runtime: str) -> "ArtifactStamp":
-        root = str(Path(bundle.manifest.root).resolve())
-        return cls(bundle.artifact_id(runtime), bundle.model, runtime, bundle.embedding_dim, root)
-
-    def describe(self) -> str:
-        return f"{self.model} / {self.runtime} (artifact {self.id[:12]}, bundle {self.bundle})"
-
-    def require_same(self, other: "ArtifactStamp", index_file: Path) -> None:
-        if other.id != self.id:
-            raise ArtifactMismatchError(
-                f"The index {index_file} was made with {self.describe()}, but this run uses {other.describe()}. "
-                "Embeddings from different artifacts cannot be compared: use the same bundle and --runtime, "
-                "or index into another directory with --index."
-            )
-
-    def open_bundle(self, artifacts: Path | None, index_file: Path) -> Bundle:
-        """The bundle at `artifacts` (default: where this stamp's bundle was), refused unless it is this artifact."""
-        if artifacts is None and not Path(self.bundle).is_dir():
-            raise ArtifactError(
-                f"The index {index_file} was made with the bundle at {self.bundle}, which is no longer there; "
-                f"pass --artifacts with the directory of that {self.model} bundle."
-            )
-        bundle = Bundle.open(artifacts or self.bundle)
-        self.require_same(ArtifactStamp.of(bundle, self.runtime), index_file)
-        return bundle
 
 
 @dataclass

@@ -16,9 +16,9 @@ from converters.app.bundle import Bundle
 from converters.app.preprocess import ImageError
 from converters.errors import UserError
 from converters.search.scanner import FoundFile, find_photos, image_suffixes, read_photo
+from converters.search.stamp import ArtifactStamp
 from converters.search.store import (
     INDEX_FILE,
-    ArtifactStamp,
     IndexFileError,
     PhotoFacts,
     PhotoIndex,

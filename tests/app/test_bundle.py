@@ -1,8 +1,8 @@
 import json
 import shutil
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +13,6 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.data import PARITY_SET_DIR
 from converters.errors import ArtifactError
-
 
 FORBIDDEN_ON_THE_APP_SIDE = ("torch", "torchvision", "cn_clip", "pydantic", "yaml", "onnx", "pnnx")
 

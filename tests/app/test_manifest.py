@@ -1,7 +1,7 @@
 import json
 import shutil
-from pathlib import Path
 from importlib import resources
+from pathlib import Path
 
 import jsonschema
 import pytest

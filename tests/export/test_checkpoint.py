@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from converters.errors import CheckpointError
-from converters.export.config import load_config
 from converters.export import checkpoint
+from converters.export.config import load_config
 
 
 def save_official(model, path, dtype=torch.float16):

@@ -8,8 +8,7 @@ import pytest
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.errors import UserError
-from converters.export import onnx_io
-from converters.export import pipeline
+from converters.export import onnx_io, pipeline
 from converters.export.pipeline import STAGES, parse_stages
 from converters.export.stages import onnx_int8
 from converters.progress import StageStep
@@ -89,7 +88,7 @@ def test_external_data_flows_through_every_stage(tmp_path, monkeypatch):
     out = tmp_path / "bundle"
     convert_random("tiny-vit", out, stages=ONNX_STAGES)
     manifest = Manifest.load(BundleLayout(out).manifest)
-    onnx_entries = [e for e in manifest.artifacts.values() if e.stage.startswith("onnx-")]
+    onnx_entries = [e for e in manifest.artifacts.values() if e.artifact.stage.startswith("onnx-")]
     assert len(onnx_entries) == 6
     for entry in onnx_entries:
         assert [f.path for f in entry.files][1:] == [entry.files[0].path + ".data"]

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from converters.cli import cli
 from converters.data import PARITY_SET_DIR
 from converters.search.query import QueryError
-from converters.search.store import ArtifactMismatchError, IndexFileError
+from converters.search.stamp import ArtifactMismatchError
+from converters.search.store import IndexFileError
 
 PHOTOS = PARITY_SET_DIR / "images"
 REPO = Path(__file__).resolve().parents[2]

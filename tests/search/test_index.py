@@ -17,9 +17,9 @@ from PIL import ExifTags, Image
 from converters.app.bundle import Bundle
 from converters.data import PARITY_SET_DIR
 from converters.search import store, updater
+from converters.search.stamp import ArtifactMismatchError
 from converters.search.store import (
     INDEX_FILE,
-    ArtifactMismatchError,
     IndexFileError,
     load_index,
     normalize_rows,

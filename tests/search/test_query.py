@@ -24,8 +24,8 @@ from converters.search.query import (
     image_query,
     text_query,
 )
+from converters.search.stamp import ArtifactMismatchError
 from converters.search.store import (
-    ArtifactMismatchError,
     Int8Codes,
     PhotoFacts,
     PhotoIndex,

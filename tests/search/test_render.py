@@ -10,10 +10,10 @@ from datetime import datetime
 
 from PIL import Image
 
+from converters.data import PARITY_SET_DIR
 from converters.search.query import Hit, SearchResult, TimeRange
 from converters.search.render import render_html, render_json, render_table
-from converters.data import PARITY_SET_DIR
-from converters.search.store import ArtifactStamp
+from converters.search.stamp import ArtifactStamp
 
 PHOTOS = PARITY_SET_DIR / "images"
 

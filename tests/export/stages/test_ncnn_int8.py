@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from converters.app.layout import BundleLayout
-from converters.data import CALIBRATION_SET_DIR, PARITY_SET_DIR
 from converters.app.tokenizer import Tokenizer
+from converters.data import CALIBRATION_SET_DIR, PARITY_SET_DIR
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
 from converters.errors import ConversionError
 from converters.export.bundle_facts import cn_clip_vocab

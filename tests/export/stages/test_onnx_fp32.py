@@ -10,8 +10,8 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.runtimes import open_tower
 from converters.app.runtimes.onnx_runtime import trim_padding
-from converters.export.config import load_config
 from converters.export import checkpoint
+from converters.export.config import load_config
 
 TEXTS = ["猫", "海边的日落", "a photo of a cat，一张猫的照片", "2025年的iPhone 16 Pro Max拍摄的夜景" * 3]
 
