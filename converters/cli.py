@@ -15,7 +15,7 @@ import warnings
 
 import click
 
-from converters.errors import UserError
+from converters.errors import Interrupted, UserError
 
 # name → "module:attribute" of its click command.
 COMMANDS = {
@@ -68,9 +68,10 @@ def main() -> None:
 def _run(debug: bool) -> None:
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as abort:
         say("interrupted; finished work is kept and a re-run continues from it.")
-        sys.exit(130)
+        cause = abort.__cause__
+        sys.exit(128 + cause.signum if isinstance(cause, Interrupted) else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

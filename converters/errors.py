@@ -41,3 +41,11 @@ class ParityError(UserError):
     """Parity was measured and at least one tolerance is not met."""
 
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C would be so that the same clean-up runs; exits 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

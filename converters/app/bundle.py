@@ -29,7 +29,7 @@ from converters.app.tokenizer import Tokenizer
 from converters.errors import ArtifactError, UserError
 
 # The simplified fp32 ONNX towers: exact, and run wherever onnxruntime does.
-DEFAULT_RUNTIME = "onnx-sim"
+DEFAULT_STAGE = "onnx-sim"
 
 @dataclass
 class Bundle:
@@ -55,25 +55,25 @@ class Bundle:
     def embedding_dim(self) -> int:
         return self.manifest.embedding.dim
 
-    def runtimes(self) -> list[str]:
-        """The stage names this bundle can run: both towers present."""
+    def stages(self) -> list[str]:
+        """The stages whose artifacts this bundle can run: both towers present."""
         return self.manifest.complete_stages()
 
-    def _require(self, runtime: str) -> str:
-        if runtime not in self.runtimes():
+    def _require(self, stage: str) -> None:
+        if stage not in self.stages():
             raise ArtifactError(
-                f"The bundle at {self.manifest.root} has no complete '{runtime}' artifacts (both towers); it has: "
-                f"{', '.join(self.runtimes()) or 'none'}."
+                f"The bundle at {self.manifest.root} has no complete '{stage}' artifacts (both towers); it has: "
+                f"{', '.join(self.stages()) or 'none'}."
             )
-        return runtime
 
-    def embedder(self, runtime: str = DEFAULT_RUNTIME, threads: int = 0) -> Embedder:
-        stage = self._require(runtime)
+    def embedder(self, stage: str = DEFAULT_STAGE, threads: int = 0) -> Embedder:
+        """Both towers of `stage` (e.g. "onnx-int8") in their runtime; `threads=0` uses every core."""
+        self._require(stage)
         return TowerPair(*(open_tower(self.manifest.artifact(t, stage), threads) for t in TOWERS))
 
-    def artifact_id(self, runtime: str) -> str:
+    def artifact_id(self, stage: str) -> str:
         """One sha256 naming both towers' files: embeddings made with different ids never mix."""
-        stage = self._require(runtime)
+        self._require(stage)
         return sha256_text(*(f.sha256 for t in TOWERS for f in self.manifest.entry(t, stage).files))
 
     def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:

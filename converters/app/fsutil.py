@@ -110,6 +110,15 @@ def publish(files: list[Path], destination: Path) -> list[Path]:
     return published
 
 
+def own_folder(path: Path) -> Path:
+    """`path` as a real folder of its own: a symlink there is removed first, so that nothing written into
+    the folder lands outside it (a bundle from elsewhere may carry such links)."""
+    if path.is_symlink():
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def ensure_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,9 @@ class ImageError(UserError, ValueError):
 def load_image(path: str | Path) -> Image.Image:
     """Decode the first frame of an image file, as stored (EXIF orientation is not applied, as in cn_clip)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # Opening a FIFO would wait for a writer forever.
+        raise ImageError(f"{path} is not a regular file (a folder, pipe, socket or device).")
     try:
         # The pixel limit is enforced below; Pillow's warning for the same images would only repeat it.
         with warnings.catch_warnings():
@@ -49,12 +52,14 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{path}: {error} The limit is {MAX_PIXELS:,} pixels; downscale the image first.") from error
     except OSError as error:
         raise ImageError(f"Cannot open {path}: {error.strerror or error}.") from error
+    except Exception as error:  # Pillow's plugins fail on hostile headers with any exception type
+        raise ImageError(f"{path} is not an image Pillow can read ({type(error).__name__}: {error}).") from error
     with image:
         _check_size(path, image.size)
         try:
             image.load()
-        except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as error:
-            raise ImageError(f"{path} is truncated or corrupt: {error}") from error
+        except Exception as error:  # truncated, corrupt, or content Pillow identifies but cannot decode
+            raise ImageError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}).") from error
     return image
 
 

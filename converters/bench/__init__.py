@@ -2,7 +2,7 @@
 
     command.py     the `bench` command (`register(group)` adds it to the CLI)
     run.py         one run: what is measured in which order; writes bench.json and bench.md
-    towers.py      latency, throughput, size and memory of one tower in one runtime
+    tower_speed.py latency, throughput, size and memory of one tower of one artifact
     timing.py      the measurement loop and its repetition budgets
     processes.py   fresh processes per measurement; resident-memory peaks
     worker.py      the entry point of those processes

@@ -1,4 +1,4 @@
-"""Ratios between runtimes, and the image tower's FLOP rate against the machine's matmul peak."""
+"""Ratios between artifacts, and the image tower's FLOP rate against the machine's matmul peak."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ ONNX_FP32 = "onnx-sim"  # the simplified fp32 ONNX graphs: the baseline every ra
 
 def add_comparisons(towers: list[TowerBench], image_gflop: float | None, peak: MatmulPeak) -> None:
     """Fill each measurement's ratios (same tower, input and mode) and, for images, its GFLOP/s."""
-    rates = {(t.runtime, t.tower, m.input, m.mode): m.per_second for t in towers for m in t.measurements}
+    rates = {(t.artifact, t.tower, m.input, m.mode): m.per_second for t in towers for m in t.measurements}
     for tower in towers:
         for m in tower.measurements:
             m.vs_pytorch = _ratio(m, rates.get((PYTORCH, tower.tower, m.input, m.mode)))
@@ -30,15 +30,15 @@ def _significant(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def fastest(towers: list[TowerBench], tower: str, input: str, mode: str, runtimes: set[str]) -> tuple[str, Measurement] | None:
-    """The runtime among `runtimes` with the most items per second for this tower, input and mode."""
+def fastest(towers: list[TowerBench], tower: str, input: str, mode: str, artifacts: set[str]) -> tuple[str, Measurement] | None:
+    """The artifact among `artifacts` with the most items per second for this tower, input and mode."""
     candidates = [
-        (t.runtime, m) for t in towers if t.tower == tower and t.runtime in runtimes
+        (t.artifact, m) for t in towers if t.tower == tower and t.artifact in artifacts
         for m in t.measurements if m.input == input and m.mode == mode
     ]
     return max(candidates, key=lambda pair: pair[1].per_second, default=None)
 
 
-def measurement(towers: list[TowerBench], runtime: str, tower: str, input: str, mode: str) -> Measurement | None:
-    found = fastest(towers, tower, input, mode, {runtime})
+def measurement(towers: list[TowerBench], artifact: str, tower: str, input: str, mode: str) -> Measurement | None:
+    found = fastest(towers, tower, input, mode, {artifact})
     return found[1] if found else None

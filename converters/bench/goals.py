@@ -22,7 +22,7 @@ CONVERSION_PEAK_MB = 8 * 1024.0  # 8 GiB
 NOT_PROFILED = "not profiled yet"
 
 
-def passed_runtimes(layout: BundleLayout) -> list[str]:
+def passed_stages(layout: BundleLayout) -> list[str]:
     """Runtimes whose stage parity.json records as passed; a stage it does not list counts as unchecked."""
     if not layout.parity_json.is_file():
         return []
@@ -47,8 +47,8 @@ def text_query_goal(towers: list[TowerBench], query_input: str, tokenize_ms: flo
     best = fastest(towers, "text", query_input, "latency", passed)
     if best is None:
         return Goal(name, TEXT_QUERY_MS, "ms", True, None, None, None, "no artifact has passed parity (see parity.json)")
-    runtime, row = best
-    return checked(name, TEXT_QUERY_MS, "ms", True, row.timing.median_ms + tokenize_ms, runtime)
+    artifact, row = best
+    return checked(name, TEXT_QUERY_MS, "ms", True, row.timing.median_ms + tokenize_ms, artifact)
 
 
 def image_throughput_goal(towers: list[TowerBench], image_input: str, passed: set[str]) -> Goal:
@@ -56,9 +56,9 @@ def image_throughput_goal(towers: list[TowerBench], image_input: str, passed: se
     best = fastest(towers, "visual", image_input, "throughput", passed)
     baseline = measurement(towers, ONNX_FP32, "visual", image_input, "throughput")
     if best is None or baseline is None:
-        return Goal(name, IMAGE_SPEEDUP, "×", False, None, None, None, "needs the onnx runtime and an artifact that passed parity")
-    runtime, row = best
-    goal = checked(name, IMAGE_SPEEDUP, "×", False, row.per_second / baseline.per_second, runtime)
+        return Goal(name, IMAGE_SPEEDUP, "×", False, None, None, None, "needs the onnx-sim artifact and another that passed parity")
+    artifact, row = best
+    goal = checked(name, IMAGE_SPEEDUP, "×", False, row.per_second / baseline.per_second, artifact)
     return dataclasses.replace(goal, detail=f"{goal.detail}; {row.per_second:.2f} against {baseline.per_second:.2f} img/s")
 
 

@@ -7,13 +7,13 @@ from converters.bench.report import BenchReport, Measurement, TowerBench
 from converters.bench.tower_speed import BATCH, PYTORCH
 
 METHOD = [
-    "Every tower of every runtime is measured in its own fresh Python process: memory peaks never mix, and "
+    "Every tower of every artifact is measured in its own fresh Python process: memory peaks never mix, and "
     "`after imports` is that process's floor before any model is loaded.",
     "Latency: batch 1. Throughput: batch {batch} where the graph has a batch axis (PyTorch, ONNX), 1 for ncnn, "
     "whose graphs take one sample per call. Each timing starts after {warmup} untimed calls and runs at least "
     "{min_runs} times and for {min_seconds:g} s (at most {max_runs} times); median and the 10th–90th percentile "
     "spread per call are shown.",
-    "Inputs are the same arrays for every runtime: random pixels, and token ids of [CLS] + N characters + [SEP] "
+    "Inputs are the same arrays for every artifact: random pixels, and token ids of [CLS] + N characters + [SEP] "
     "without padding columns (the ONNX and ncnn runners drop padding themselves; PyTorch gets the same unpadded ids, "
     "so ratios compare engines, not padding). The last text row is the full context.",
     "× PyTorch and × ORT fp32: items per second divided by PyTorch eager fp32's (respectively the `onnx` "
@@ -92,15 +92,15 @@ def _goals(report: BenchReport) -> list[str]:
 def _towers(report: BenchReport, tower: str) -> list[str]:
     if tower == "visual":
         title = f"## Image tower ({_num(report.image_gflop, '.4g')} GFLOP per image, counted from the fp32 ONNX graph)"
-        header = "| runtime | precision | input | mode | batch | median ms | p10–p90 ms | runs | img/s | × PyTorch | × ORT fp32 | GFLOP/s | of matmul peak | parity |"
+        header = "| artifact | precision | input | mode | batch | median ms | p10–p90 ms | runs | img/s | × PyTorch | × ORT fp32 | GFLOP/s | of matmul peak | parity |"
     else:
         title = f"## Text tower (tokenizing a 10-character query: {report.tokenize_ms:.3f} ms, not included below)"
-        header = "| runtime | precision | input | mode | batch | median ms | p10–p90 ms | runs | texts/s | × PyTorch | × ORT fp32 | parity |"
+        header = "| artifact | precision | input | mode | batch | median ms | p10–p90 ms | runs | texts/s | × PyTorch | × ORT fp32 | parity |"
     lines = [title, "", header, "|" + "---|" * header.count(" | ") + "---|"]
     rows = [(t, m) for t in report.towers if t.tower == tower for m in t.measurements]
     for t, m in sorted(rows, key=lambda row: (_input_order(report, row[1]), row[1].mode)):
         cells = [
-            t.runtime, t.precision, m.input, m.mode, str(m.batch), f"{m.timing.median_ms:.2f}",
+            t.artifact, t.precision, m.input, m.mode, str(m.batch), f"{m.timing.median_ms:.2f}",
             f"{m.timing.p10_ms:.2f}–{m.timing.p90_ms:.2f}", str(m.timing.runs), f"{m.per_second:.2f}",
             _times(m.vs_pytorch), _times(m.vs_onnx),
         ]
@@ -116,22 +116,22 @@ def _input_order(report: BenchReport, measurement: Measurement) -> int:
 
 
 def _parity(report: BenchReport, tower: TowerBench) -> str:
-    if tower.runtime == PYTORCH:
+    if tower.artifact == PYTORCH:
         return "reference"
-    return "pass" if tower.runtime in report.parity_passed else "not passed"
+    return "pass" if tower.artifact in report.parity_passed else "not passed"
 
 
 def _memory(report: BenchReport) -> list[str]:
     lines = [
         "## Size and memory (peak resident set, MiB)",
         "",
-        "| runtime | tower | engine | precision | model MiB | load s | after imports | after loading | after runs |",
+        "| artifact | tower | engine | precision | model MiB | load s | after imports | after loading | after runs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in report.towers:
         mem = t.memory
         lines.append(
-            f"| {t.runtime} | {t.tower} | {t.engine} | {t.precision} | {t.model_mb:.1f} | {t.load_s:.2f} | "
+            f"| {t.artifact} | {t.tower} | {t.engine} | {t.precision} | {t.model_mb:.1f} | {t.load_s:.2f} | "
             f"{mem.imports_mb:.0f} | {mem.loaded_mb:.0f} | {mem.peak_mb:.0f} |"
         )
     return lines + [""]
@@ -157,11 +157,11 @@ def _search(report: BenchReport) -> list[str]:
     lines = [
         "## Search engine",
         "",
-        "| indexing runtime | photos | batch | seconds | photos/s | decode only, photos/s |",
+        "| indexing artifact | photos | batch | seconds | photos/s | decode only, photos/s |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {run.runtime} | {run.images} | {run.batch} | {run.seconds:.1f} | {run.images_per_s:.2f} | {run.decode_images_per_s:.1f} |"
+        f"| {run.artifact} | {run.images} | {run.batch} | {run.seconds:.1f} | {run.images_per_s:.2f} | {run.decode_images_per_s:.1f} |"
         for run in report.indexing
     ]
     lines += [

@@ -37,7 +37,7 @@ class Memory:
 
 @dataclass
 class TowerBench:
-    runtime: str  # "pytorch" or a bundle runtime ("onnx", "onnx-int8", "ncnn", …)
+    artifact: str  # "pytorch", or a stage of the bundle ("onnx-sim", "onnx-int8", "ncnn-fp16", …)
     tower: str
     engine: str  # pytorch, onnxruntime, ncnn
     precision: str
@@ -65,7 +65,7 @@ class ConversionRun:
 
 @dataclass
 class IndexingRun:
-    runtime: str
+    artifact: str  # the stage whose visual tower embedded the photos
     images: int
     batch: int
     seconds: float  # `IndexUpdater.plan` + `run`: listing, decoding, preprocessing, embedding, saving
@@ -88,7 +88,7 @@ class Goal:
     unit: str
     at_most: bool  # the goal is measured <= target (else >=)
     measured: float | None  # None: not measurable in this run (see detail)
-    artifact: str | None  # the runtime measured, where the goal picks one
+    artifact: str | None  # the artifact measured, where the goal picks one
     met: bool | None
     detail: str  # how far from the target, or why it was not evaluated
     limits: str = ""  # where a goal is missed: what limits it (to be filled by profiling)
@@ -114,7 +114,7 @@ class BenchReport:
     machine: Machine
     image_gflop: float  # per image, counted from the fp32 ONNX graph
     tokenize_ms: float  # median, one 10-character query
-    parity_passed: list[str]  # runtimes whose parity tolerance is met, from parity.json
+    parity_passed: list[str]  # stages whose parity tolerance is met, from parity.json
     towers: list[TowerBench]
     conversion: ConversionRun
     indexing: list[IndexingRun]

@@ -69,13 +69,13 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
     peak = best_peak(peak, run_fresh(measure_matmul_peak, threads, scale.budget, threads=threads))
     image_gflop = _image_gflop(bundle.manifest)
     add_comparisons(towers, image_gflop, peak)
-    passed = goals.passed_runtimes(layout)
+    passed = goals.passed_stages(layout)
 
     image_input = image_label(bundle.resolution)
     indexing = []
-    for runtime in _indexing_runtimes(towers, image_input, passed, bundle.runtimes()):
-        progress(f"search: indexing photos with {runtime}")
-        indexing.append(bench_indexing(layout.root, runtime, scale.photo_copies, threads))
+    for stage in _indexing_stages(towers, image_input, passed, bundle.stages()):
+        progress(f"search: indexing photos with {stage}")
+        indexing.append(bench_indexing(layout.root, stage, scale.photo_copies, threads))
     search = bench_topk(bundle.embedding_dim, scale.search_sizes, scale.search_queries, threads, progress)
 
     progress("conversion: every stage, in a scratch folder")
@@ -108,10 +108,10 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
 
 def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: Budget, progress: Progress) -> list[TowerBench]:
     towers = []
-    for runtime in (PYTORCH, *bundle.runtimes()):
+    for artifact in (PYTORCH, *bundle.stages()):
         for tower in TOWERS:
-            progress(f"{runtime}: {tower} tower, {threads} threads")
-            job = TowerJob(request.bundle, request.model, runtime, tower, threads, budget)
+            progress(f"{artifact}: {tower} tower, {threads} threads")
+            job = TowerJob(request.bundle, request.model, artifact, tower, threads, budget)
             towers.append(run_fresh(measure_tower, job, threads=threads))
     return towers
 
@@ -122,11 +122,11 @@ def _image_gflop(manifest: Manifest) -> float | None:
     return None if entry is None else round(graph_gflop(manifest.root / entry.files[0].path, {"batch": 1}), 3)
 
 
-def _indexing_runtimes(towers: list[TowerBench], image_input: str, passed: list[str], runtimes: list[str]) -> list[str]:
-    """The `index` command's default runtime, and the fastest image artifact that passes parity if another."""
+def _indexing_stages(towers: list[TowerBench], image_input: str, passed: list[str], stages: list[str]) -> list[str]:
+    """The `index` command's default stage, and the fastest image artifact that passes parity if another."""
     best = fastest(towers, "visual", image_input, "throughput", set(passed))
     chosen = [ONNX_FP32, *([best[0]] if best else [])]
-    return [runtime for runtime in dict.fromkeys(chosen) if runtime in runtimes]
+    return [stage for stage in dict.fromkeys(chosen) if stage in stages]
 
 
 def _notes(machine: Machine, layout: BundleLayout) -> list[str]:

@@ -39,11 +39,11 @@ def bench_topk(
     return rows
 
 
-def bench_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) -> IndexingRun:
-    return run_fresh(measure_indexing, bundle_dir, runtime, copies, threads, threads=threads)
+def bench_indexing(bundle_dir: Path, stage: str, copies: int, threads: int) -> IndexingRun:
+    return run_fresh(measure_indexing, bundle_dir, stage, copies, threads, threads=threads)
 
 
-def measure_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) -> IndexingRun:
+def measure_indexing(bundle_dir: Path, stage: str, copies: int, threads: int) -> IndexingRun:
     """Index `copies` copies of the parity photos into a new index, as `python -m converters index` would."""
     from converters.search.updater import IndexUpdater
 
@@ -56,11 +56,11 @@ def measure_indexing(bundle_dir: Path, runtime: str, copies: int, threads: int) 
             bundle.pixels([load_image(file)])
         decode_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        with IndexUpdater(Path(folder) / "index", bundle, runtime, threads) as updater:
+        with IndexUpdater(Path(folder) / "index", bundle, stage, threads) as updater:
             updater.run(updater.plan(photos), batch_size=DEFAULT_BATCH_SIZE)
         seconds = time.perf_counter() - started
     return IndexingRun(
-        runtime, len(files), DEFAULT_BATCH_SIZE, round(seconds, 3), round(len(files) / seconds, 3),
+        stage, len(files), DEFAULT_BATCH_SIZE, round(seconds, 3), round(len(files) / seconds, 3),
         round(len(files) / decode_seconds, 3),
     )
 

@@ -29,9 +29,9 @@ from converters.search.store import (
     INDEX_FILE,
     PhotoFacts,
     load_index,
-    normalize_rows,
     save_index,
 )
+from converters.search.vectors import normalize_rows
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Speed, size and memory of one tower in one runtime; `measure_tower` runs in a fresh process per tower.
+"""Speed, size and memory of one tower of one artifact; `measure_tower` runs in a fresh process per tower.
 
-Every runtime gets the same arrays: random pixels (speed does not depend on
+Every artifact gets the same arrays: random pixels (speed does not depend on
 content) and token ids of exactly [CLS] + N characters + [SEP], with no
 padding columns. The ONNX and ncnn runners drop padding themselves; giving
 PyTorch the unpadded ids too makes it compute the same positions, so the
@@ -37,7 +37,7 @@ Embed = Callable[[np.ndarray], np.ndarray]
 class TowerJob:
     bundle: Path
     model: str  # config name or path: the PyTorch baseline is built from it
-    runtime: str
+    artifact: str  # "pytorch", or a stage of the bundle
     tower: str
     threads: int
     budget: Budget
@@ -54,9 +54,9 @@ class OpenedTower:
 
 def measure_tower(job: TowerJob) -> TowerBench:
     bundle = Bundle.open(job.bundle)
-    imports_mb = _import_engine(bundle, job.runtime)
+    imports_mb = _import_engine(bundle, job.artifact)
     started = time.perf_counter()
-    tower = _open_pytorch(bundle, job) if job.runtime == PYTORCH else _open_artifact(bundle, job)
+    tower = _open_pytorch(bundle, job) if job.artifact == PYTORCH else _open_artifact(bundle, job)
     load_s = time.perf_counter() - started
     loaded_mb = peak_rss_mb()
     batch = BATCH if tower.batched else 1
@@ -71,7 +71,7 @@ def measure_tower(job: TowerJob) -> TowerBench:
         ]
     memory = Memory(round(imports_mb, 1), round(loaded_mb, 1), round(peak_rss_mb(), 1))
     return TowerBench(
-        job.runtime, job.tower, tower.engine, tower.precision, job.threads, round(tower.model_mb, 2),
+        job.artifact, job.tower, tower.engine, tower.precision, job.threads, round(tower.model_mb, 2),
         round(load_s, 3), memory, measurements,
     )
 
@@ -126,12 +126,12 @@ def _per_second(batch: int, timing: Timing) -> float:
     return round(batch * 1000 / timing.median_ms, 3)
 
 
-def _import_engine(bundle: Bundle, runtime: str) -> float:
+def _import_engine(bundle: Bundle, artifact: str) -> float:
     """Import the engine's library before any model, so that `imports_mb` is the floor to compare peaks with."""
-    if runtime == PYTORCH:
+    if artifact == PYTORCH:
         importlib.import_module("cn_clip.clip.model")  # imports torch
     else:
-        importlib.import_module(engine_of(runtime))  # the engine names its module: "onnxruntime" or "ncnn"
+        importlib.import_module(engine_of(artifact))  # the engine names its module: "onnxruntime" or "ncnn"
     return peak_rss_mb()
 
 
@@ -139,7 +139,7 @@ def _open_artifact(bundle: Bundle, job: TowerJob) -> OpenedTower:
     from converters.app.runtimes import open_tower
 
     # Loading includes the sha256 check of the files, as `Bundle.embedder` does it for an app.
-    artifact = bundle.manifest.artifact(job.tower, job.runtime)
+    artifact = bundle.manifest.artifact(job.tower, job.artifact)
     runner = open_tower(artifact, job.threads)
     # Specs name their batch axis "batch" (converters.app.specs); ncnn graphs have none and take one sample per call.
     batched = artifact.spec.inputs[0].shape[0] == "batch"

@@ -157,11 +157,30 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a Chinese-CLIP checkpoint: it has no 'state_dict' mapping names to tensors.")
+    unusable = [f"{key} ({_unusable(value)})" for key, value in state.items() if _unusable(value)]
+    if unusable:
+        raise CheckpointError(
+            f"Checkpoint {path} holds tensors that are not plain dense weights: {', '.join(unusable[:3])}"
+            f"{' …' if len(unusable) > 3 else ''}. Re-save it with `model.state_dict()` of an fp32 or fp16 model."
+        )
     return {
         key.removeprefix("module."): value
         for key, value in state.items()
         if "bert.pooler" not in key  # cn_clip's BertModel has no pooler; official checkpoints carry one
     }
+
+
+def _unusable(tensor: torch.Tensor) -> str:
+    """Why a tensor cannot be copied into the model's float parameters, or '' when it can."""
+    if tensor.is_meta:
+        return "a meta tensor, with no data"
+    if tensor.layout != torch.strided:
+        return f"{str(tensor.layout).removeprefix('torch.')} layout"
+    if tensor.is_quantized:
+        return "quantized"
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int64, torch.int32)):
+        return f"dtype {str(tensor.dtype).removeprefix('torch.')}"
+    return ""
 
 
 def load_into(model: CLIP, path: Path, config: ModelConfig) -> None:

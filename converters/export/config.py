@@ -8,7 +8,7 @@ file overrides them only where its architecture needs something else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +18,16 @@ from converters.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+MAX_LAYERS = 256
+MAX_WIDTH = 16_384
+MAX_RESOLUTION = 4096
+# A config is a few hundred bytes; anything far larger is not one.
+MAX_CONFIG_BYTES = 1_000_000
+
+
+Depth = Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,10 +35,11 @@ class _Strict(BaseModel):
 class VisionArch(_Strict):
     """ViT when `layers` is an int, ModifiedResNet when it lists four stage depths."""
 
-    layers: int | tuple[int, int, int, int]
-    width: int = Field(gt=0)
-    patch_size: int | None = Field(default=None, gt=0)
-    head_width: int = Field(default=64, gt=0)
+    # Bounds far above any CLIP (ViT-H-14: 32 layers, width 1280) that keep a typo from hanging a build.
+    layers: Depth | tuple[Depth, Depth, Depth, Depth]
+    width: int = Field(gt=0, le=MAX_WIDTH)
+    patch_size: int | None = Field(default=None, gt=0, le=MAX_RESOLUTION)
+    head_width: int = Field(default=64, gt=0, le=MAX_WIDTH)
 
     @property
     def family(self) -> Literal["vit", "resnet"]:
@@ -36,18 +47,18 @@ class VisionArch(_Strict):
 
 
 class TextArch(_Strict):
-    vocab_size: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    num_hidden_layers: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    intermediate_size: int = Field(gt=0)
-    max_position_embeddings: int = Field(gt=0)
-    type_vocab_size: int = Field(default=2, gt=0)
+    vocab_size: int = Field(gt=0, le=1_000_000)
+    hidden_size: int = Field(gt=0, le=MAX_WIDTH)
+    num_hidden_layers: int = Field(gt=0, le=MAX_LAYERS)
+    num_attention_heads: int = Field(gt=0, le=MAX_WIDTH)
+    intermediate_size: int = Field(gt=0, le=4 * MAX_WIDTH)
+    max_position_embeddings: int = Field(gt=0, le=MAX_RESOLUTION)
+    type_vocab_size: int = Field(default=2, gt=0, le=1024)
     hidden_act: Literal["gelu", "relu", "swish", "gelu_new"] = "gelu"
 
 
 class Architecture(_Strict):
-    embed_dim: int = Field(gt=0)
+    embed_dim: int = Field(gt=0, le=MAX_WIDTH)
     vision: VisionArch
     text: TextArch
 
@@ -164,8 +175,8 @@ class Checkpoint(_Strict):
 class ModelConfig(_Strict):
     name: str
     architecture: Architecture
-    image_resolution: int = Field(gt=0)
-    context_length: int = Field(default=52, ge=2)
+    image_resolution: int = Field(gt=0, le=MAX_RESOLUTION)
+    context_length: int = Field(default=52, ge=2, le=MAX_RESOLUTION)
     seed: int = 0
     checkpoint: Checkpoint = Checkpoint()
     stages: Stages = Stages()
@@ -195,8 +206,12 @@ def load_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Mode
             )
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a model config is a few hundred. Check the file.")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -209,6 +224,16 @@ def load_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Mode
         raise ConfigError(f"{path} is not a valid model config:\n{_describe(exc)}") from None
     _check_consistency(config, path)
     return config.model_copy(update={"source": path})
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: a config needs none, and nested aliases expand exponentially ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a model config{event.start_mark}")
+        return super().compose_node(parent, index)
 
 
 def _inherit_default_tolerances(raw: dict) -> None:

@@ -19,7 +19,13 @@ from pathlib import Path
 
 from converters import __version__
 from converters.app.artifact import Artifact
-from converters.app.fsutil import ensure_writable, publish, sha256_text, staging_dir
+from converters.app.fsutil import (
+    ensure_writable,
+    own_folder,
+    publish,
+    sha256_text,
+    staging_dir,
+)
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.specs import STAGE_NAMES, TOWERS
@@ -170,7 +176,6 @@ class _Conversion:
         if error.log is None:
             return error
         name, text = error.log
-        self.layout.logs.mkdir(parents=True, exist_ok=True)
-        path = self.layout.logs / name
+        path = own_folder(self.layout.logs) / name
         path.write_text(text, encoding="utf-8")
         return ConversionError(f"{error} Full log: {path}")

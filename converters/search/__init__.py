@@ -2,6 +2,7 @@
 
     store.py     the index file (atomic, checksummed): embeddings, int8 codes, photo facts
     stamp.py     which artifact made the embeddings; others are refused
+    vectors.py   float16 rows read on demand, int8 codes, normalizing and quantizing
     scanner.py   finding photos under a folder, reading their pixels and capture times
     updater.py   the incremental indexer
     query.py     text and image queries, the time filter, top-k with rescoring

@@ -1,21 +1,24 @@
 """`index` and `search`: the reference photo search engine on the command line.
 
-    python -m converters index ~/Pictures --artifacts artifacts/ViT-B-16 --runtime ncnn-int8
+    python -m converters index ~/Pictures --artifacts artifacts/ViT-B-16 --stage ncnn-int8
     python -m converters search "海边的日落" --top 10 --since 2025-01-01 --html results.html
     python -m converters search --image query.jpg --json
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from converters.app.bundle import DEFAULT_RUNTIME, Bundle
+from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.specs import STAGE_NAMES
 from converters.cli import say
+from converters.errors import Interrupted
 from converters.search.backends import BACKENDS, DEFAULT_BACKEND
 from converters.search.query import Searcher, TimeRange, image_query, text_query
 from converters.search.render import render_html, render_json, render_table
@@ -41,8 +44,8 @@ artifacts_option = click.option(
 @click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @artifacts_option
 @click.option(
-    "--runtime", type=click.Choice(STAGE_NAMES), default=None,
-    help=f"Which of the bundle's artifacts embeds the photos (default: the index's, else {DEFAULT_RUNTIME}).",
+    "--stage", type=click.Choice(STAGE_NAMES), default=None,
+    help=f"Which of the bundle's artifacts embeds the photos (default: the index's, else {DEFAULT_STAGE}).",
 )
 @index_option
 @click.option(
@@ -56,7 +59,7 @@ artifacts_option = click.option(
     help="Seconds between saves of the progress made.",
 )
 def index_command(
-    photos: Path, artifacts: Path | None, runtime: str | None, index_dir: Path, batch_size: int, threads: int,
+    photos: Path, artifacts: Path | None, stage: str | None, index_dir: Path, batch_size: int, threads: int,
     checkpoint_every: float,
 ) -> None:
     """Index the photos under PHOTOS (recursively) for `search`.
@@ -66,8 +69,8 @@ def index_command(
     listed at the end. One index can hold several folders, all embedded by
     the same artifact.
     """
-    bundle, runtime = _indexing_artifact(index_dir, artifacts, runtime)
-    with IndexUpdater(index_dir, bundle, runtime, threads) as updater:
+    bundle, stage = _indexing_artifact(index_dir, artifacts, stage)
+    with IndexUpdater(index_dir, bundle, stage, threads) as updater, _stop_signals_interrupt():
         plan = updater.plan(photos)
         say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {plan.removed} gone since last time")
         with tqdm(total=len(plan.to_embed), unit="photo", disable=not plan.to_embed) as bar:
@@ -75,14 +78,30 @@ def index_command(
     _report_update(report)
 
 
-def _indexing_artifact(index_dir: Path, artifacts: Path | None, runtime: str | None) -> tuple[Bundle, str]:
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """SIGTERM (what `timeout`, systemd and `docker stop` send) and SIGHUP (a closed terminal) stop
+    indexing as Ctrl-C does: the photos embedded so far are saved."""
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _indexing_artifact(index_dir: Path, artifacts: Path | None, stage: str | None) -> tuple[Bundle, str]:
     existing = read_artifact(index_dir)
     if existing is None:
         if artifacts is None:
             raise click.UsageError(f"There is no index at {index_dir} yet: give --artifacts BUNDLE to create one.")
-        return Bundle.open(artifacts), runtime or DEFAULT_RUNTIME
-    # A --runtime other than the index's is refused by IndexUpdater, which compares the artifacts.
-    return existing.open_bundle(artifacts, index_dir), runtime or existing.runtime
+        return Bundle.open(artifacts), stage or DEFAULT_STAGE
+    # A --stage other than the index's is refused by IndexUpdater, which compares the artifacts.
+    return existing.open_bundle(artifacts, index_dir), stage or existing.stage
 
 
 def _report_update(report: UpdateReport) -> None:
@@ -129,7 +148,7 @@ def search_command(
     time_range = TimeRange.parse(since, until)
     index = load_index(index_dir)
     bundle = index.artifact.open_bundle(artifacts, index.file)
-    embedder = bundle.embedder(index.artifact.runtime)
+    embedder = bundle.embedder(index.artifact.stage)
     query = text_query(bundle, embedder, text) if image is None else image_query(bundle, embedder, image)
     label = text if image is None else f"image: {image}"
     result = Searcher(index, backend, threads).find(label, query, top, time_range)

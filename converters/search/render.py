@@ -21,7 +21,7 @@ def to_dict(result: SearchResult) -> dict:
     return {
         "query": result.query,
         "model": result.artifact.model,
-        "runtime": result.artifact.runtime,
+        "stage": result.artifact.stage,
         "artifact_id": result.artifact.id,
         "index": result.index_file,
         "indexed": result.indexed,
@@ -34,7 +34,8 @@ def to_dict(result: SearchResult) -> dict:
             {
                 "rank": hit.rank,
                 "score": round(hit.score, 6),
-                "path": hit.path,
+                "path": readable_path(hit.path),
+                **({"path_base64": _path_base64(hit.path)} if _undecodable(hit.path) else {}),
                 "time": hit.time.isoformat(),
                 "time_source": "exif" if hit.captured else "mtime",
                 "size": hit.size,
@@ -52,7 +53,7 @@ def summary(result: SearchResult) -> str:
     scope = f"{result.indexed:,} photos"
     if result.time_range.since or result.time_range.until:
         scope += f", {result.considered:,} of them {result.time_range.describe()}"
-    return f"{result.query} · {result.artifact.model} / {result.artifact.runtime} · {scope}"
+    return f"{result.query} · {result.artifact.model} / {result.artifact.stage} · {scope}"
 
 
 def _when(hit: Hit) -> str:
@@ -64,7 +65,7 @@ def render_table(result: SearchResult) -> str:
     if not result.hits:
         return "\n".join([*lines, "No photo matches."])
     lines.append(f"{'#':>3}  {'score':>6}  {'date':<17}  path")
-    lines += [f"{hit.rank:>3}  {hit.score:>6.3f}  {_when(hit):<17}  {hit.path}" for hit in result.hits]
+    lines += [f"{hit.rank:>3}  {hit.score:>6.3f}  {_when(hit):<17}  {_one_line(readable_path(hit.path))}" for hit in result.hits]
     if any(not hit.captured for hit in result.hits):
         lines.append(f"{MTIME_MARK} no EXIF capture time: the file's modification time")
     return "\n".join(lines)
@@ -104,9 +105,29 @@ def _figure(hit: Hit, thumbnail_px: int) -> str:
     except ImageError as error:
         # Indexed earlier, since moved, deleted or damaged: the hit stays, without its picture.
         picture = f'<div class="missing">{html.escape(str(error))}</div>'
-    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(hit.path)}"
+    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(readable_path(hit.path))}"
     link = html.escape(Path(hit.path).as_uri())
     return f'<figure><a href="{link}">{picture}</a><figcaption>{caption}</figcaption></figure>'
+
+
+def _undecodable(path: str) -> bool:
+    return path != readable_path(path)
+
+
+def readable_path(path: str) -> str:
+    """The path as valid text: a file name that is not UTF-8 (GBK names from old Windows disks, say) keeps
+    its decodable part, and each undecodable byte appears as the four characters \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _path_base64(path: str) -> str:
+    """The exact bytes of a path that is not valid UTF-8, for a program that must open the file."""
+    return base64.b64encode(path.encode("utf-8", "surrogateescape")).decode("ascii")
+
+
+def _one_line(text: str) -> str:
+    # A newline or other control character in a file name would forge a row of the table.
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _thumbnail(path: str, size: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,13 +36,21 @@ class FoundFile:
 
 
 def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str]) -> list[FoundFile]:
-    """Image files under `root`, recursively, in a stable order; what cannot be listed goes to `skipped`."""
+    """Regular image files under `root`, recursively, in a stable order; what is left out goes to `skipped`.
+
+    Symlinked folders are not followed (a link back up the tree would loop forever), and each is
+    named in `skipped`; a symlink to a file is read like the file. Anything that is not a regular
+    file (a FIFO would block the reader forever, a device would never end) is left out.
+    """
     found = []
 
     def note(error: OSError) -> None:
         skipped.append(f"{error.filename}: cannot list this folder: {error.strerror}.")
 
     for folder, folders, files in os.walk(root, onerror=note):
+        for name in sorted(folders):
+            if not name.startswith(".") and os.path.islink(os.path.join(folder, name)):
+                skipped.append(f"{os.path.join(folder, name)}: a symlinked folder, not followed; index its target itself.")
         # Hidden folders hold caches, thumbnails and app data (and often the index itself), not photos.
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         for name in sorted(files):
@@ -49,12 +58,21 @@ def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str]) -> lis
                 continue
             path = os.path.join(folder, name)
             try:
-                stat = os.stat(path)
+                info = os.stat(path)
             except OSError as error:
                 skipped.append(f"{path}: cannot read its size and date: {error.strerror}.")
                 continue
-            found.append(FoundFile(path, stat.st_size, stat.st_mtime_ns))
+            if not stat.S_ISREG(info.st_mode):
+                skipped.append(f"{path}: not a regular file (a pipe, socket or device), left out.")
+                continue
+            found.append(FoundFile(path, info.st_size, _int64(info.st_mtime_ns)))
     return found
+
+
+def _int64(value: int) -> int:
+    # ext4 keeps times up to the year 2446; int64 nanoseconds, as the index stores them, end in 2262.
+    # A clamped time still tells a changed file from an unchanged one, run after run.
+    return min(max(value, -(2**63)), 2**63 - 1)
 
 
 def capture_time(image: Image.Image) -> datetime | None:
@@ -72,5 +90,5 @@ def read_photo(found: FoundFile, bundle: Bundle) -> tuple[np.ndarray, datetime |
     try:
         # One photo at a time: a batch of full-size decoded photos would hold gigabytes.
         return bundle.pixels([image])[0], capture_time(image)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # a decoder may fail in any way on a damaged file: that file is skipped
         raise ImageError(f"{found.path} cannot be converted to the model's pixels: {error}") from error

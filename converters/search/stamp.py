@@ -19,23 +19,23 @@ class ArtifactStamp:
 
     id: str
     model: str
-    runtime: str
+    stage: str
     dim: int
     bundle: str
 
     @classmethod
-    def of(cls, bundle: Bundle, runtime: str) -> "ArtifactStamp":
+    def of(cls, bundle: Bundle, stage: str) -> "ArtifactStamp":
         root = str(Path(bundle.manifest.root).resolve())
-        return cls(bundle.artifact_id(runtime), bundle.model, runtime, bundle.embedding_dim, root)
+        return cls(bundle.artifact_id(stage), bundle.model, stage, bundle.embedding_dim, root)
 
     def describe(self) -> str:
-        return f"{self.model} / {self.runtime} (artifact {self.id[:12]}, bundle {self.bundle})"
+        return f"{self.model} / {self.stage} (artifact {self.id[:12]}, bundle {self.bundle})"
 
     def require_same(self, other: "ArtifactStamp", index_file: Path) -> None:
         if other.id != self.id:
             raise ArtifactMismatchError(
                 f"The index {index_file} was made with {self.describe()}, but this run uses {other.describe()}. "
-                "Embeddings from different artifacts cannot be compared: use the same bundle and --runtime, "
+                "Embeddings from different artifacts cannot be compared: use the same bundle and --stage, "
                 "or index into another directory with --index."
             )
 
@@ -47,5 +47,5 @@ class ArtifactStamp:
                 f"pass --artifacts with the directory of that {self.model} bundle."
             )
         bundle = Bundle.open(artifacts or self.bundle)
-        self.require_same(ArtifactStamp.of(bundle, self.runtime), index_file)
+        self.require_same(ArtifactStamp.of(bundle, self.stage), index_file)
         return bundle

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,14 +30,27 @@ from converters import __version__
 from converters.app.fsutil import atomic_writer
 from converters.errors import UserError
 from converters.search.stamp import ArtifactStamp
+from converters.search.vectors import Int8Codes, VectorFile, quantize
 
 INDEX_FILE = "index.cnclip"
 FORMAT = "cnclip-photo-index"
-VERSION = 1
+# 2: the artifact stamp names its stage (onnx-sim, …) where version 1 named a runtime (onnx, …).
+VERSION = 2
 MAGIC = b"CNCLIPIX"
 TRAILER = struct.Struct("<Q32s8s")
 ALIGN = 64
 CHUNK_ROWS = 65536
+# Each section's dtype and axes ("count" photos, "dim" embedding values; "n" any length).
+SECTIONS = {
+    "vectors": ("float16", ("count", "dim")),
+    "codes": ("int8", ("dim", "count")),
+    "scales": ("float32", ("count",)),
+    "size": ("int64", ("count",)),
+    "mtime_ns": ("int64", ("count",)),
+    "time": ("int64", ("count",)),
+    "captured": ("bool", ("count",)),
+    "paths": ("uint8", ("n",)),
+}
 # Photo times are wall-clock seconds since this naive epoch: EXIF DateTimeOriginal carries no time
 # zone, so capture times and modification times are both compared as local wall-clock time.
 WALL_EPOCH = datetime(1970, 1, 1)
@@ -77,59 +89,6 @@ class PhotoFacts:
 
 
 @dataclass
-class Int8Codes:
-    """The vectors as int8 with one float32 scale per vector, laid out [D, N] for the int8 scan."""
-
-    codes: np.ndarray  # int8 [D, N]
-    scales: np.ndarray  # float32 [N]
-
-
-class VectorFile:
-    """The index's float16 vectors [N, D], read from the file on demand with `pread`.
-
-    A search reads only the rows it rescores. A memory map would do the same,
-    but keeps every page it faulted in (and the kernel's read-ahead around
-    it) in the process's resident memory: measured, 1M x 512 grew by about
-    40 MB per query, past 1.5 GB after 20 queries.
-    """
-
-    def __init__(self, file: Path, offset: int, count: int, dim: int):
-        self._handle = open(file, "rb")
-        self.offset, self.count, self.dim = offset, count, dim
-        self.dtype = np.dtype(np.float16)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.count, self.dim)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, key) -> np.ndarray:
-        """Rows by slice, index array or int, like an array's first axis."""
-        if isinstance(key, slice):
-            return self._read_rows(np.arange(*key.indices(self.count)))
-        rows = np.asarray(key, dtype=np.int64)
-        if rows.size and (rows.min() < -self.count or rows.max() >= self.count):
-            raise IndexError(f"row out of range for {self.count} vectors")
-        rows = np.where(rows < 0, rows + self.count, rows)
-        return self._read_rows(rows[None])[0] if rows.ndim == 0 else self._read_rows(rows)
-
-    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.dim), self.dtype)
-        if not len(rows):
-            return out
-        row_bytes = self.dim * self.dtype.itemsize
-        # One read per run of consecutive rows: the kept rows of an update are long runs.
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
-            size = int(stop - start) * row_bytes
-            data = os.pread(self._handle.fileno(), size, self.offset + int(rows[start]) * row_bytes)
-            out[start:stop] = np.frombuffer(data, self.dtype).reshape(-1, self.dim)
-        return out
-
-
-@dataclass
 class PhotoIndex:
     file: Path
     artifact: ArtifactStamp
@@ -141,29 +100,6 @@ class PhotoIndex:
 
     def __len__(self) -> int:
         return len(self.photos.paths)
-
-
-# ---- embeddings -------------------------------------------------------------------------------
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.float32(1e-12))
-
-
-def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[n, D] → int8 codes [n, D] and scales [n], with vector ≈ codes × scale.
-
-    A scale per vector (its largest magnitude / 127) rather than one for the
-    whole index keeps every vector's full 8-bit range; the scan only proposes
-    candidates, which are then rescored on the float16 vectors.
-    """
-    vectors = np.asarray(vectors, dtype=np.float32)
-    scales = np.abs(vectors).max(axis=1, initial=0.0) / np.float32(127)
-    scales[scales == 0] = 1
-    codes = np.clip(np.rint(vectors / scales[:, None]), -127, 127).astype(np.int8)
-    return codes, scales.astype(np.float32)
 
 
 # ---- file format ------------------------------------------------------------------------------
@@ -317,11 +253,45 @@ def _read_header(handle, file: Path, size: int) -> tuple[dict, int]:
     body = handle.read(length)
     if hashlib.sha256(body).digest() != digest:
         raise _corrupt(file, "its header fails its sha256 check")
-    header = json.loads(body)
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
+    try:
+        header = json.loads(body)
         found = f"{header.get('format')} version {header.get('version')}"
+    except (ValueError, AttributeError):
+        raise _corrupt(file, "its header is not a JSON object") from None
+    if header.get("format") != FORMAT or header.get("version") != VERSION:
         raise _corrupt(file, f"it is {found}; this tool reads {FORMAT} version {VERSION}")
+    try:
+        _check_header(header, file)
+    except (KeyError, TypeError, ValueError) as error:
+        raise _corrupt(file, f"its header is malformed ({type(error).__name__}: {error})") from None
     return header, body_start
+
+
+def _check_header(header: dict, file: Path) -> None:
+    """Names, dtypes and shapes as this tool writes them, before anything is allocated from them."""
+    ArtifactStamp(**header["artifact"])
+    count, dim = header["count"], header["artifact"]["dim"]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (count, dim)) or count < 0 or not 0 < dim <= 65536:
+        raise ValueError(f"count {count!r} and dim {dim!r} must be whole numbers, dim from 1 to 65536")
+    sections = {section["name"]: section for section in header["sections"]}
+    if sorted(sections) != sorted(SECTIONS) or len(header["sections"]) != len(SECTIONS):
+        raise ValueError(f"sections {sorted(sections)}, expected {sorted(SECTIONS)}")
+    declared = 0
+    for name, section in sections.items():
+        dtype, shape = SECTIONS[name]
+        expected = {"count": count, "dim": dim}
+        numbers = [*section["shape"], section["offset"], section["bytes"]]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            raise ValueError(f"section {name}: shape, offset and bytes must be whole numbers ≥ 0")
+        if section["dtype"] != dtype or len(section["shape"]) != len(shape) or any(
+            expected[axis] != n for axis, n in zip(shape, section["shape"]) if axis in expected
+        ):
+            raise ValueError(f"section {name} is {section['dtype']} {section['shape']}, expected {dtype} {list(shape)}")
+        declared += section["bytes"]
+    # A sparse file can claim any size while holding almost nothing: only allocate what is on disk.
+    on_disk = getattr(file.stat(), "st_blocks", None)
+    if on_disk is not None and declared > on_disk * 512 + (1 << 20):
+        raise ValueError(f"it declares {declared:,} bytes of data but holds {on_disk * 512:,} on disk")
 
 
 def _check_bounds(section: dict, body_start: int, file: Path) -> None:

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +19,15 @@ from converters.search.scanner import FoundFile, find_photos, image_suffixes, re
 from converters.search.stamp import ArtifactStamp
 from converters.search.store import (
     INDEX_FILE,
+    WALL_EPOCH,
     IndexFileError,
     PhotoFacts,
     PhotoIndex,
     load_index,
-    normalize_rows,
     save_index,
     wall_seconds,
 )
+from converters.search.vectors import normalize_rows
 
 LOCK_FILE = "index.lock"
 # Photos per model call when indexing: the `index` command's default.
@@ -62,7 +63,7 @@ class UpdateReport:
 class IndexUpdater:
     """Brings an index up to date with a folder; holds the index's lock while open.
 
-        with IndexUpdater(index_dir, bundle, "onnx") as updater:
+        with IndexUpdater(index_dir, bundle, "onnx-sim") as updater:
             plan = updater.plan(photos_dir)
             report = updater.run(plan)
 
@@ -72,11 +73,11 @@ class IndexUpdater:
     `checkpoint_seconds` and on Ctrl-C, so a re-run continues from it.
     """
 
-    def __init__(self, index_dir: Path, bundle: Bundle, runtime: str, threads: int = 0):
+    def __init__(self, index_dir: Path, bundle: Bundle, stage: str, threads: int = 0):
         self.index_dir = Path(index_dir)
         self.file = self.index_dir / INDEX_FILE
-        self.bundle, self.runtime, self.threads = bundle, runtime, threads
-        self.stamp = ArtifactStamp.of(bundle, runtime)
+        self.bundle, self.stage, self.threads = bundle, stage, threads
+        self.stamp = ArtifactStamp.of(bundle, stage)
         self._lock = FileLock(self.index_dir / LOCK_FILE)
 
     def __enter__(self) -> "IndexUpdater":
@@ -143,7 +144,7 @@ class IndexUpdater:
         report = UpdateReport(
             self.file, plan.root, removed=plan.removed, unchanged=plan.unchanged, skipped=list(plan.skipped)
         )
-        embedder = self.bundle.embedder(self.runtime, self.threads) if plan.to_embed else None
+        embedder = self.bundle.embedder(self.stage, self.threads) if plan.to_embed else None
         last_save, save_seconds = time.monotonic(), 0.0
         try:
             for start in range(0, len(plan.to_embed), batch_size):
@@ -207,8 +208,15 @@ class IndexUpdater:
         return time.monotonic() - started
 
 
+def _local_time(mtime_ns: int) -> datetime:
+    try:
+        return datetime.fromtimestamp(mtime_ns / 1e9)
+    except (OverflowError, OSError, ValueError):  # outside what the C library's localtime takes: UTC
+        return WALL_EPOCH + timedelta(seconds=mtime_ns // 10**9)
+
+
 def _facts(found: list[FoundFile], taken: list[datetime | None]) -> PhotoFacts:
-    modified = [datetime.fromtimestamp(f.mtime_ns / 1e9) for f in found]
+    modified = [_local_time(f.mtime_ns) for f in found]
     return PhotoFacts(
         [f.path for f in found],
         np.array([f.size for f in found], np.int64),

@@ -14,7 +14,12 @@ import numpy as np
 from PIL import Image
 
 from converters.app import preprocess
-from converters.app.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from converters.app.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    own_folder,
+    sha256_file,
+)
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.data.parity_set import ParitySet
@@ -33,11 +38,11 @@ def _rounded(vectors: np.ndarray) -> list[list[float]]:
 
 
 def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embeddings]) -> None:
-    """`embeddings` maps "pytorch" and each stage name to that runtime's parity-set embeddings."""
+    """`embeddings` maps "pytorch" and each stage name to that stage's parity-set embeddings."""
     layout = BundleLayout(manifest.root)
     image_rows = _spread(IMAGES, len(parity_set.image_files))
     caption_rows = _spread(CAPTIONS, len(parity_set.captions))
-    layout.golden_images.mkdir(exist_ok=True)
+    own_folder(layout.golden_images)
     resolution = parity_set.pixels.shape[-1]
     images = []
     for row in image_rows:
@@ -64,8 +69,8 @@ def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embed
         "how_to_use": (
             "resized_rgb_sha256 is the uint8 RGB image after the bicubic resize (bit-exact with Pillow); "
             "pixels_sha256 the float32 little-endian NCHW tensor after normalization. Embeddings are unnormalized: "
-            "compare an app's output with cosine similarity against the row of its runtime, within that "
-            "runtime's parity tolerance (parity.json)."
+            "compare an app's output with cosine similarity against the row of its stage, within that "
+            "stage's parity tolerance (parity.json)."
         ),
         "images": images,
         "captions": captions,

@@ -23,8 +23,8 @@ def test_the_app_side_imports_no_converter_library(tiny_bundle):
         "import pkgutil, importlib, sys, converters.app; from converters.app.bundle import Bundle; from PIL import Image\n"
         "for m in pkgutil.walk_packages(converters.app.__path__, 'converters.app.'): importlib.import_module(m.name)\n"
         f"b = Bundle.open({str(tiny_bundle)!r})\n"
-        "for runtime in ('onnx-int8', 'ncnn-fp16'):\n"
-        "    m = b.embedder(runtime); m.embed_texts(b.token_ids(['海边的日落']))\n"
+        "for stage in ('onnx-int8', 'ncnn-fp16'):\n"
+        "    m = b.embedder(stage); m.embed_texts(b.token_ids(['海边的日落']))\n"
         f"    m.embed_images(b.pixels([Image.open({str(next((PARITY_SET_DIR / 'images').iterdir()))!r})]))\n"
         f"loaded = sorted(n for n in sys.modules if n.split('.')[0] in {FORBIDDEN_ON_THE_APP_SIDE!r})\n"
         "assert not loaded, loaded"
@@ -33,19 +33,19 @@ def test_the_app_side_imports_no_converter_library(tiny_bundle):
     assert child.returncode == 0, child.stderr
 
 
-@pytest.mark.parametrize("runtime", ["onnx-sim", "onnx-int8"])
-def test_embeddings_match_the_golden_vectors(tiny_bundle, runtime):
+@pytest.mark.parametrize("stage", ["onnx-sim", "onnx-int8"])
+def test_embeddings_match_the_golden_vectors(tiny_bundle, stage):
     bundle = Bundle.open(tiny_bundle)
     golden = json.loads(BundleLayout(tiny_bundle).golden.read_text())
-    model = bundle.embedder(runtime)
+    model = bundle.embedder(stage)
     images = [Image.open(tiny_bundle / image["file"]) for image in golden["images"]]
     texts = bundle.token_ids([caption["text"] for caption in golden["captions"]])
     assert texts.tolist() == [caption["token_ids"] for caption in golden["captions"]]
     # One sample per call, as golden.json was made (see parity.BATCH).
     got_images = np.concatenate([model.embed_images(bundle.pixels([image])) for image in images])
     got_texts = np.concatenate([model.embed_texts(ids[None]) for ids in texts])
-    np.testing.assert_allclose(got_images, golden["embeddings"][runtime]["images"], atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(got_texts, golden["embeddings"][runtime]["texts"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got_images, golden["embeddings"][stage]["images"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got_texts, golden["embeddings"][stage]["texts"], atol=1e-5, rtol=1e-5)
 
 
 def test_golden_pixel_checksums_are_reproducible(tiny_bundle):
@@ -57,9 +57,9 @@ def test_golden_pixel_checksums_are_reproducible(tiny_bundle):
         assert hashlib.sha256(pixels.astype("<f4").tobytes()).hexdigest() == image["pixels_sha256"]
 
 
-def test_runtimes_and_identity(tiny_bundle):
+def test_stages_and_identity(tiny_bundle):
     bundle = Bundle.open(tiny_bundle)
-    assert {"onnx-sim", "onnx-int8"} <= set(bundle.runtimes())
+    assert {"onnx-sim", "onnx-int8"} <= set(bundle.stages())
     assert bundle.artifact_id("onnx-sim") != bundle.artifact_id("onnx-int8")
     with pytest.raises(ArtifactError, match="no complete 'tflite' artifacts"):
         bundle.embedder("tflite")
@@ -96,7 +96,7 @@ def test_a_stage_with_one_tower_is_not_offered(tiny_bundle, tmp_path):
     manifest.forget("text.onnx-int8")
     manifest.save()
     opened = Bundle.open(bundle)
-    assert "onnx-int8" not in opened.runtimes() and "onnx-sim" in opened.runtimes()
+    assert "onnx-int8" not in opened.stages() and "onnx-sim" in opened.stages()
     with pytest.raises(ArtifactError, match="no complete 'onnx-int8' artifacts"):
         opened.embedder("onnx-int8")
 
@@ -112,3 +112,16 @@ def test_a_swapped_vocabulary_line_is_refused(tiny_bundle, tmp_path):
     vocab.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(ArtifactError, match="vocab.txt changed after conversion"):
         Bundle.open(bundle)
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+def test_a_listed_file_that_is_no_model_is_one_error(tiny_bundle, tmp_path):
+    """Even with a matching sha256 (a hostile manifest can state any), a text file is not run as a model."""
+    bundle = copy_of(tiny_bundle, tmp_path)
+    manifest = Manifest.load(BundleLayout(bundle).manifest)
+    artifact = manifest.artifact("visual", "onnx-sim")
+    artifact.model_file.write_text("not a model")
+    manifest.record(artifact, manifest.entry("visual", "onnx-sim").inputs_digest)
+    manifest.save()
+    with pytest.raises(ArtifactError, match="onnxruntime cannot load .*visual.sim.onnx"):
+        Bundle.open(bundle).embedder("onnx-sim")

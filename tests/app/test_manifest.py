@@ -5,6 +5,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
@@ -98,3 +100,47 @@ def test_a_symlink_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
     model.symlink_to(outside)
     with pytest.raises(ArtifactError, match="outside the bundle"):
         Manifest.load(path).artifact("visual", "onnx-sim")
+
+
+def mutations():
+    """A path into a manifest (keys and list indexes, chosen by position) and a value to put there."""
+    values = st.one_of(
+        st.none(), st.booleans(), st.integers(-2, 2**40), st.floats(allow_nan=True), st.text(max_size=20),
+        st.just("../../etc/passwd"), st.just("/tmp/x.onnx"), st.lists(st.integers(), max_size=3), st.just({}),
+    )
+    return st.tuples(st.lists(st.integers(0, 50), min_size=1, max_size=5), values)
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=mutations())
+def test_fuzzed_manifests_load_or_fail_with_one_error(tiny_bundle, tmp_path_factory, mutation):
+    """Whatever value lands wherever, loading and using the bundle ends in its answer or an ArtifactError."""
+    from converters.app.bundle import Bundle
+
+    where, value = mutation
+    folder = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(tiny_bundle, folder / "b")
+    path = BundleLayout(folder / "b").manifest
+    data = json.loads(path.read_text())
+    node = data
+    for step in where[:-1]:
+        keys = list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else []
+        if not keys:
+            break
+        child = node[list(keys)[step % len(keys)]]
+        if not isinstance(child, (dict, list)):
+            break
+        node = child
+    keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+    if keys:
+        node[keys[where[-1] % len(keys)]] = value
+    path.write_text(json.dumps(data))
+    try:
+        bundle = Bundle.open(path.parent)
+        for stage in bundle.stages():
+            bundle.artifact_id(stage)
+            for tower in ("visual", "text"):
+                bundle.manifest.artifact(tower, stage)
+    except ArtifactError:
+        pass

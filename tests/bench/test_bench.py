@@ -42,13 +42,13 @@ def quick_bench(tiny_bundle, tmp_path_factory):
 
 
 def _towers(data: dict, tower: str) -> dict[str, dict]:
-    return {t["runtime"]: t for t in data["towers"] if t["tower"] == tower}
+    return {t["artifact"]: t for t in data["towers"] if t["tower"] == tower}
 
 
 @ON_TINY_VIT
-def test_every_runtime_and_pytorch_has_both_towers(quick_bench):
+def test_every_stage_and_pytorch_has_both_towers(quick_bench):
     bundle, data, _ = quick_bench
-    expected = ["pytorch", *Bundle.open(bundle).runtimes()]
+    expected = ["pytorch", *Bundle.open(bundle).stages()]
     for tower in TOWERS:
         assert sorted(_towers(data, tower)) == sorted(expected)
 
@@ -101,7 +101,7 @@ def test_conversion_is_measured_step_by_step(quick_bench):
 @ON_TINY_VIT
 def test_search_rows_for_each_backend(quick_bench):
     _, data, _ = quick_bench
-    assert {run["runtime"] for run in data["indexing"]} >= {"onnx-sim"}
+    assert {run["artifact"] for run in data["indexing"]} >= {"onnx-sim"}
     assert all(run["images"] > 0 and run["images_per_s"] > 0 and run["decode_images_per_s"] > 0 for run in data["indexing"])
     rows = {(row["backend"], row["n"]): row for row in data["search"]}
     assert set(rows) == {("int8", 10_000), ("faiss", 10_000)}
@@ -114,7 +114,7 @@ def test_search_rows_for_each_backend(quick_bench):
 @ON_TINY_VIT
 def test_goals_are_evaluated_with_the_artifacts_that_pass_parity(quick_bench):
     bundle, data, _ = quick_bench
-    assert data["parity_passed"] == Bundle.open(bundle).runtimes()  # the fixture's parity passed
+    assert data["parity_passed"] == Bundle.open(bundle).stages()  # the fixture's parity passed
     assert len(data["goals"]) == 4
     for goal in data["goals"]:
         assert goal["met"] in (True, False) and goal["measured"] > 0 and goal["target"] > 0 and goal["detail"]
@@ -123,14 +123,14 @@ def test_goals_are_evaluated_with_the_artifacts_that_pass_parity(quick_bench):
 
 
 @ON_TINY_VIT
-def test_markdown_has_every_section_and_runtime(quick_bench):
+def test_markdown_has_every_section_and_artifact(quick_bench):
     bundle, data, stdout = quick_bench
     markdown = BundleLayout(bundle).bench_md.read_text(encoding="utf-8")
     assert stdout.strip() == markdown.strip()
     for heading in ("## Goals", "## Image tower", "## Text tower", "## Size and memory", "## Conversion", "## Search engine", "## Method"):
         assert heading in markdown
     for t in data["towers"]:
-        assert f"| {t['runtime']} | {t['tower']} | {t['engine']} |" in markdown
+        assert f"| {t['artifact']} | {t['tower']} | {t['engine']} |" in markdown
 
 
 @ON_TINY_VIT
@@ -167,11 +167,11 @@ def test_time_calls_follows_its_budget():
     assert timing.min_ms <= timing.p10_ms <= timing.median_ms <= timing.p90_ms
 
 
-def _tower(runtime: str, tower: str, input: str, mode: str, per_second: float) -> TowerBench:
+def _tower(artifact: str, tower: str, input: str, mode: str, per_second: float) -> TowerBench:
     milliseconds = 1000 / per_second
     timing = Timing(3, milliseconds, milliseconds, milliseconds, milliseconds)
     measurement = Measurement(input, None, mode, 1, timing, per_second)
-    return TowerBench(runtime, tower, "engine", "fp32", 1, 1.0, 0.1, Memory(1, 1, 1), [measurement])
+    return TowerBench(artifact, tower, "engine", "fp32", 1, 1.0, 0.1, Memory(1, 1, 1), [measurement])
 
 
 def test_a_missed_goal_says_by_how_much():

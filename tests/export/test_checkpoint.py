@@ -107,3 +107,24 @@ def test_a_relative_checkpoint_path_is_recorded_absolute(tiny, tmp_path, monkeyp
     source = checkpoint.resolve(config, "weights/clip.pt", tmp_path / "cache")
     assert source.path == tmp_path / "weights" / "clip.pt" and source.path.is_absolute()
     assert source.description == str(tmp_path / "weights" / "clip.pt")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("sparse", "sparse_coo layout"), ("quantized", "quantized"), ("meta", "a meta tensor"), ("bool", "dtype bool"),
+])
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tensors_that_are_not_dense_weights_are_refused(tiny, tmp_path, kind, message):
+    config, model = tiny
+    state = dict(model.state_dict())
+    key = "text_projection"
+    weight = state[key]
+    state[key] = {
+        "sparse": lambda: weight.to_sparse(),
+        "quantized": lambda: torch.quantize_per_tensor(weight, 0.1, 0, torch.qint8),
+        "meta": lambda: torch.empty_like(weight, device="meta"),
+        "bool": lambda: weight > 0,
+    }[kind]()
+    path = tmp_path / "odd.pt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=rf"{key} \({message}"):
+        checkpoint.run(config, checkpoint.resolve(config, path, tmp_path))

@@ -124,3 +124,36 @@ def test_fuzzed_yaml_text_never_crashes_the_loader(tmp_path, text):
         load_config(path)
     except ConfigError:
         pass
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """Nine nested aliases of nine would be 387 million strings ("billion laughs"); none is ever built."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"aliases \(\*a0\) are not allowed"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("layers", "2000000000"), ("width", "100000000"), ("layers", "[3, 4, 600000, 3]"),
+])
+def test_absurd_architecture_sizes_are_refused(tmp_path, key, value):
+    text = tiny_text().replace("    layers: 2\n", "    layers: 2\n" if key != "layers" else f"    layers: {value}\n")
+    if key == "width":
+        text = text.replace("    width: 64\n", f"    width: {value}\n")
+    with pytest.raises(ConfigError, match=rf"architecture\.vision\.{key}"):
+        load_config(write(tmp_path, text))
+
+
+def test_a_config_that_is_not_utf8_is_one_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(tiny_text().encode() + "# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{path} is not UTF-8 text"):
+        load_config(path)
+
+
+def test_a_partial_tolerance_keeps_the_other_defaults(tmp_path):
+    config = load_config(write(tmp_path, tiny_text() + "parity:\n  onnx_int8:\n    cosine_min: 0.97\n"))
+    assert config.tolerance("onnx-int8").cosine_min == 0.97
+    assert config.tolerance("onnx-int8").cosine_mean == 0.99 and config.tolerance("onnx-int8").norm_ratio_max == 0.1

@@ -42,7 +42,7 @@ def indexed(tiny_bundle, tmp_path) -> tuple[Path, Path]:
 @ON_TINY_VIT
 def test_index_reports_what_it_did_and_lists_skipped_files(indexed):
     photos, index_dir = indexed
-    again = invoke("index", photos, "--index", index_dir)  # the index remembers its bundle and runtime
+    again = invoke("index", photos, "--index", index_dir)  # the index remembers its bundle and stage
     assert again.exit_code == 0, again.output
     assert "1 to embed, 14 unchanged, 0 gone" in again.stderr  # unreadable files are tried again
     assert "14 photos (0 added, 0 updated, 0 removed, 14 unchanged, 1 skipped)" in again.stderr
@@ -55,7 +55,7 @@ def test_search_by_text_as_json(indexed):
     result = invoke("search", "海边的日落", "--index", index_dir, "--top", 3, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["query"] == "海边的日落" and data["runtime"] == "onnx-sim" and data["backend"] == "int8"
+    assert data["query"] == "海边的日落" and data["stage"] == "onnx-sim" and data["backend"] == "int8"
     assert [hit["rank"] for hit in data["hits"]] == [1, 2, 3]
     assert all(Path(hit["path"]).is_file() for hit in data["hits"])
 
@@ -74,19 +74,19 @@ def test_search_by_image_prints_a_table_and_writes_an_html_page(indexed, tmp_pat
 
 
 @ON_TINY_VIT
-@pytest.mark.parametrize("runtime", ["onnx-int8", "ncnn-fp16", "ncnn-int8"])
-def test_every_runtime_of_the_bundle_indexes_and_searches(tiny_bundle, tmp_path, runtime):
+@pytest.mark.parametrize("stage", ["onnx-int8", "ncnn-fp16", "ncnn-int8"])
+def test_every_stage_of_the_bundle_indexes_and_searches(tiny_bundle, tmp_path, stage):
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("cat_chelsea.jpg", "grass.jpg", "rocket_launch.jpg", "coffee_cup.jpg"):
         shutil.copy(PHOTOS / name, photos / name)
     index_dir = tmp_path / "index"
-    made = invoke("index", photos, "--artifacts", tiny_bundle, "--runtime", runtime, "--index", index_dir)
+    made = invoke("index", photos, "--artifacts", tiny_bundle, "--stage", stage, "--index", index_dir)
     assert made.exit_code == 0, made.output
     found = invoke("search", "--image", photos / "grass.jpg", "--index", index_dir, "--json")
     assert found.exit_code == 0, found.output
     data = json.loads(found.stdout)
-    assert data["runtime"] == runtime and Path(data["hits"][0]["path"]).name == "grass.jpg"
+    assert data["stage"] == stage and Path(data["hits"][0]["path"]).name == "grass.jpg"
     assert data["hits"][0]["score"] == pytest.approx(1, abs=1e-3)
 
 
@@ -113,8 +113,8 @@ def test_user_errors_reach_the_cli_as_user_errors(indexed, tiny_bundle, tmp_path
     assert isinstance(missing.exception, IndexFileError)
     empty = invoke("search", "   ", "--index", index_dir)
     assert isinstance(empty.exception, QueryError)
-    other_runtime = invoke("index", photos, "--artifacts", tiny_bundle, "--runtime", "onnx-int8", "--index", index_dir)
-    assert isinstance(other_runtime.exception, ArtifactMismatchError)
+    other_stage = invoke("index", photos, "--artifacts", tiny_bundle, "--stage", "onnx-int8", "--index", index_dir)
+    assert isinstance(other_stage.exception, ArtifactMismatchError)
 
 
 @ON_TINY_VIT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -12,20 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import ExifTags, Image
 
 from converters.app.bundle import Bundle
 from converters.data import PARITY_SET_DIR
 from converters.search import store, updater
-from converters.search.stamp import ArtifactMismatchError
-from converters.search.store import (
-    INDEX_FILE,
-    IndexFileError,
-    load_index,
-    normalize_rows,
-    wall_seconds,
-)
+from converters.search.stamp import ArtifactMismatchError, ArtifactStamp
+from converters.search.store import INDEX_FILE, IndexFileError, load_index, wall_seconds
 from converters.search.updater import IndexBusyError, IndexUpdater
+from converters.search.vectors import normalize_rows
 
 PHOTOS = PARITY_SET_DIR / "images"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
@@ -38,8 +37,8 @@ def photos(tmp_path) -> Path:
     return folder
 
 
-def update(index_dir: Path, photos: Path, bundle: Bundle, runtime: str = "onnx-sim", **options):
-    with IndexUpdater(index_dir, bundle, runtime) as updater:
+def update(index_dir: Path, photos: Path, bundle: Bundle, stage: str = "onnx-sim", **options):
+    with IndexUpdater(index_dir, bundle, stage) as updater:
         return updater.run(updater.plan(photos), **options)
 
 
@@ -61,7 +60,7 @@ def test_index_holds_every_photo_and_lists_the_unreadable_ones(tiny_bundle, phot
     for name in ("empty.jpg", "notes.png", "truncated.jpg"):
         assert sum(name in reason for reason in report.skipped) == 1
     index = load_index(tmp_path / "index")
-    assert index.complete and index.artifact.id == bundle.artifact_id("onnx-sim") and index.artifact.runtime == "onnx-sim"
+    assert index.complete and index.artifact.id == bundle.artifact_id("onnx-sim") and index.artifact.stage == "onnx-sim"
     assert index.artifact.model == bundle.model and index.roots == [str(photos.resolve())]
     assert sorted(Path(p).name for p in index.photos.paths) == sorted(p.name for p in PHOTOS.glob("*.jpg"))
     row = index.photos.paths.index(str(photos.resolve() / "album" / "cat_chelsea.jpg"))
@@ -152,7 +151,7 @@ def test_an_index_made_by_another_artifact_is_refused(tiny_bundle, photos, tmp_p
         update(tmp_path / "index", photos, bundle, "onnx-int8")
     message = str(refused.value)
     assert "/ onnx-sim (" in message and "onnx-int8" in message and "--index" in message
-    assert load_index(tmp_path / "index").artifact.runtime == "onnx-sim"
+    assert load_index(tmp_path / "index").artifact.stage == "onnx-sim"
 
 
 @ON_TINY_VIT
@@ -278,7 +277,7 @@ def saved_index(tmp_path) -> Path:
     photos = store.PhotoFacts(
         [f"/photos/{i}.jpg" for i in range(50)], *(np.arange(50, dtype=np.int64) for _ in range(3)), np.ones(50, bool)
     )
-    stamp = store.ArtifactStamp("0" * 64, "tiny", "onnx-sim", 16, "/bundle")
+    stamp = ArtifactStamp("0" * 64, "tiny", "onnx-sim", 16, "/bundle")
     store.save_index(folder / INDEX_FILE, stamp, ["/photos"], photos, [(vectors, None)], complete=True)
     return folder
 
@@ -328,3 +327,86 @@ def test_a_damaged_header_or_another_file_is_detected(saved_index):
 def test_a_missing_index_says_how_to_make_one(tmp_path):
     with pytest.raises(IndexFileError, match="python -m converters index PHOTOS --artifacts BUNDLE"):
         load_index(tmp_path / "nowhere")
+
+
+def rewrite_header(folder: Path, edit) -> None:
+    """Change the header of an index file and re-seal it with a valid sha256, as a crafted file would be."""
+    file = folder / INDEX_FILE
+    data = file.read_bytes()
+    length, _, magic = store.TRAILER.unpack(data[-store.TRAILER.size :])
+    body_start = len(data) - store.TRAILER.size - length
+    header = json.loads(data[body_start : len(data) - store.TRAILER.size])
+    edit(header)
+    body = json.dumps(header).encode()
+    file.write_bytes(data[:body_start] + body + store.TRAILER.pack(len(body), hashlib.sha256(body).digest(), magic))
+
+
+def section(header: dict, name: str) -> dict:
+    return next(s for s in header["sections"] if s["name"] == name)
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda h: section(h, "size").update(dtype="object"), "section size is object"),
+    (lambda h: section(h, "scales").update(shape=[-50]), "whole numbers"),
+    (lambda h: h.update(count="50"), "whole numbers"),
+    (lambda h: h["artifact"].pop("stage"), "malformed"),
+    (lambda h: h.update(sections="all of them"), "malformed"),
+    (lambda h: h["sections"].pop(), "sections"),
+])
+def test_a_crafted_header_with_valid_checksums_is_refused(saved_index, edit, why):
+    rewrite_header(saved_index, edit)
+    with pytest.raises(IndexFileError, match=why) as error:
+        load_index(saved_index)
+    assert "rebuild" in str(error.value)
+
+
+def test_a_sparse_file_declaring_gigabytes_is_refused_before_allocating(saved_index):
+    """60 GiB of int8 codes declared, the file made that large by a hole that holds nothing on disk."""
+    count = 60 * 2**30 // 16
+
+    def huge(header: dict) -> None:
+        header["count"] = count
+        for s in header["sections"]:
+            s["shape"] = [{"count": count, "dim": 16}.get(axis, s["shape"][i]) for i, axis in enumerate(store.SECTIONS[s["name"]][1])]
+            s["bytes"] = int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize
+
+    rewrite_header(saved_index, huge)
+    file = saved_index / INDEX_FILE
+    data = file.read_bytes()
+    length = store.TRAILER.unpack(data[-store.TRAILER.size :])[0]
+    tail = len(data) - store.TRAILER.size - length
+    with open(file, "wb") as handle:  # the sections, a 1 TiB hole, then the header and trailer
+        handle.write(data[:tail])
+        handle.seek(2**40)
+        handle.write(data[tail:])
+    with pytest.raises(IndexFileError, match="holds .* on disk"):
+        load_index(saved_index)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.lists(st.integers(0, 20), min_size=1, max_size=4),
+       value=st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.text(max_size=8),
+                       st.lists(st.integers(-5, 2**40), max_size=3), st.just("object"), st.just({})))
+def test_fuzzed_headers_load_or_fail_with_one_error(tmp_path_factory, where, value):
+    folder = tmp_path_factory.mktemp("fuzz") / "index"
+    vectors = normalize_rows(np.random.default_rng(0).standard_normal((5, 4)))
+    photos = store.PhotoFacts([f"/p/{i}.jpg" for i in range(5)], *(np.arange(5, dtype=np.int64) for _ in range(3)), np.ones(5, bool))
+    store.save_index(folder / INDEX_FILE, ArtifactStamp("0" * 64, "t", "onnx-sim", 4, "/b"), ["/p"], photos, [(vectors, None)], True)
+
+    def mutate(header: dict) -> None:
+        node = header
+        for step in where[:-1]:
+            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+            child = node[keys[step % len(keys)]] if keys else None
+            if not isinstance(child, (dict, list)) or not child:
+                break
+            node = child
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        node[keys[where[-1] % len(keys)]] = value
+
+    rewrite_header(folder, mutate)
+    try:
+        index = load_index(folder)
+        index.vectors[: len(index)]
+    except IndexFileError:
+        pass

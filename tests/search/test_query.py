@@ -25,15 +25,9 @@ from converters.search.query import (
     text_query,
 )
 from converters.search.stamp import ArtifactMismatchError
-from converters.search.store import (
-    Int8Codes,
-    PhotoFacts,
-    PhotoIndex,
-    load_index,
-    normalize_rows,
-    quantize,
-)
+from converters.search.store import PhotoFacts, PhotoIndex, load_index
 from converters.search.updater import IndexUpdater
+from converters.search.vectors import Int8Codes, normalize_rows, quantize
 
 PHOTOS = PARITY_SET_DIR / "images"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)

@@ -47,7 +47,7 @@ def test_json_keeps_every_field_and_the_chinese_text():
     text = render_json(result(time_range=TimeRange.parse("2023-01-01", "2023-12-31")))
     assert "海边的日落" in text
     data = json.loads(text)
-    assert data["query"] == "海边的日落" and data["model"] == "ViT-B-16" and data["runtime"] == "onnx-int8"
+    assert data["query"] == "海边的日落" and data["model"] == "ViT-B-16" and data["stage"] == "onnx-int8"
     assert data["artifact_id"] == "ab" * 32 and (data["indexed"], data["considered"]) == (1000, 250)
     assert (data["since"], data["until"]) == ("2023-01-01T00:00:00", "2024-01-01T00:00:00")
     assert data["hits"][0] == {

@@ -133,3 +133,19 @@ def test_parity_of_another_models_bundle_names_the_mismatch(tiny_bundle, tmp_pat
     result = run_cli("parity", "tiny-vit", "--out", bundle)
     assert result.returncode == 2 and "converted from model 'tiny-rn', not 'tiny-vit'" in result.stderr
     assert "changed" not in result.stderr and "Traceback" not in result.stderr
+
+
+@ON_TINY_VIT
+def test_parity_never_writes_through_a_symlinked_golden_folder(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    names = [p.name for p in (bundle / "golden").iterdir()]
+    for name in names:
+        (outside / name).write_bytes(b"someone else's file")
+    shutil.rmtree(bundle / "golden")
+    (bundle / "golden").symlink_to(outside, target_is_directory=True)
+    assert run_parity(load_config("tiny-vit"), BundleLayout(bundle), ignore).passed
+    assert all((outside / name).read_bytes() == b"someone else's file" for name in names)
+    assert not (bundle / "golden").is_symlink() and sorted(p.name for p in (bundle / "golden").iterdir()) == sorted(names)

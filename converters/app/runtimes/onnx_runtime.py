@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from converters.app.artifact import Artifact
+from converters.errors import ArtifactError
 
 
 def session(model: str | bytes, threads: int = 0) -> ort.InferenceSession:
@@ -18,7 +19,10 @@ def session(model: str | bytes, threads: int = 0) -> ort.InferenceSession:
 
 class OnnxTower:
     def __init__(self, artifact: Artifact, threads: int = 0):
-        self.session = session(str(artifact.model_file), threads)
+        try:
+            self.session = session(str(artifact.model_file), threads)
+        except Exception as error:  # onnxruntime reports a bad file as InvalidProtobuf, Fail, …
+            raise ArtifactError(f"onnxruntime cannot load {artifact.model_file}: {error}") from None
         self.input = artifact.spec.inputs[0]
         self.is_text = self.input.role == "token_ids"
 
