@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-MODEL   ?= ViT-B-16
+MODEL   ?=
 CKPT    ?=
 WEIGHTS ?=
 OUT     ?=
@@ -16,7 +16,10 @@ STAGES  ?=
 PYTEST_ARGS ?=
 QUICK   ?=
 
-CONVERT_ARGS = $(MODEL) \
+# Without MODEL: a Hugging Face folder (or hf:…) names its own architecture; anything else means ViT-B-16.
+HF_CKPT = $(filter hf:%,$(CKPT))$(if $(CKPT),$(wildcard $(CKPT)/config.json))
+CONVERT_MODEL = $(or $(MODEL),$(if $(HF_CKPT),,ViT-B-16))
+CONVERT_ARGS = $(CONVERT_MODEL) \
 	$(if $(CKPT),--checkpoint $(CKPT)) \
 	$(if $(filter random,$(WEIGHTS)),--checkpoint random) \
 	$(if $(OUT),--out $(OUT)) \
@@ -25,7 +28,7 @@ CONVERT_ARGS = $(MODEL) \
 .PHONY: help venv convert parity bench test test-fast clean
 
 help:
-	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
+	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
 	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]"
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
 	@echo "make test    (all tests, full-size ones included)"
@@ -44,13 +47,13 @@ convert: $(STAMP)
 	$(PY) -m converters convert $(CONVERT_ARGS)
 
 parity: $(STAMP)
-	$(PY) -m converters parity $(MODEL) $(if $(OUT),--out $(OUT))
+	$(PY) -m converters parity $(or $(MODEL),ViT-B-16) $(if $(OUT),--out $(OUT))
 
 # Converting first skips every stage already done and writes parity.json, which the goals read.
 # A parity failure (exit 3) still gets benchmarked: the goals count passing artifacts only.
 bench: $(STAMP)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
-	$(PY) -m converters bench $(MODEL) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
+	$(PY) -m converters bench $(or $(MODEL),ViT-B-16) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

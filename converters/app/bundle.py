@@ -22,7 +22,7 @@ from PIL import Image
 from converters.app.fsutil import sha256_text
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.app.preprocess import preprocess_batch
+from converters.app.preprocess import Transform
 from converters.app.runtimes import Embedder, TowerPair, open_tower
 from converters.app.specs import TOWERS
 from converters.app.tokenizer import Tokenizer
@@ -52,6 +52,10 @@ class Bundle:
         return self.manifest.preprocess["resolution"]
 
     @property
+    def transform(self) -> Transform:
+        return Transform.from_spec(self.manifest.preprocess)
+
+    @property
     def embedding_dim(self) -> int:
         return self.manifest.embedding.dim
 
@@ -77,7 +81,7 @@ class Bundle:
         return sha256_text(*(f.sha256 for t in TOWERS for f in self.manifest.entry(t, stage).files))
 
     def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return preprocess_batch(images, self.resolution)
+        return self.transform.batch(images)
 
     def token_ids(self, texts: Sequence[str]) -> np.ndarray:
         """Padded ids; a text longer than the context is cut as cn_clip cuts it, with a warning."""

@@ -1,4 +1,5 @@
-"""Chinese-CLIP's image preprocessing without torch: the pixels `cn_clip.clip.image_transform` makes.
+"""Chinese-CLIP's image preprocessing without torch: the pixels `cn_clip.clip.image_transform` makes,
+or, for a Hugging Face checkpoint, those its ChineseCLIPImageProcessor makes.
 
 cn_clip resizes the PIL image as it comes (any mode) to a square with Pillow's
 bicubic filter, and only then converts it to RGB; the order matters for
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -26,8 +29,6 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 # what cn_clip computes.
 MAX_PIXELS = 89_478_485
 
-_MEAN = np.array(MEAN, dtype=np.float32).reshape(3, 1, 1)
-_STD = np.array(STD, dtype=np.float32).reshape(3, 1, 1)
 
 
 class ImageError(UserError, ValueError):
@@ -72,43 +73,81 @@ def _check_size(path: Path, size: tuple[int, int]) -> None:
         )
 
 
-def resized_rgb(image: Image.Image, resolution: int) -> Image.Image:
-    """The integer stage of the transform: the square RGB image before scaling and normalizing."""
-    return image.resize((resolution, resolution), Image.Resampling.BICUBIC).convert("RGB")
+@dataclass(frozen=True)
+class Transform:
+    """How a checkpoint wants its pixels: cn_clip's square resize, or a Hugging Face processor's crop.
 
+    - `square` (cn_clip.clip.image_transform): resize the image in its own mode to resolution ×
+      resolution (aspect not kept, no crop), then convert to RGB.
+    - `shortest_edge_center_crop` (ChineseCLIPImageProcessor): convert to RGB, resize so the
+      shorter side is `shortest_edge` (aspect kept), then cut the centre resolution × resolution.
+    Both use Pillow's bicubic filter, then (u8 / 255 - mean) / std in float32, NCHW.
+    """
 
-def preprocess(image: Image.Image, resolution: int) -> np.ndarray:
-    """One PIL image of any mode → float32 `[3, resolution, resolution]`."""
-    pixels = np.asarray(resized_rgb(image, resolution), dtype=np.float32).transpose(2, 0, 1)
-    return (pixels / np.float32(255) - _MEAN) / _STD
+    resolution: int
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    resize: Literal["square", "shortest_edge_center_crop"] = "square"
+    shortest_edge: int | None = None
 
+    def resized_rgb(self, image: Image.Image) -> Image.Image:
+        """The integer stage of the transform: the RGB image the model sees, before scaling and normalizing."""
+        if self.resize == "square":
+            return image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC).convert("RGB")
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        short, long = sorted((width, height))
+        scaled = (self.shortest_edge, int(self.shortest_edge * long / short))
+        rgb = rgb.resize(scaled if width <= height else scaled[::-1], Image.Resampling.BICUBIC)
+        left, top = (rgb.width - self.resolution) // 2, (rgb.height - self.resolution) // 2
+        return rgb.crop((left, top, left + self.resolution, top + self.resolution))
 
-def preprocess_batch(images: Sequence[Image.Image], resolution: int) -> np.ndarray:
-    """PIL images → float32 `[N, 3, resolution, resolution]` (NCHW)."""
-    batch = np.empty((len(images), 3, resolution, resolution), dtype=np.float32)
-    for slot, image in zip(batch, images):
-        slot[...] = preprocess(image, resolution)
-    return batch
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """One PIL image of any mode → float32 `[3, resolution, resolution]`."""
+        mean = np.array(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.array(self.std, dtype=np.float32).reshape(3, 1, 1)
+        values = np.asarray(self.resized_rgb(image), dtype=np.float32).transpose(2, 0, 1)
+        return (values / np.float32(255) - mean) / std
 
+    def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images → float32 `[N, 3, resolution, resolution]` (NCHW)."""
+        batch = np.empty((len(images), 3, self.resolution, self.resolution), dtype=np.float32)
+        for slot, image in zip(batch, images):
+            slot[...] = self.pixels(image)
+        return batch
 
-def spec(resolution: int) -> dict:
-    """What an app must reproduce to feed the image tower, as JSON-able facts."""
-    return {
-        "resolution": resolution,
-        "layout": "NCHW",
-        "dtype": "float32",
-        "channel_order": "RGB",
-        "frame": "the first frame of animated or multi-page files",
-        "exif_orientation": "not applied, matching cn_clip: pixels are used as stored in the file",
-        "resize": f"to exactly {resolution}x{resolution}: aspect ratio not kept, no crop",
-        "interpolation": "bicubic (Pillow)",
-        "pillow_bicubic": "antialiased (the kernel widens with the reduction), a = -0.5; Pillow resizes modes "
-        "'1' and 'P' with nearest instead, and LA/RGBA with premultiplied alpha",
-        "order": "resize in the file's own mode first, then convert('RGB'): palette expanded, alpha dropped "
-        "without compositing",
-        "scale": 1 / 255,
-        "mean": list(MEAN),
-        "std": list(STD),
-        "formula": "(uint8 / 255 - mean) / std per channel, in float32",
-        "max_pixels": MAX_PIXELS,
-    }
+    def spec(self) -> dict:
+        """What an app must reproduce to feed the image tower, as JSON-able facts (preprocess.json)."""
+        if self.resize == "square":
+            resize = f"to exactly {self.resolution}x{self.resolution}: aspect ratio not kept, no crop"
+            order = "resize in the file's own mode first, then convert('RGB'): palette expanded, alpha dropped without compositing"
+        else:
+            resize = (f"the shorter side to {self.shortest_edge} (the longer to int({self.shortest_edge} × long / short)), "
+                      f"then the centre {self.resolution}x{self.resolution}: left = (width - {self.resolution}) // 2, "
+                      f"top = (height - {self.resolution}) // 2")
+            order = "convert('RGB') first, then resize and crop"
+        return {
+            "resolution": self.resolution,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channel_order": "RGB",
+            "frame": "the first frame of animated or multi-page files",
+            "exif_orientation": "not applied, matching cn_clip and transformers: pixels are used as stored in the file",
+            "resize_mode": self.resize,
+            "shortest_edge": self.shortest_edge,
+            "resize": resize,
+            "interpolation": "bicubic (Pillow)",
+            "pillow_bicubic": "antialiased (the kernel widens with the reduction), a = -0.5; Pillow resizes modes "
+            "'1' and 'P' with nearest instead, and LA/RGBA with premultiplied alpha",
+            "order": order,
+            "scale": 1 / 255,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "formula": "(uint8 / 255 - mean) / std per channel, in float32",
+            "max_pixels": MAX_PIXELS,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Transform":
+        return cls(spec["resolution"], tuple(spec["mean"]), tuple(spec["std"]), spec.get("resize_mode", "square"),
+                   spec.get("shortest_edge"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from converters.app.preprocess import load_image, preprocess_batch
+from converters.app.preprocess import Transform, load_image
 from converters.app.tokenizer import Tokenizer
 from converters.data import CALIBRATION_SET_DIR
 from converters.data.parity_set import IMAGE_SUFFIXES
@@ -25,8 +25,8 @@ SEED = 0
 MIN_CROP_SIDE = 0.5
 
 
-def calibration_pixels(count: int, resolution: int, directory: Path = CALIBRATION_SET_DIR) -> np.ndarray:
-    """`count` images as float32 [count, 3, resolution, resolution]: the photos whole, then crops of them."""
+def calibration_pixels(count: int, transform: Transform, directory: Path = CALIBRATION_SET_DIR) -> np.ndarray:
+    """`count` images as the model's pixels [count, 3, R, R]: the photos whole, then crops of them."""
     photos = [load_image(p) for p in sorted((directory / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     rng = np.random.default_rng(SEED)
     samples = []
@@ -34,7 +34,7 @@ def calibration_pixels(count: int, resolution: int, directory: Path = CALIBRATIO
         photo = photos[index % len(photos)]
         round_ = index // len(photos)
         samples.append(photo if round_ == 0 else _crop(photo, rng, mirrored=round_ % 2 == 1))
-    return preprocess_batch(samples, resolution)
+    return transform.batch(samples)
 
 
 def _crop(photo: Image.Image, rng: np.random.Generator, mirrored: bool) -> Image.Image:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.app.fsutil import sha256_file, sha256_text
-from converters.app.preprocess import load_image, preprocess_batch
+from converters.app.preprocess import Transform, load_image
 from converters.app.tokenizer import Tokenizer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -24,6 +24,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 class ParitySet:
     image_files: tuple[Path, ...]
     captions: tuple[str, ...]
+    transform: Transform
     pixels: np.ndarray
     token_ids: np.ndarray
     digest: str
@@ -32,15 +33,15 @@ class ParitySet:
         return {"images": len(self.image_files), "captions": len(self.captions), "sha256": self.digest}
 
 
-def load_parity_set(directory: Path, resolution: int, tokenizer: Tokenizer) -> ParitySet:
+def load_parity_set(directory: Path, transform: Transform, tokenizer: Tokenizer) -> ParitySet:
     image_files = tuple(sorted(p for p in (directory / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
     captions = tuple(entry["text"] for entry in json.loads((directory / "captions.json").read_text("utf-8")))
-    pixels = preprocess_batch([load_image(p) for p in image_files], resolution)
+    pixels = transform.batch([load_image(p) for p in image_files])
     token_ids = tokenizer.encode(list(captions))
     digest = sha256_text(
-        str(resolution),
+        json.dumps(transform.spec(), sort_keys=True),
         str(tokenizer.context_length),
         *(sha256_file(p) for p in image_files),
         sha256_file(directory / "captions.json"),
     )
-    return ParitySet(image_files, captions, pixels, token_ids, digest)
+    return ParitySet(image_files, captions, transform, pixels, token_ids, digest)

@@ -7,30 +7,21 @@ the manifest lists with sha256, so an app build needs nothing but the folder.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Callable
 
-from converters.app import preprocess
-from converters.app.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from converters.app.fsutil import atomic_write_bytes, atomic_write_json
 from converters.app.layout import BundleLayout
 from converters.app.manifest import CheckpointRecord, EmbeddingFacts, Manifest
 from converters.app.tokenizer import Tokenizer
 from converters.export.config import ModelConfig
 
 
-def cn_clip_vocab() -> Path:
-    """cn_clip's vocab.txt, located without importing cn_clip (which imports torch)."""
-    spec = importlib.util.find_spec("cn_clip")
-    return Path(next(iter(spec.submodule_search_locations))) / "clip" / "vocab.txt"
-
-
 def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callable[[], float]) -> None:
     layout = BundleLayout(manifest.root)
-    if not layout.vocab.is_file() or sha256_file(layout.vocab) != sha256_file(cn_clip_vocab()):
-        atomic_write_bytes(layout.vocab, cn_clip_vocab().read_bytes())
+    if not layout.vocab.is_file() or layout.vocab.read_bytes() != source.vocab:
+        atomic_write_bytes(layout.vocab, source.vocab)
     tokenizer_spec = Tokenizer.from_vocab(layout.vocab, config.context_length).spec()
-    preprocess_spec = preprocess.spec(config.image_resolution)
+    preprocess_spec = source.transform.spec()
     manifest.checkpoint = CheckpointRecord(
         "random" if source.path is None else str(source.path), source.description, source.digest
     )

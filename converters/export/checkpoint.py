@@ -1,12 +1,14 @@
-"""The weights: an official Chinese-CLIP checkpoint → the cn_clip model, fp32, eval mode.
+"""The weights: a Chinese-CLIP checkpoint → the cn_clip model, fp32, eval mode.
 
-Sources, in order of preference: a local file (`--checkpoint`), the official
-release fetched once into a cache by cn_clip's own download route, or seeded
-random weights for the same architecture (offline pipeline checks).
+Sources: a local cn_clip `.pt` file or Hugging Face model folder
+(`--checkpoint`), `hf:OWNER/NAME` through huggingface_hub, the official release
+fetched once into a cache by cn_clip's own download route, or seeded random
+weights for the same architecture (offline pipeline checks).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,20 +17,27 @@ from cn_clip.clip.model import CLIP
 
 from converters.app.fsutil import sha256_file, sha256_text
 from converters.app.manifest import Manifest
+from converters.app.preprocess import Transform
+from converters.data.parity_set import ParitySet
 from converters.errors import ArtifactError, CheckpointError
+from converters.export import huggingface
 from converters.export.config import ModelConfig, known_models, load_config
 from converters.export.download import DOWNLOAD_HINT, fetch_release
+from converters.validate.metrics import Embeddings
 
 RANDOM = "random"
 
 
 @dataclass(frozen=True)
 class CheckpointSource:
-    """Where the weights come from, identified by content before anything is loaded."""
+    """Where the weights come from, identified by content before anything is loaded, and what inputs they want."""
 
     path: Path | None  # None means seeded random weights
     digest: str
     description: str
+    transform: Transform  # the preprocessing the weights were trained with
+    vocab: bytes  # the tokenizer's vocab.txt
+    huggingface: bool = False  # a ChineseCLIPModel folder rather than a cn_clip .pt
 
 
 @dataclass
@@ -41,6 +50,15 @@ class LoadedModel:
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+    def reference(self, parity_set: ParitySet, context_length: int) -> Embeddings:
+        """What parity compares with: transformers' own model for a Hugging Face folder, else this model."""
+        if self.source.huggingface:
+            return huggingface.reference(self.source.path, parity_set, context_length)
+        from converters.export.torch_reference import TorchEmbedder
+        from converters.validate.parity import embed
+
+        return embed(TorchEmbedder(self.model), parity_set)
 
 
 def cn_clip_kwargs(config: ModelConfig) -> dict:
@@ -96,21 +114,30 @@ def random_model(config: ModelConfig) -> CLIP:
 
 def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path) -> CheckpointSource:
     """Find the weights (a path, `random`, or None for the official release) and fingerprint them."""
+    default = Transform(config.image_resolution)
     if checkpoint == RANDOM:
         digest = sha256_text("random", str(config.seed), config.architecture.model_dump_json(), str(config.image_resolution))
-        return CheckpointSource(None, digest, f"random weights (seed {config.seed})")
+        return CheckpointSource(None, digest, f"random weights (seed {config.seed})", default, cn_clip_vocab().read_bytes())
+    if isinstance(checkpoint, str) and checkpoint.startswith(huggingface.PREFIX):
+        checkpoint = huggingface.download(checkpoint, cache_dir)
     # Absolute, so that `parity` and `bench` find it again from any working directory.
     path = (Path(checkpoint) if checkpoint else download_release(config, cache_dir)).absolute()
+    if huggingface.is_checkpoint_folder(path):
+        huggingface.check_matches(config, path)
+        return CheckpointSource(path, huggingface.digest(path), f"{path} (Hugging Face)",
+                                huggingface.transform(path, config.image_resolution), huggingface.vocabulary(path),
+                                huggingface=True)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. {DOWNLOAD_HINT}")
-    return CheckpointSource(path, sha256_file(path), str(path))
+    return CheckpointSource(path, sha256_file(path), str(path), default, cn_clip_vocab().read_bytes())
 
 
 def run(config: ModelConfig, source: CheckpointSource) -> LoadedModel:
     if source.path is None:
         return LoadedModel(random_model(config), source)
     model = build_model(config)
-    load_into(model, source.path, config)
+    state = huggingface.load_state(source.path, config) if source.huggingface else read_state_dict(source.path)
+    load_into(model, state, source.path, config)
     return LoadedModel(model.eval(), source)
 
 
@@ -183,8 +210,7 @@ def _unusable(tensor: torch.Tensor) -> str:
     return ""
 
 
-def load_into(model: CLIP, path: Path, config: ModelConfig) -> None:
-    state = read_state_dict(path)
+def load_into(model: CLIP, state: dict[str, torch.Tensor], path: Path, config: ModelConfig) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -232,3 +258,9 @@ def build_shapes(config: ModelConfig) -> dict[str, torch.Size]:
     else:
         shapes["visual.attnpool.c_proj.weight"] = torch.Size([arch.embed_dim, arch.vision.width * 32])
     return shapes
+
+
+def cn_clip_vocab() -> Path:
+    """cn_clip's vocab.txt, located without importing cn_clip (which imports torch)."""
+    spec = importlib.util.find_spec("cn_clip")
+    return Path(next(iter(spec.submodule_search_locations))) / "clip" / "vocab.txt"

@@ -32,11 +32,12 @@ def models_command() -> None:
 
 
 @click.command("convert")
-@model_argument
+@click.argument("model", metavar="[MODEL]", required=False)
 @click.option(
-    "--checkpoint", "checkpoint", default=None, metavar="PATH|random",
-    help="A Chinese-CLIP .pt checkpoint, or 'random' for seeded random weights. "
-    "Default: the official release, downloaded once into --cache-dir.",
+    "--checkpoint", "checkpoint", default=None, metavar="PATH|hf:OWNER/NAME|random",
+    help="A cn_clip .pt checkpoint, a Hugging Face ChineseCLIPModel folder (save_pretrained), hf:OWNER/NAME "
+    "from the hub's cache, or 'random' for seeded random weights. Default: the official release, downloaded "
+    "once into --cache-dir.",
 )
 @out_option
 @click.option(
@@ -51,24 +52,38 @@ def models_command() -> None:
     "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
     help="Where official checkpoints are downloaded (env CNCLIP_CACHE).",
 )
-def convert_command(model: str, checkpoint: str | None, out: Path | None, stages: str | None, parity: bool, cache_dir: Path) -> None:
+def convert_command(model: str | None, checkpoint: str | None, out: Path | None, stages: str | None, parity: bool, cache_dir: Path) -> None:
     """Run the conversion stages for MODEL, checking parity as they go.
 
-    Stages whose inputs have not changed since the last run are skipped, so a
-    re-run after an interruption finishes the job. Writes parity.json and
-    parity.md beside the manifest and exits with status 3 when a parity
-    tolerance is not met.
+    MODEL may be left out when --checkpoint is a Hugging Face folder: its
+    config.json names the architecture. Stages whose inputs have not changed
+    since the last run are skipped, so a re-run after an interruption finishes
+    the job. Writes parity.json and parity.md beside the manifest and exits
+    with status 3 when a parity tolerance is not met.
     """
-    from converters.export.config import load_config
     from converters.export.pipeline import ConvertRequest, convert, parse_stages
 
-    config = load_config(model)
+    config, checkpoint = _config_for(model, checkpoint, cache_dir)
     out = (out or default_bundle_dir(config.name)).absolute()
     selected = parse_stages(stages) if stages else STAGE_NAMES
     conversion = convert(ConvertRequest(config, out, checkpoint, cache_dir, selected, parity), lambda e: say(render(e)))
     say(f"artifacts in {out}")
     if conversion.parity is not None:
         report_parity(conversion.parity, out)
+
+
+def _config_for(model: str | None, checkpoint: str | None, cache_dir: Path):
+    """The model's config, and the checkpoint argument (an `hf:` reference becomes its folder in the hub's cache)."""
+    from converters.export import huggingface
+    from converters.export.config import load_config
+
+    if checkpoint and checkpoint.startswith(huggingface.PREFIX):
+        checkpoint = str(huggingface.download(checkpoint, cache_dir))
+    if model is not None:
+        return load_config(model), checkpoint
+    if checkpoint and huggingface.is_checkpoint_folder(Path(checkpoint)):
+        return huggingface.infer_config(Path(checkpoint)), checkpoint
+    raise click.UsageError("Give MODEL (see `models`), unless --checkpoint is a Hugging Face model folder, whose config.json names it.")
 
 
 def report_parity(report, out: Path) -> None:

@@ -115,7 +115,9 @@ class _Conversion:
 
     def _checker(self) -> ParityChecker:
         parity_set = parity_set_for(self.config, self.manifest)
-        reference = reference_embeddings(self.manifest, parity_set, lambda: self.loaded().model, self.progress)
+        reference = reference_embeddings(
+            self.manifest, parity_set, lambda ps: self.loaded().reference(ps, self.config.context_length), self.progress
+        )
         return ParityChecker(self.config, self.manifest, parity_set, reference, self.progress)
 
     def run(self) -> Manifest:

@@ -13,7 +13,6 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from converters.app import preprocess
 from converters.app.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
@@ -43,7 +42,6 @@ def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embed
     image_rows = _spread(IMAGES, len(parity_set.image_files))
     caption_rows = _spread(CAPTIONS, len(parity_set.captions))
     own_folder(layout.golden_images)
-    resolution = parity_set.pixels.shape[-1]
     images = []
     for row in image_rows:
         source = parity_set.image_files[row]
@@ -51,7 +49,7 @@ def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embed
         atomic_write_bytes(target, source.read_bytes())
         pixels = parity_set.pixels[row]
         with Image.open(target) as image:
-            resized = np.asarray(preprocess.resized_rgb(image, resolution))
+            resized = np.asarray(parity_set.transform.resized_rgb(image))
         images.append({
             "file": target.relative_to(layout.root).as_posix(),
             "sha256": sha256_file(target),

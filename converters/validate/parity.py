@@ -19,6 +19,7 @@ from converters.app.artifact import Artifact
 from converters.app.fsutil import atomic_write_bytes, sha256_text
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
+from converters.app.preprocess import Transform
 from converters.app.runtimes import Embedder, open_tower
 from converters.app.specs import TOWERS, engine_of
 from converters.app.tokenizer import Tokenizer
@@ -117,13 +118,13 @@ def _structural(measured: TowerParity) -> bool:
 
 def parity_set_for(config: ModelConfig, manifest: Manifest) -> ParitySet:
     tokenizer = Tokenizer.from_vocab(manifest.file("vocab"), config.context_length)
-    return load_parity_set(PARITY_SET_DIR, config.image_resolution, tokenizer)
+    return load_parity_set(PARITY_SET_DIR, Transform.from_spec(manifest.preprocess), tokenizer)
 
 
 def reference_embeddings(
-    manifest: Manifest, parity_set: ParitySet, load_model: Callable[[], object], progress: Progress
+    manifest: Manifest, parity_set: ParitySet, compute: Callable[[ParitySet], Embeddings], progress: Progress
 ) -> Embeddings:
-    """PyTorch's embeddings of the parity set, from the bundle's cache when the weights and set are the same."""
+    """PyTorch's embeddings of the parity set (`compute`), from the bundle's cache when the weights and set are the same."""
     layout = BundleLayout(manifest.root)
     key = sha256_text(manifest.checkpoint.sha256, parity_set.digest)
     if layout.reference.is_file():
@@ -131,9 +132,7 @@ def reference_embeddings(
             if str(cached["key"]) == key:
                 return Embeddings(cached["images"], cached["texts"])
     progress(Note("parity: computing the PyTorch reference"))
-    from converters.export.torch_reference import TorchEmbedder
-
-    reference = embed(TorchEmbedder(load_model()), parity_set)
+    reference = compute(parity_set)
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), images=reference.images, texts=reference.texts)
     atomic_write_bytes(layout.reference, buffer.getvalue())
@@ -146,11 +145,11 @@ def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) ->
         manifest = Manifest.load(layout.manifest)
         manifest.require_model(config.name)
 
-        def load_model():
+        def compute(parity_set: ParitySet) -> Embeddings:
             from converters.export.checkpoint import load_recorded
 
-            return load_recorded(config, manifest).model
+            return load_recorded(config, manifest).reference(parity_set, config.context_length)
 
         parity_set = parity_set_for(config, manifest)
-        reference = reference_embeddings(manifest, parity_set, load_model, progress)
+        reference = reference_embeddings(manifest, parity_set, compute, progress)
         return ParityChecker(config, manifest, parity_set, reference, progress).finish()

@@ -26,6 +26,7 @@ import ncnn
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.preprocess import Transform
 from converters.app.runtimes.ncnn_runtime import NcnnTower
 from converters.app.tokenizer import Tokenizer
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
@@ -65,9 +66,9 @@ def run(parent: Artifact, options: NcnnInt8Options, workdir: Path) -> Artifact:
 
 
 def _calibration_inputs(parent: Artifact, count: int):
-    if parent.tower == "visual":
-        return calibration_pixels(count, parent.spec.input("pixels").shape[-1])
     layout = BundleLayout(parent.model_file.parent)
+    if parent.tower == "visual":
+        return calibration_pixels(count, Transform.from_spec(json.loads(layout.preprocess_spec.read_text(encoding="utf-8"))))
     context_length = json.loads(layout.tokenizer_spec.read_text(encoding="utf-8"))["context_length"]
     return calibration_token_ids(count, Tokenizer.from_vocab(layout.vocab, context_length))
 

@@ -12,7 +12,7 @@ from converters.app.tokenizer import Tokenizer
 from converters.data import CALIBRATION_SET_DIR, PARITY_SET_DIR
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
 from converters.errors import ConversionError
-from converters.export.bundle_facts import cn_clip_vocab
+from converters.export.checkpoint import cn_clip_vocab
 from converters.export.config import INT8_TOLERANCE
 from converters.export.ncnn.calibration import (
     KL_EPS,
