@@ -11,17 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cn_clip.clip import image_transform
 from PIL import ExifTags, Image, ImageOps
 
 from converters.app import preprocess as preprocess_module
-from converters.app.preprocess import (
-    ImageError,
-    load_image,
-    preprocess,
-    preprocess_batch,
-    spec,
-)
+from converters.app.preprocess import ImageError, Transform, load_image
 from converters.data import PARITY_SET_DIR
 from converters.errors import UserError
 
@@ -48,16 +44,16 @@ def test_parity_photos_are_there():
 @pytest.mark.parametrize("resolution", RESOLUTIONS)
 def test_parity_photos_equal_cn_clip(resolution):
     for path in PARITY_IMAGES:
-        got = preprocess(load_image(path), resolution)
+        got = Transform(resolution).pixels(load_image(path))
         assert got.dtype == np.float32 and got.shape == (3, resolution, resolution)
         np.testing.assert_array_equal(got, reference(Image.open(path), resolution), err_msg=path.name)
 
 
 def test_batch_is_the_stacked_images():
     images = [load_image(path) for path in PARITY_IMAGES[:4]]
-    batch = preprocess_batch(images, 224)
+    batch = Transform(224).batch(images)
     assert batch.dtype == np.float32 and batch.shape == (4, 3, 224, 224)
-    np.testing.assert_array_equal(batch, np.stack([preprocess(image, 224) for image in images]))
+    np.testing.assert_array_equal(batch, np.stack([Transform(224).pixels(image) for image in images]))
 
 
 def with_alpha_gradient(image: Image.Image) -> Image.Image:
@@ -102,14 +98,14 @@ def test_image_modes_equal_cn_clip(tmp_path, source, file_name):
     image = load_image(path)
     assert image.mode == mode
     for resolution in RESOLUTIONS:
-        np.testing.assert_array_equal(preprocess(image, resolution), reference(Image.open(path), resolution))
+        np.testing.assert_array_equal(Transform(resolution).pixels(image), reference(Image.open(path), resolution))
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "1", "I", "I;16", "F", "CMYK", "YCbCr", "RGBX", "HSV"])
 def test_in_memory_modes_equal_cn_clip(mode):
     # Smaller than the resolution, so that this is the upscaling path.
     image = photo(VARIANT_SOURCES[0]).resize((160, 120)).convert(mode)
-    np.testing.assert_array_equal(preprocess(image, 224), reference(image, 224))
+    np.testing.assert_array_equal(Transform(224).pixels(image), reference(image, 224))
 
 
 def test_animated_gif_gives_its_first_frame(tmp_path):
@@ -125,13 +121,13 @@ def test_exif_orientation_is_not_applied_as_in_cn_clip(tmp_path):
     stored.save(tmp_path / "rotated.jpg", exif=exif)
     image = load_image(tmp_path / "rotated.jpg")
     assert image.size == stored.size
-    got = preprocess(image, 224)
+    got = Transform(224).pixels(image)
     np.testing.assert_array_equal(got, reference(Image.open(tmp_path / "rotated.jpg"), 224))
-    assert not np.array_equal(got, preprocess(ImageOps.exif_transpose(image), 224))
+    assert not np.array_equal(got, Transform(224).pixels(ImageOps.exif_transpose(image)))
 
 
 def test_spec_is_json_and_states_the_facts():
-    facts = json.loads(json.dumps(spec(336)))
+    facts = json.loads(json.dumps(Transform(336).spec()))
     assert facts["resolution"] == 336 and facts["layout"] == "NCHW" and facts["dtype"] == "float32"
     assert facts["mean"] == [0.48145466, 0.4578275, 0.40821073]
     assert facts["std"] == [0.26862954, 0.26130258, 0.27577711]
@@ -215,3 +211,33 @@ def test_pixel_limit_boundary(tmp_path, monkeypatch):
     Image.new("RGB", (101, 100)).save(tmp_path / "over_limit.png")
     assert load_image(tmp_path / "at_limit.png").size == (100, 100)
     expect_image_error(tmp_path / "over_limit.png", "above the limit of 10,000")
+
+
+def _encoded_samples() -> dict[str, bytes]:
+    image = Image.open(PARITY_IMAGES[0]).convert("RGB").resize((24, 16))
+    samples = {}
+    for format in ("JPEG", "PNG", "GIF", "BMP", "TIFF", "PPM", "SGI", "TGA", "WEBP"):
+        buffer = io.BytesIO()
+        image.save(buffer, format=format)
+        samples[format] = buffer.getvalue()
+    return samples
+
+
+SAMPLES = _encoded_samples()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the damaged metadata it skips
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(format=st.sampled_from(sorted(SAMPLES)), flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       cut=st.integers(0, 10_000), suffix=st.sampled_from([".jpg", ".png"]))
+def test_damaged_files_of_any_format_load_or_fail_with_one_error(tmp_path_factory, format, flips, cut, suffix):
+    """Real files of nine formats with bytes changed and tails cut: an image, or an ImageError, never anything else."""
+    data = bytearray(SAMPLES[format])
+    for position, value in flips:
+        data[position % len(data)] = value
+    path = tmp_path_factory.mktemp("fuzz") / f"photo{suffix}"
+    path.write_bytes(bytes(data[: max(1, len(data) - cut % len(data))]))
+    try:
+        Transform(32).pixels(load_image(path))
+    except ImageError:
+        pass

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from converters.app.layout import BundleLayout
+from converters.app.preprocess import Transform
 from converters.app.tokenizer import Tokenizer
 from converters.data import CALIBRATION_SET_DIR, PARITY_SET_DIR
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
@@ -158,7 +159,7 @@ def test_calibration_set_is_not_the_parity_set():
 
 
 def test_calibration_samples_are_distinct_preprocessed_inputs():
-    pixels = calibration_pixels(12, 32)
+    pixels = calibration_pixels(12, Transform(32))
     assert pixels.shape == (12, 3, 32, 32) and pixels.dtype == np.float32
     assert len({p.tobytes() for p in pixels}) == 12
     ids = calibration_token_ids(8, Tokenizer.from_vocab(cn_clip_vocab()))
