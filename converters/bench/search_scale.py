@@ -21,16 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from converters.bench.processes import run_fresh
-from converters.search.backends import BACKENDS, import_faiss
+from converters.search.backends import BACKENDS, CHUNK_ROWS, import_faiss
 from converters.search.query import Searcher
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import (
-    CHUNK_ROWS,
-    INDEX_FILE,
-    PhotoFacts,
-    load_index,
-    save_index,
-)
+from converters.search.store import IndexDatabase, PhotoRow, load_index
 from converters.search.vectors import normalize_rows
 
 
@@ -106,26 +100,22 @@ def _random_chunks(n: int, dim: int, seed: int) -> Iterator[np.ndarray]:
 
 def _write_random_index(folder: Path, n: int, dim: int, probes: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     """Write an index of `n` random vectors; return each probe's exact float32 top-k rows."""
-    staged = np.lib.format.open_memmap(folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+    database = IndexDatabase(folder, create_for=ArtifactStamp("random", "random", "none", dim, ""))
+    run = database.start_run("/random")
     best_rows = np.zeros((len(probes), 0), np.int64)
     best_scores = np.zeros((len(probes), 0), np.float32)
     start = 0
     for chunk in _random_chunks(n, dim, seed):
-        staged[start : start + len(chunk)] = chunk
+        rows = (PhotoRow(f"/random/{start + i}.jpg", 0, 0, 0, False, 0, 0, 0, vector)
+                for i, vector in enumerate(chunk.astype(np.float16)))
+        database.write(run, "/random", rows, [], [])
         best_rows = np.concatenate([best_rows, np.arange(start, start + len(chunk))[None].repeat(len(probes), 0)], 1)
         best_scores = np.concatenate([best_scores, probes @ chunk.T], 1)
         keep = np.argsort(-best_scores, axis=1)[:, :k]
         best_rows, best_scores = np.take_along_axis(best_rows, keep, 1), np.take_along_axis(best_scores, keep, 1)
         start += len(chunk)
-    staged.flush()
-    photos = PhotoFacts(
-        [f"random-{row}.jpg" for row in range(n)],
-        *(np.zeros(n, dtype) for dtype in (np.int64, np.int64, np.int64, bool)),
-    )
-    stamp = ArtifactStamp("random", "random", "none", dim, "")
-    save_index(folder / INDEX_FILE, stamp, [], photos, [(staged, None)], complete=True)
-    del staged
-    os.unlink(folder / "vectors.npy")
+    database.finish_run(run)
+    database.close()
     return list(best_rows)
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from converters.errors import UserError
-from converters.search.store import CHUNK_ROWS, PhotoIndex
+from converters.search.store import PhotoIndex
+
+# Rows per step of the exact scan and of faiss's training: bounded memory at any index size.
+CHUNK_ROWS = 65_536
 
 
 class BackendUnavailableError(UserError):

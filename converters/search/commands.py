@@ -54,27 +54,22 @@ artifacts_option = click.option(
 @click.option(
     "--threads", type=click.IntRange(0), default=0, show_default=True, help="Inference threads (0: all cores)."
 )
-@click.option(
-    "--checkpoint-every", type=click.FloatRange(0), default=60.0, show_default=True,
-    help="Seconds between saves of the progress made.",
-)
 def index_command(
     photos: Path, artifacts: Path | None, stage: str | None, index_dir: Path, batch_size: int, threads: int,
-    checkpoint_every: float,
 ) -> None:
     """Index the photos under PHOTOS (recursively) for `search`.
 
-    A re-run embeds only new or changed files and drops deleted ones; an
-    interrupted run keeps its progress. Unreadable files are skipped and
+    A re-run embeds only new or changed files and drops deleted ones; every
+    batch is saved as it is embedded, so an interrupted run keeps its progress. Unreadable files are skipped and
     listed at the end. One index can hold several folders, all embedded by
     the same artifact.
     """
     bundle, stage = _indexing_artifact(index_dir, artifacts, stage)
     with IndexUpdater(index_dir, bundle, stage, threads) as updater, _stop_signals_interrupt():
         plan = updater.plan(photos)
-        say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {plan.removed} gone since last time")
+        say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {len(plan.gone)} gone since last time")
         with tqdm(total=len(plan.to_embed), unit="photo", disable=not plan.to_embed) as bar:
-            report = updater.run(plan, bar.update, batch_size, checkpoint_every)
+            report = updater.run(plan, bar.update, batch_size)
     _report_update(report)
 
 

@@ -84,11 +84,28 @@ def capture_time(image: Image.Image) -> datetime | None:
         return None
 
 
-def read_photo(found: FoundFile, bundle: Bundle) -> tuple[np.ndarray, datetime | None]:
-    """One photo's model pixels and capture time; any reason it cannot be used is an ImageError."""
+@dataclass(frozen=True)
+class PhotoRead:
+    pixels: np.ndarray  # the model's input
+    taken: datetime | None  # EXIF capture time
+    width: int
+    height: int
+    orientation: int  # EXIF orientation 1–8 as stored (not applied to the pixels, as in cn_clip); 0 when absent
+
+
+def read_photo(found: FoundFile, bundle: Bundle) -> PhotoRead:
+    """One photo's model pixels and facts; any reason it cannot be used is an ImageError."""
     image = load_image(found.path)
     try:
         # One photo at a time: a batch of full-size decoded photos would hold gigabytes.
-        return bundle.pixels([image])[0], capture_time(image)
+        return PhotoRead(bundle.pixels([image])[0], capture_time(image), *image.size, _orientation(image))
     except Exception as error:  # a decoder may fail in any way on a damaged file: that file is skipped
         raise ImageError(f"{found.path} cannot be converted to the model's pixels: {error}") from error
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = int(image.getexif().get(ExifTags.Base.Orientation, 0))
+    except Exception:  # malformed EXIF: as if there were none
+        return 0
+    return value if 1 <= value <= 8 else 0

@@ -1,63 +1,67 @@
-"""The photo index file: embeddings and photo facts in one checksummed file, written atomically.
+"""The photo index: one SQLite database per index folder, updated in place, one transaction per batch.
 
-`<index dir>/index.cnclip` is laid out as
+`<index dir>/index.sqlite` (WAL journal) holds
 
-    b"CNCLIPIX" | sections, each 64-byte aligned | header (UTF-8 JSON) | trailer
-    trailer = header length (uint64, little-endian) | sha256 of the header (32 bytes) | b"CNCLIPIX"
+    meta      format, version, the artifact stamp (which artifact made the embeddings), its dim
+    roots     the indexed folders
+    photos    one row per photo: path (bytes: names need not be UTF-8), size, mtime_ns, time
+              (wall-clock seconds: EXIF capture time, else mtime), captured, width, height, EXIF
+              orientation, and the L2-normalized float16 embedding as a BLOB
+    runs      one row per `index` run: folder, start, end (NULL while running or if it was killed), counts
+    skipped   what the last run of each folder left out, one sentence each, naming the file
 
-The header names the artifact that made the embeddings, the indexed folders,
-and each section's dtype, shape, offset, length and sha256. It is written
-last so that a save streams sections of any size without holding them twice;
-the trailer at the very end makes a truncated file detectable from its last
-48 bytes. A save writes a temporary file beside the index, fsyncs it and
-renames it over the old one, so a crash or Ctrl-C leaves the old index whole.
+Apps keep photo embeddings the same way (Room, Core Data, GRDB). A kill at any
+moment loses at most the batch in flight, and SQLite's journal keeps the file
+whole. Search loads the embeddings into memory once, as float16 rows for
+rescoring and int8 codes for the scan.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import json
-import struct
+import os
+import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from converters import __version__
-from converters.app.fsutil import atomic_writer
 from converters.errors import UserError
 from converters.search.stamp import ArtifactStamp
-from converters.search.vectors import Int8Codes, VectorFile, quantize
+from converters.search.vectors import Int8Codes, int8_codes
 
-INDEX_FILE = "index.cnclip"
+INDEX_FILE = "index.sqlite"
+# The single-file format of earlier versions; such an index is refused with how to rebuild it.
+LEGACY_FILE = "index.cnclip"
 FORMAT = "cnclip-photo-index"
-# 2: the artifact stamp names its stage (onnx-sim, …) where version 1 named a runtime (onnx, …).
-VERSION = 2
-MAGIC = b"CNCLIPIX"
-TRAILER = struct.Struct("<Q32s8s")
-ALIGN = 64
-CHUNK_ROWS = 65536
-# Each section's dtype and axes ("count" photos, "dim" embedding values; "n" any length).
-SECTIONS = {
-    "vectors": ("float16", ("count", "dim")),
-    "codes": ("int8", ("dim", "count")),
-    "scales": ("float32", ("count",)),
-    "size": ("int64", ("count",)),
-    "mtime_ns": ("int64", ("count",)),
-    "time": ("int64", ("count",)),
-    "captured": ("bool", ("count",)),
-    "paths": ("uint8", ("n",)),
-}
+VERSION = 3
+MAX_DIM = 65_536
 # Photo times are wall-clock seconds since this naive epoch: EXIF DateTimeOriginal carries no time
 # zone, so capture times and modification times are both compared as local wall-clock time.
 WALL_EPOCH = datetime(1970, 1, 1)
+PHOTO_COLUMNS = ("path", "size", "mtime_ns", "time", "captured", "width", "height", "orientation", "embedding")
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE roots (path BLOB PRIMARY KEY) STRICT;
+CREATE TABLE photos (
+    path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, time INTEGER NOT NULL,
+    captured INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, orientation INTEGER NOT NULL,
+    embedding BLOB NOT NULL
+) STRICT;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, root BLOB NOT NULL, started TEXT NOT NULL, finished TEXT,
+    added INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0, removed INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE skipped (root BLOB NOT NULL, reason TEXT NOT NULL) STRICT;
+"""
 
 
 class IndexFileError(UserError):
-    """The index file is missing, truncated, corrupt or of another format version."""
+    """The index is missing, corrupt, of another format version, or cannot be written."""
 
 
 @dataclass
@@ -70,22 +74,20 @@ class PhotoFacts:
     time: np.ndarray  # int64 wall-clock seconds since WALL_EPOCH: the EXIF capture time, else the mtime
     captured: np.ndarray  # bool: `time` comes from EXIF
 
-    @classmethod
-    def empty(cls) -> "PhotoFacts":
-        return cls([], *(np.zeros(0, dtype) for dtype in (np.int64, np.int64, np.int64, bool)))
 
-    def select(self, rows: np.ndarray) -> "PhotoFacts":
-        paths = [self.paths[i] for i in rows]
-        return PhotoFacts(paths, self.size[rows], self.mtime_ns[rows], self.time[rows], self.captured[rows])
+@dataclass(frozen=True)
+class PhotoRow:
+    """What the indexer writes for one photo."""
 
-    @classmethod
-    def concat(cls, parts: list["PhotoFacts"]) -> "PhotoFacts":
-        parts = [cls.empty(), *parts]
-        columns = ("size", "mtime_ns", "time", "captured")
-        return cls(
-            [path for part in parts for path in part.paths],
-            *(np.concatenate([getattr(part, name) for part in parts]) for name in columns),
-        )
+    path: str
+    size: int
+    mtime_ns: int
+    time: int
+    captured: bool
+    width: int
+    height: int
+    orientation: int  # EXIF orientation 1–8, 0 when the file has none
+    embedding: np.ndarray  # float16 [dim], L2-normalized
 
 
 @dataclass
@@ -93,241 +95,211 @@ class PhotoIndex:
     file: Path
     artifact: ArtifactStamp
     roots: list[str]
-    complete: bool  # False for a checkpoint of an interrupted run
+    complete: bool  # False while the latest run over a folder has not finished (it is running, or was stopped)
     photos: PhotoFacts
-    vectors: VectorFile | np.ndarray  # float16 [N, D], L2-normalized
+    vectors: np.ndarray  # float16 [N, D], L2-normalized
     int8: Int8Codes
 
     def __len__(self) -> int:
         return len(self.photos.paths)
 
 
-# ---- file format ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Section:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    chunks: Iterable[np.ndarray]
-
-
-def save_index(
-    file: Path, artifact: ArtifactStamp, roots: list[str], photos: PhotoFacts,
-    vector_parts: list[tuple[np.ndarray, np.ndarray | None]], complete: bool,
-) -> None:
-    """Write the index atomically. `vector_parts` are (array, rows or None for all) in photo order."""
-    count, dim = len(photos.paths), artifact.dim
-    int8 = _quantize_parts(vector_parts, count, dim)
-    paths = np.frombuffer(_path_blob(photos.paths), np.uint8)
-    sections = [
-        _Section("vectors", "float16", (count, dim), _vector_chunks(vector_parts)),
-        _Section("codes", "int8", (dim, count), [int8.codes]),
-        _Section("scales", "float32", (count,), [int8.scales]),
-        _Section("size", "int64", (count,), [photos.size]),
-        _Section("mtime_ns", "int64", (count,), [photos.mtime_ns]),
-        _Section("time", "int64", (count,), [photos.time]),
-        _Section("captured", "bool", (count,), [photos.captured]),
-        _Section("paths", "uint8", paths.shape, [paths]),
-    ]
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "artifact": dataclasses.asdict(artifact),
-        "roots": roots,
-        "count": count,
-        "complete": complete,
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "created_by": f"cnclip-converters {__version__}",
-    }
-    with atomic_writer(file) as handle:
-        handle.write(MAGIC)
-        header["sections"] = [_write_section(handle, section) for section in sections]
-        body = json.dumps(header, ensure_ascii=False).encode("utf-8")
-        handle.write(body)
-        handle.write(TRAILER.pack(len(body), hashlib.sha256(body).digest(), MAGIC))
-
-
-def _vector_chunks(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> Iterator[np.ndarray]:
-    # Chunked so that the kept rows of a loaded index are copied without reading them all into memory.
-    for array, rows in parts:
-        rows = np.arange(len(array)) if rows is None else rows
-        for start in range(0, len(rows), CHUNK_ROWS):
-            yield np.asarray(array[rows[start : start + CHUNK_ROWS]], dtype=np.float16)
-
-
-def _quantize_parts(parts: list[tuple[np.ndarray, np.ndarray | None]], count: int, dim: int) -> Int8Codes:
-    int8 = Int8Codes(np.empty((dim, count), np.int8), np.empty(count, np.float32))
-    start = 0
-    for chunk in _vector_chunks(parts):
-        codes, int8.scales[start : start + len(chunk)] = quantize(chunk)
-        int8.codes[:, start : start + len(chunk)] = codes.T
-        start += len(chunk)
-    if start != count:
-        raise ValueError(f"{start} vectors for {count} photos")
-    return int8
-
-
-def _path_blob(paths: list[str]) -> bytes:
-    # NUL cannot occur in a file name; surrogateescape keeps non-UTF-8 names byte for byte.
-    return "\0".join(paths).encode("utf-8", "surrogateescape")
-
-
-def _write_section(handle, section: _Section) -> dict:
-    handle.write(b"\0" * (-handle.tell() % ALIGN))
-    offset, digest, written = handle.tell(), hashlib.sha256(), 0
-    for chunk in section.chunks:
-        data = np.ascontiguousarray(chunk, dtype=section.dtype)
-        digest.update(data)
-        handle.write(data)
-        written += data.nbytes
-    expected = int(np.prod(section.shape, dtype=np.int64)) * np.dtype(section.dtype).itemsize
-    if written != expected:
-        raise ValueError(f"section {section.name}: wrote {written} bytes, its shape needs {expected}")
-    return {"name": section.name, "dtype": section.dtype, "shape": list(section.shape),
-            "offset": offset, "bytes": written, "sha256": digest.hexdigest()}
-
-
-def load_index(index_dir: Path, verify: bool = True) -> PhotoIndex:
-    """Open the index in `index_dir`; every section is checked against its sha256 unless `verify` is False.
-
-    The vectors stay in the file (see VectorFile); the rest is read into memory.
-    """
-    file = Path(index_dir) / INDEX_FILE
-    if not file.is_file():
-        raise IndexFileError(
-            f"No photo index at {file}. Build one with `python -m converters index PHOTOS --artifacts BUNDLE`, "
-            "or point --index at the directory that holds it."
-        )
-    header, arrays = _read_file(file, verify)
-    photos = PhotoFacts(_split_paths(arrays["paths"], header["count"]), arrays["size"], arrays["mtime_ns"],
-                        arrays["time"], arrays["captured"])
-    return PhotoIndex(file, ArtifactStamp(**header["artifact"]), header["roots"], header["complete"], photos,
-                      arrays["vectors"], Int8Codes(arrays["codes"], arrays["scales"]))
-
-
-def read_artifact(index_dir: Path) -> ArtifactStamp | None:
-    """The artifact an index was made with, from its header alone; None when there is no index."""
-    file = Path(index_dir) / INDEX_FILE
-    if not file.is_file():
-        return None
-    with open(file, "rb") as handle:
-        header, _ = _read_header(handle, file, file.stat().st_size)
-    return ArtifactStamp(**header["artifact"])
-
-
-def _split_paths(blob: np.ndarray, count: int) -> list[str]:
-    return blob.tobytes().decode("utf-8", "surrogateescape").split("\0") if count else []
-
-
-def _corrupt(file: Path, why: str) -> IndexFileError:
+def corrupt(file: Path, why: str) -> IndexFileError:
     return IndexFileError(
         f"The photo index {file} is unusable: {why}. "
         "Delete it and run `python -m converters index` again to rebuild it."
     )
 
 
-def _read_file(file: Path, verify: bool) -> tuple[dict, dict[str, np.ndarray]]:
-    size = file.stat().st_size
-    with open(file, "rb") as handle:
-        if handle.read(len(MAGIC)) != MAGIC:
-            raise _corrupt(file, "it is not a cnclip photo index (wrong first bytes)")
-        header, body_start = _read_header(handle, file, size)
-        arrays = {}
-        for section in header["sections"]:
-            _check_bounds(section, body_start, file)
-            arrays[section["name"]] = _read_section(handle, file, section, verify)
-    return header, arrays
+def _encode(path: str) -> bytes:
+    return os.fsencode(path)
 
 
-def _read_header(handle, file: Path, size: int) -> tuple[dict, int]:
-    if size < len(MAGIC) + TRAILER.size:
-        raise _corrupt(file, f"it is only {size} bytes long, so it is truncated")
-    handle.seek(size - TRAILER.size)
-    length, digest, magic = TRAILER.unpack(handle.read(TRAILER.size))
-    body_start = size - TRAILER.size - length
-    if magic != MAGIC or body_start < len(MAGIC):
-        raise _corrupt(file, "its end marker is missing, so it is truncated or was overwritten")
-    handle.seek(body_start)
-    body = handle.read(length)
-    if hashlib.sha256(body).digest() != digest:
-        raise _corrupt(file, "its header fails its sha256 check")
+def _decode(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+class IndexDatabase:
+    """One open index; `create` makes it for `stamp` when the folder has none."""
+
+    def __init__(self, index_dir: Path, create_for: ArtifactStamp | None = None):
+        self.file = Path(index_dir) / INDEX_FILE
+        legacy = Path(index_dir) / LEGACY_FILE
+        if legacy.exists():
+            raise IndexFileError(
+                f"{legacy} is an index of an earlier version of this tool (a single file, not a database). "
+                f"Delete it and run `python -m converters index` again: the photos are embedded anew into {self.file}."
+            )
+        if not self.file.is_file() and create_for is None:
+            raise IndexFileError(
+                f"No photo index at {self.file}. Build one with `python -m converters index PHOTOS --artifacts BUNDLE`, "
+                "or point --index at the directory that holds it."
+            )
+        if create_for is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.connection = sqlite3.connect(self.file, isolation_level=None)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a power cut may lose the last transactions, never the database.
+            self.connection.execute("PRAGMA synchronous=NORMAL")
+            tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables and create_for is not None:
+                self._create(create_for)
+            self.stamp = self._check()
+        except sqlite3.DatabaseError as error:
+            raise corrupt(self.file, f"SQLite cannot read it ({error})") from None
+
+    def _create(self, stamp: ArtifactStamp) -> None:
+        with self.transaction():
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.connection.execute(statement)
+            meta = {"format": FORMAT, "version": str(VERSION), "artifact": json.dumps(asdict(stamp)),
+                    "created_by": f"cnclip-converters {__version__}"}
+            self.connection.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+
+    def _check(self) -> ArtifactStamp:
+        """The schema, the format version and the stamp as this tool writes them, before any row is used."""
+        for table in ("meta", "roots", "photos", "runs", "skipped"):
+            columns = [row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")]
+            expected = [line.split()[0] for line in _table_columns(table)]
+            if columns != expected:
+                raise corrupt(self.file, f"its table '{table}' has columns {columns}, expected {expected}")
+        meta = dict(self.connection.execute("SELECT key, value FROM meta"))
+        if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
+            raise corrupt(self.file, f"it is {meta.get('format')} version {meta.get('version')}; this tool reads {FORMAT} version {VERSION}")
+        try:
+            stamp = ArtifactStamp(**json.loads(meta["artifact"]))
+            if not (isinstance(stamp.dim, int) and 0 < stamp.dim <= MAX_DIM and isinstance(stamp.id, str)):
+                raise ValueError(f"dim {stamp.dim!r}")
+        except (KeyError, TypeError, ValueError) as error:
+            raise corrupt(self.file, f"its artifact stamp is malformed ({type(error).__name__}: {error})") from None
+        return stamp
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All of the block's writes, or none of them."""
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            raise IndexFileError(
+                f"Cannot write the index {self.file}: {error}. What was saved before is kept; free some space "
+                "or choose another --index, then run index again."
+            ) from None
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # ---- what the indexer reads and writes ----------------------------------------------------
+
+    def known_files(self) -> dict[str, tuple[int, int]]:
+        """Every indexed path with its (size, mtime_ns)."""
+        return {_decode(path): (size, mtime) for path, size, mtime in self.connection.execute("SELECT path, size, mtime_ns FROM photos")}
+
+    def start_run(self, root: str) -> int:
+        """A run over `root`: the folder is indexed from now on, and what its last run left out is forgotten."""
+        with self.transaction():
+            self.connection.execute("INSERT OR IGNORE INTO roots VALUES (?)", (_encode(root),))
+            self.connection.execute("DELETE FROM skipped WHERE root = ?", (_encode(root),))
+            cursor = self.connection.execute("INSERT INTO runs (root, started) VALUES (?, ?)", (_encode(root), _now()))
+        return cursor.lastrowid
+
+    def finish_run(self, run: int) -> None:
+        with self.transaction():
+            self.connection.execute("UPDATE runs SET finished = ? WHERE id = ?", (_now(), run))
+
+    def write(self, run: int, root: str, rows: Iterable[PhotoRow], removed: Iterable[str], skipped: Iterable[str],
+              added: int = 0, updated: int = 0) -> None:
+        """One batch in one transaction: new or changed photos, photos gone, what was left out (sentences)."""
+        with self.transaction():
+            self.connection.executemany(
+                f"INSERT OR REPLACE INTO photos VALUES ({', '.join('?' * len(PHOTO_COLUMNS))})",
+                ((_encode(r.path), r.size, r.mtime_ns, r.time, int(r.captured), r.width, r.height, r.orientation,
+                  np.ascontiguousarray(r.embedding, "<f2").tobytes()) for r in rows),
+            )
+            gone = [(_encode(path),) for path in removed]
+            self.connection.executemany("DELETE FROM photos WHERE path = ?", gone)
+            self.connection.executemany("INSERT INTO skipped VALUES (?, ?)", ((_encode(root), why) for why in skipped))
+            self.connection.execute(
+                "UPDATE runs SET added = added + ?, updated = updated + ?, removed = removed + ? WHERE id = ?",
+                (added, updated, len(gone), run),
+            )
+
+
+    def count(self) -> int:
+        return self.connection.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+
+    # ---- what search reads ---------------------------------------------------------------------
+
+    def load(self) -> PhotoIndex:
+        dim = self.stamp.dim
+        bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
+        if bad:
+            raise corrupt(self.file, f"{bad} embeddings are not {dim} float16 values long")
+        count = self.count()
+        vectors = np.empty((count, dim), np.float16)
+        paths, numbers = [], np.empty((count, 4), np.int64)
+        rows = self.connection.execute("SELECT path, size, mtime_ns, time, captured, embedding FROM photos ORDER BY rowid")
+        for i, (path, size, mtime, moment, captured, embedding) in enumerate(rows):
+            paths.append(_decode(path))
+            numbers[i] = (size, mtime, moment, captured)
+            vectors[i] = np.frombuffer(embedding, "<f2")
+        photos = PhotoFacts(paths, numbers[:, 0].copy(), numbers[:, 1].copy(), numbers[:, 2].copy(), numbers[:, 3] != 0)
+        roots = [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
+        # Complete when the latest run over every folder finished; an earlier killed run was finished by a later one.
+        unfinished = self.connection.execute(
+            "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
+        ).fetchone()[0]
+        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8_codes(vectors))
+
+    def status(self) -> dict:
+        """The index at a glance: photos, artifact, last run, skipped files."""
+        last = self.connection.execute(
+            "SELECT root, started, finished, added, updated, removed FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        skipped = [row[0] for row in self.connection.execute("SELECT reason FROM skipped ORDER BY rowid")]
+        return {
+            "index": str(self.file),
+            "photos": self.count(),
+            "artifact": asdict(self.stamp),
+            "roots": [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")],
+            "last_run": None if last is None else dict(
+                zip(("root", "started", "finished", "added", "updated", "removed"), (_decode(last[0]), *last[1:]))
+            ),
+            "skipped": skipped,
+        }
+
+
+def _table_columns(table: str) -> list[str]:
+    body = SCHEMA.split(f"CREATE TABLE {table} (")[1].split(") STRICT;")[0]
+    return [part.strip() for part in body.replace("\n", " ").split(",") if part.strip()]
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def load_index(index_dir: Path) -> PhotoIndex:
+    """Open the index in `index_dir` for searching: every embedding in memory."""
+    database = IndexDatabase(index_dir)
     try:
-        header = json.loads(body)
-        found = f"{header.get('format')} version {header.get('version')}"
-    except (ValueError, AttributeError):
-        raise _corrupt(file, "its header is not a JSON object") from None
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise _corrupt(file, f"it is {found}; this tool reads {FORMAT} version {VERSION}")
-    try:
-        _check_header(header, file)
-    except (KeyError, TypeError, ValueError) as error:
-        raise _corrupt(file, f"its header is malformed ({type(error).__name__}: {error})") from None
-    return header, body_start
+        return database.load()
+    finally:
+        database.close()
 
 
-def _check_header(header: dict, file: Path) -> None:
-    """Names, dtypes and shapes as this tool writes them, before anything is allocated from them."""
-    ArtifactStamp(**header["artifact"])
-    count, dim = header["count"], header["artifact"]["dim"]
-    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (count, dim)) or count < 0 or not 0 < dim <= 65536:
-        raise ValueError(f"count {count!r} and dim {dim!r} must be whole numbers, dim from 1 to 65536")
-    sections = {section["name"]: section for section in header["sections"]}
-    if sorted(sections) != sorted(SECTIONS) or len(header["sections"]) != len(SECTIONS):
-        raise ValueError(f"sections {sorted(sections)}, expected {sorted(SECTIONS)}")
-    declared = 0
-    for name, section in sections.items():
-        dtype, shape = SECTIONS[name]
-        expected = {"count": count, "dim": dim}
-        numbers = [*section["shape"], section["offset"], section["bytes"]]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
-            raise ValueError(f"section {name}: shape, offset and bytes must be whole numbers ≥ 0")
-        if section["dtype"] != dtype or len(section["shape"]) != len(shape) or any(
-            expected[axis] != n for axis, n in zip(shape, section["shape"]) if axis in expected
-        ):
-            raise ValueError(f"section {name} is {section['dtype']} {section['shape']}, expected {dtype} {list(shape)}")
-        declared += section["bytes"]
-    # A sparse file can claim any size while holding almost nothing: only allocate what is on disk.
-    on_disk = getattr(file.stat(), "st_blocks", None)
-    if on_disk is not None and declared > on_disk * 512 + (1 << 20):
-        raise ValueError(f"it declares {declared:,} bytes of data but holds {on_disk * 512:,} on disk")
-
-
-def _check_bounds(section: dict, body_start: int, file: Path) -> None:
-    needed = int(np.prod(section["shape"], dtype=np.int64)) * np.dtype(section["dtype"]).itemsize
-    if section["bytes"] != needed or section["offset"] + section["bytes"] > body_start:
-        raise _corrupt(file, f"its section '{section['name']}' does not fit its declared shape or the file")
-
-
-def _read_section(handle, file: Path, section: dict, verify: bool) -> np.ndarray:
-    shape, dtype = tuple(section["shape"]), np.dtype(section["dtype"])
-    if section["name"] == "vectors":
-        if verify:
-            _check_digest(file, section, _stream_digest(handle, section))
-        return VectorFile(file, section["offset"], *shape)
-    array = np.empty(shape, dtype)
-    view = memoryview(array.reshape(-1).view(np.uint8))
-    handle.seek(section["offset"])
-    if handle.readinto(view) != section["bytes"]:
-        raise _corrupt(file, f"its section '{section['name']}' is cut short")
-    if verify:
-        _check_digest(file, section, hashlib.sha256(view).hexdigest())
-    return array
-
-
-def _stream_digest(handle, section: dict) -> str:
-    digest, remaining = hashlib.sha256(), section["bytes"]
-    handle.seek(section["offset"])
-    while remaining and (block := handle.read(min(remaining, 1 << 24))):
-        digest.update(block)
-        remaining -= len(block)
-    return digest.hexdigest()
-
-
-def _check_digest(file: Path, section: dict, actual: str) -> None:
-    if actual != section["sha256"]:
-        raise _corrupt(file, f"its section '{section['name']}' fails its sha256 check")
+def read_artifact(index_dir: Path) -> ArtifactStamp | None:
+    """The artifact an index was made with; None when there is no index."""
+    if not (Path(index_dir) / INDEX_FILE).is_file() and not (Path(index_dir) / LEGACY_FILE).exists():
+        return None
+    database = IndexDatabase(index_dir)
+    database.close()
+    return database.stamp
 
 
 def wall_seconds(moment: datetime) -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cn_clip.clip import image_transform
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from cn_clip.clip import image_transform
 from PIL import ExifTags, Image, ImageOps
 
 from converters.app import preprocess as preprocess_module

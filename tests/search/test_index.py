@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
-import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -20,11 +20,12 @@ from PIL import ExifTags, Image
 
 from converters.app.bundle import Bundle
 from converters.data import PARITY_SET_DIR
-from converters.search import store, updater
+from converters.search import store
 from converters.search.stamp import ArtifactMismatchError, ArtifactStamp
 from converters.search.store import INDEX_FILE, IndexFileError, load_index, wall_seconds
 from converters.search.updater import IndexBusyError, IndexUpdater
 from converters.search.vectors import normalize_rows
+from tests.search.helpers import indexed_rows, integrity
 
 PHOTOS = PARITY_SET_DIR / "images"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
@@ -201,127 +202,108 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_a_rerun_finishes(tiny_bund
 
 
 @ON_TINY_VIT
-def test_periodic_checkpoints_are_written_during_a_run(tiny_bundle, photos, tmp_path, monkeypatch):
-    saves = []
-    real_save = updater.save_index
-
-    def recording_save(file, artifact, roots, photos, parts, complete):
-        saves.append((len(photos.paths), complete))
-        real_save(file, artifact, roots, photos, parts, complete)
-
-    monkeypatch.setattr(updater, "save_index", recording_save)
-    update(tmp_path / "index", photos, Bundle.open(tiny_bundle), batch_size=5, checkpoint_seconds=0)
-    # A checkpoint after the first batch; later ones only once 10x the last save's time has passed.
-    assert saves[0] == (5, False) and saves[-1] == (14, True)
-
-
-@ON_TINY_VIT
-def test_a_save_interrupted_midway_leaves_the_old_index_whole(tiny_bundle, photos, tmp_path, monkeypatch):
+def test_a_batch_interrupted_in_its_write_is_rolled_back_and_the_rest_kept(tiny_bundle, photos, tmp_path, monkeypatch):
     bundle = Bundle.open(tiny_bundle)
-    update(tmp_path / "index", photos, bundle)
-    before = (tmp_path / "index" / INDEX_FILE).read_bytes()
-    shutil.copy(PHOTOS / "grass.jpg", photos / "album" / "new.jpg")
-    real_write = store._write_section
+    writes = []
+    real_write = store.IndexDatabase.write
 
-    def write_then_interrupt(handle, section):
-        described = real_write(handle, section)
-        if section.name == "codes":
-            raise KeyboardInterrupt  # Ctrl-C halfway through the new file
-        return described
+    def write_then_interrupt(self, *args, **kwargs):
+        writes.append(1)
+        if len(writes) == 3:  # the gone-files write, one batch, then Ctrl-C inside the second batch's write
+            with self.transaction():
+                self.connection.execute("DELETE FROM photos")
+                raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(store, "_write_section", write_then_interrupt)
+    monkeypatch.setattr(store.IndexDatabase, "write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        update(tmp_path / "index", photos, bundle)
-
-    assert (tmp_path / "index" / INDEX_FILE).read_bytes() == before
-    assert len(load_index(tmp_path / "index")) == 14
-    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [INDEX_FILE, "index.lock"]
+        update(tmp_path / "index", photos, bundle, batch_size=5)
+    monkeypatch.undo()
+    partial = load_index(tmp_path / "index")
+    assert len(partial) == 5 and not partial.complete
+    assert integrity(tmp_path / "index") == "ok"
 
 
 @ON_TINY_VIT
-def test_a_process_killed_midway_through_a_save_leaves_the_old_index_whole(tiny_bundle, photos, tmp_path):
-    update(tmp_path / "index", photos, Bundle.open(tiny_bundle))
-    before = (tmp_path / "index" / INDEX_FILE).read_bytes()
-    shutil.copy(PHOTOS / "grass.jpg", photos / "album" / "new.jpg")
-    # The child dies without any clean-up, as on a power cut or kill -9, after writing part of the file.
-    script = textwrap.dedent(f"""
-        import os
-        from converters.app.bundle import Bundle
-        from converters.search import store, updater
-        real_write = store._write_section
-        def write_then_die(handle, section):
-            described = real_write(handle, section)
-            if section.name == "codes":
-                handle.flush()
-                os._exit(9)
-            return described
-        store._write_section = write_then_die
-        with updater.IndexUpdater({str(tmp_path / "index")!r}, Bundle.open({str(tiny_bundle)!r}), "onnx-sim") as run:
-            run.run(run.plan({str(photos)!r}))
-    """)
-    child = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
-    assert child.returncode == 9
-    assert (tmp_path / "index" / INDEX_FILE).read_bytes() == before
-    assert len(list((tmp_path / "index").glob(f".{INDEX_FILE}.*.tmp"))) == 1
-
+def test_a_process_killed_at_any_moment_leaves_a_whole_database_and_a_rerun_finishes(tiny_bundle, tmp_path):
+    """SIGKILL (a power cut, the OOM killer) mid-run: the database passes integrity_check and keeps every committed batch."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for copy in range(20):
+        for photo in PHOTOS.glob("*.jpg"):
+            shutil.copy(photo, photos / f"{copy:02d}-{photo.name}")
+    command = [sys.executable, "-m", "converters", "index", str(photos), "--artifacts", str(tiny_bundle),
+               "--index", str(tmp_path / "index"), "--batch-size", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if indexed_rows(tmp_path / "index") >= 10:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert integrity(tmp_path / "index") == "ok"
+    kept = len(load_index(tmp_path / "index"))
+    assert 10 <= kept < 20 * 14, "the run was not killed mid-way; nothing to test"
     report = update(tmp_path / "index", photos, Bundle.open(tiny_bundle))
-    assert (report.added, report.total) == (1, 15)
-    assert not list((tmp_path / "index").glob(f".{INDEX_FILE}.*.tmp"))
+    assert (report.unchanged, report.total) == (kept, 20 * 14) and load_index(tmp_path / "index").complete
 
 
 @pytest.fixture
 def saved_index(tmp_path) -> Path:
-    """A small index written straight from vectors, for the file-format tests."""
+    """A small index written straight from vectors, for the database tests."""
     folder = tmp_path / "index"
-    vectors = normalize_rows(np.random.default_rng(0).standard_normal((50, 16)))
-    photos = store.PhotoFacts(
-        [f"/photos/{i}.jpg" for i in range(50)], *(np.arange(50, dtype=np.int64) for _ in range(3)), np.ones(50, bool)
-    )
-    stamp = ArtifactStamp("0" * 64, "tiny", "onnx-sim", 16, "/bundle")
-    store.save_index(folder / INDEX_FILE, stamp, ["/photos"], photos, [(vectors, None)], complete=True)
+    vectors = normalize_rows(np.random.default_rng(0).standard_normal((50, 16))).astype(np.float16)
+    database = store.IndexDatabase(folder, create_for=ArtifactStamp("0" * 64, "tiny", "onnx-sim", 16, "/bundle"))
+    run = database.start_run("/photos")
+    rows = [store.PhotoRow(f"/photos/{i}.jpg", i, i, i, True, 4, 3, 1, v) for i, v in enumerate(vectors)]
+    database.write(run, "/photos", rows, [], ["/photos/bad.jpg is truncated"], added=50)
+    database.finish_run(run)
+    database.close()
     return folder
 
 
-def test_the_file_round_trips(saved_index):
+def test_the_database_round_trips(saved_index):
     index = load_index(saved_index)
     assert len(index) == 50 and index.photos.paths[7] == "/photos/7.jpg" and index.photos.size[7] == 7
+    assert index.complete and index.roots == ["/photos"]
     assert index.vectors.dtype == np.float16 and index.int8.codes.shape == (16, 50)
     dequantized = index.int8.codes.T.astype(np.float32) * index.int8.scales[:, None]
     np.testing.assert_allclose(dequantized, index.vectors, atol=0.01)
+    status = store.IndexDatabase(saved_index).status()
+    assert status["photos"] == 50 and status["last_run"]["added"] == 50 and status["skipped"] == ["/photos/bad.jpg is truncated"]
 
 
-def test_a_truncated_index_is_detected(saved_index):
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_database_is_one_error(saved_index, damage):
     file = saved_index / INDEX_FILE
     data = file.read_bytes()
-    for cut in (len(data) - 1, len(data) // 2, 20, 0):
-        file.write_bytes(data[:cut])
-        with pytest.raises(IndexFileError, match="truncated") as error:
-            load_index(saved_index)
-        assert str(file) in str(error.value) and "rebuild" in str(error.value)
-
-
-def test_a_corrupt_section_is_detected_by_its_sha256(saved_index):
-    file = saved_index / INDEX_FILE
-    data = bytearray(file.read_bytes())
-    header = store._read_header(open(file, "rb"), file, len(data))[0]
-    for section in header["sections"]:
-        damaged = data.copy()
-        damaged[section["offset"]] ^= 0xFF
-        file.write_bytes(bytes(damaged))
-        with pytest.raises(IndexFileError, match=f"section '{section['name']}' fails its sha256 check"):
-            load_index(saved_index)
-
-
-def test_a_damaged_header_or_another_file_is_detected(saved_index):
-    file = saved_index / INDEX_FILE
-    data = bytearray(file.read_bytes())
-    data[-60] ^= 0xFF  # inside the JSON header
-    file.write_bytes(bytes(data))
-    with pytest.raises(IndexFileError, match="header fails its sha256 check"):
+    file.write_bytes(b"not a database at all" * 100 if damage == "garbage" else data[: len(data) // 3])
+    with pytest.raises(IndexFileError, match="unusable") as error:
         load_index(saved_index)
-    file.write_bytes(b"PK\x03\x04" + bytes(200))
-    with pytest.raises(IndexFileError, match="not a cnclip photo index"):
+    assert str(file) in str(error.value) and "rebuild" in str(error.value)
+
+
+@pytest.mark.parametrize("sql, why", [
+    ("UPDATE meta SET value = '99' WHERE key = 'version'", "version 99"),
+    ("UPDATE meta SET value = '{\"id\": 1}' WHERE key = 'artifact'", "artifact stamp is malformed"),
+    ("UPDATE meta SET value = json_set(value, '$.dim', 100000000000) WHERE key = 'artifact'", "artifact stamp is malformed"),
+    ("UPDATE photos SET embedding = zeroblob(6) WHERE path = CAST('/photos/3.jpg' AS BLOB)", "not 16 float16 values long"),
+    ("ALTER TABLE photos ADD COLUMN secret TEXT", "columns"),
+    ("DROP TABLE runs", "columns"),
+])
+def test_a_crafted_database_is_refused_before_its_rows_are_used(saved_index, sql, why):
+    with sqlite3.connect(saved_index / INDEX_FILE) as connection:
+        connection.execute(sql)
+    with pytest.raises(IndexFileError, match=why):
         load_index(saved_index)
+
+
+def test_an_index_of_the_earlier_single_file_format_is_refused_with_how_to_rebuild(tmp_path):
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "index.cnclip").write_bytes(b"CNCLIPIX" + bytes(100))
+    with pytest.raises(IndexFileError, match="earlier version.*Delete it and run `python -m converters index` again"):
+        load_index(tmp_path / "index")
 
 
 def test_a_missing_index_says_how_to_make_one(tmp_path):
@@ -329,84 +311,22 @@ def test_a_missing_index_says_how_to_make_one(tmp_path):
         load_index(tmp_path / "nowhere")
 
 
-def rewrite_header(folder: Path, edit) -> None:
-    """Change the header of an index file and re-seal it with a valid sha256, as a crafted file would be."""
-    file = folder / INDEX_FILE
-    data = file.read_bytes()
-    length, _, magic = store.TRAILER.unpack(data[-store.TRAILER.size :])
-    body_start = len(data) - store.TRAILER.size - length
-    header = json.loads(data[body_start : len(data) - store.TRAILER.size])
-    edit(header)
-    body = json.dumps(header).encode()
-    file.write_bytes(data[:body_start] + body + store.TRAILER.pack(len(body), hashlib.sha256(body).digest(), magic))
-
-
-def section(header: dict, name: str) -> dict:
-    return next(s for s in header["sections"] if s["name"] == name)
-
-
-@pytest.mark.parametrize("edit, why", [
-    (lambda h: section(h, "size").update(dtype="object"), "section size is object"),
-    (lambda h: section(h, "scales").update(shape=[-50]), "whole numbers"),
-    (lambda h: h.update(count="50"), "whole numbers"),
-    (lambda h: h["artifact"].pop("stage"), "malformed"),
-    (lambda h: h.update(sections="all of them"), "malformed"),
-    (lambda h: h["sections"].pop(), "sections"),
-])
-def test_a_crafted_header_with_valid_checksums_is_refused(saved_index, edit, why):
-    rewrite_header(saved_index, edit)
-    with pytest.raises(IndexFileError, match=why) as error:
-        load_index(saved_index)
-    assert "rebuild" in str(error.value)
-
-
-def test_a_sparse_file_declaring_gigabytes_is_refused_before_allocating(saved_index):
-    """60 GiB of int8 codes declared, the file made that large by a hole that holds nothing on disk."""
-    count = 60 * 2**30 // 16
-
-    def huge(header: dict) -> None:
-        header["count"] = count
-        for s in header["sections"]:
-            s["shape"] = [{"count": count, "dim": 16}.get(axis, s["shape"][i]) for i, axis in enumerate(store.SECTIONS[s["name"]][1])]
-            s["bytes"] = int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize
-
-    rewrite_header(saved_index, huge)
-    file = saved_index / INDEX_FILE
-    data = file.read_bytes()
-    length = store.TRAILER.unpack(data[-store.TRAILER.size :])[0]
-    tail = len(data) - store.TRAILER.size - length
-    with open(file, "wb") as handle:  # the sections, a 1 TiB hole, then the header and trailer
-        handle.write(data[:tail])
-        handle.seek(2**40)
-        handle.write(data[tail:])
-    with pytest.raises(IndexFileError, match="holds .* on disk"):
-        load_index(saved_index)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(where=st.lists(st.integers(0, 20), min_size=1, max_size=4),
-       value=st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.text(max_size=8),
-                       st.lists(st.integers(-5, 2**40), max_size=3), st.just("object"), st.just({})))
-def test_fuzzed_headers_load_or_fail_with_one_error(tmp_path_factory, where, value):
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["format", "version", "artifact", "created_by"]),
+       value=st.one_of(st.text(max_size=30), st.integers().map(str), st.just('{"id": "x", "model": "m", "stage": "s", "dim": -1, "bundle": ""}'),
+                       st.just("{}"), st.just("[]"), st.just("null")),
+       blob=st.binary(max_size=40))
+def test_fuzzed_databases_load_or_fail_with_one_error(tmp_path_factory, key, value, blob):
     folder = tmp_path_factory.mktemp("fuzz") / "index"
-    vectors = normalize_rows(np.random.default_rng(0).standard_normal((5, 4)))
-    photos = store.PhotoFacts([f"/p/{i}.jpg" for i in range(5)], *(np.arange(5, dtype=np.int64) for _ in range(3)), np.ones(5, bool))
-    store.save_index(folder / INDEX_FILE, ArtifactStamp("0" * 64, "t", "onnx-sim", 4, "/b"), ["/p"], photos, [(vectors, None)], True)
-
-    def mutate(header: dict) -> None:
-        node = header
-        for step in where[:-1]:
-            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-            child = node[keys[step % len(keys)]] if keys else None
-            if not isinstance(child, (dict, list)) or not child:
-                break
-            node = child
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        node[keys[where[-1] % len(keys)]] = value
-
-    rewrite_header(folder, mutate)
+    database = store.IndexDatabase(folder, create_for=ArtifactStamp("0" * 64, "t", "onnx-sim", 4, "/b"))
+    run = database.start_run("/p")
+    database.write(run, "/p", [store.PhotoRow("/p/0.jpg", 1, 1, 1, False, 1, 1, 0, np.ones(4, np.float16) / 2)], [], [])
+    database.close()
+    with sqlite3.connect(folder / INDEX_FILE) as connection:
+        connection.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+        connection.execute("UPDATE photos SET embedding = ?", (blob,))
     try:
         index = load_index(folder)
-        index.vectors[: len(index)]
+        assert index.vectors.shape == (len(index), index.artifact.dim)
     except IndexFileError:
         pass
