@@ -29,7 +29,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 
 help:
 	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
-	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]"
+	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]   (or OUT=dir alone: the bundle names its model)"
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
 	@echo "make test    (all tests, full-size ones included)"
 	@echo "make test-fast (tiny architectures only: a few minutes)"
@@ -47,13 +47,13 @@ convert: $(STAMP)
 	$(PY) -m converters convert $(CONVERT_ARGS)
 
 parity: $(STAMP)
-	$(PY) -m converters parity $(or $(MODEL),ViT-B-16) $(if $(OUT),--out $(OUT))
+	$(PY) -m converters parity $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT))
 
 # Converting first skips every stage already done and writes parity.json, which the goals read.
 # A parity failure (exit 3) still gets benchmarked: the goals count passing artifacts only.
 bench: $(STAMP)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
-	$(PY) -m converters bench $(or $(MODEL),ViT-B-16) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
+	$(PY) -m converters bench $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.app.fsutil import sha256_file
-from converters.app.specs import TensorSpec, Tower, TowerSpec, engine_of
+from converters.app.specs import TensorSpec, Tower, TowerSpec, runtime_of
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Artifact:
 
     @property
     def runtime(self) -> str:
-        return engine_of(self.stage)
+        return runtime_of(self.stage)
 
     @property
     def model_file(self) -> Path:

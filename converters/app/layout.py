@@ -89,8 +89,8 @@ class BundleLayout:
 
     def model_files(self, tower: str, stage: str) -> tuple[Path, ...]:
         """An artifact's files, the model first: `visual.sim.onnx`, or `text.fp16.ncnn.param` and `.bin`."""
-        engine, tag = stage.split("-", 1)
-        if engine == "onnx":
+        format, tag = stage.split("-", 1)
+        if format == "onnx":
             return (self.root / f"{tower}.{tag}.onnx",)
         return self.root / f"{tower}.{tag}.ncnn.param", self.root / f"{tower}.{tag}.ncnn.bin"
 

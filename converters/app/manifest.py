@@ -19,7 +19,7 @@ import jsonschema
 from converters import __version__
 from converters.app.artifact import Artifact, ArtifactEntry, FileRecord
 from converters.app.fsutil import atomic_write_text, sha256_file
-from converters.app.specs import STAGE_NAMES, TOWERS
+from converters.app.specs import STAGE_NAMES, TOWERS, runtime_of
 from converters.errors import ArtifactError
 
 SCHEMA_VERSION = 2
@@ -83,6 +83,12 @@ class Manifest:
                 kind = "a path inside the bundle" if where.endswith("/path") else "of the expected form"
                 what = f"{error.instance!r} is not {kind}"
             raise ArtifactError(f"{path} is not a valid manifest: at {where}: {what}. {CONVERT_AGAIN.capitalize()}.")
+        for key, entry in data["artifacts"].items():
+            if key != f"{entry['tower']}.{entry['stage']}" or entry["runtime"] != runtime_of(entry["stage"]):
+                raise ArtifactError(
+                    f"{path} is not a valid manifest: at artifacts/{key}: tower {entry['tower']!r}, stage "
+                    f"{entry['stage']!r} and runtime {entry['runtime']!r} do not belong together. {CONVERT_AGAIN.capitalize()}."
+                )
         return cls(
             path,
             data["model"],

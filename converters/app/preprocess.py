@@ -5,7 +5,7 @@ cn_clip resizes the PIL image as it comes (any mode) to a square with Pillow's
 bicubic filter, and only then converts it to RGB; the order matters for
 palette, alpha and 16-bit images, so it is kept. ToTensor's 1/255 and
 Normalize are done in float32, in the same order, which makes the result
-equal to cn_clip's bit for bit (tests/test_preprocess.py checks this).
+equal to cn_clip's bit for bit (tests/app/test_preprocess.py checks this).
 """
 
 from __future__ import annotations

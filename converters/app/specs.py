@@ -54,6 +54,6 @@ class TowerSpec:
 STAGE_NAMES = ("onnx-fp32", "onnx-sim", "onnx-int8", "ncnn-fp32", "ncnn-fp16", "ncnn-int8")
 
 
-def engine_of(stage: str) -> str:
-    """The runtime (engine) that runs a stage's artifacts: "onnxruntime" or "ncnn"."""
+def runtime_of(stage: str) -> str:
+    """The runtime that runs a stage's artifacts: "onnxruntime" or "ncnn"."""
     return {"onnx": "onnxruntime", "ncnn": "ncnn"}[stage.split("-")[0]]

@@ -1,6 +1,6 @@
 """`bench`: speed, size and memory of every artifact of a bundle, beside PyTorch and onnxruntime fp32, in one run.
 
-    command.py     the `bench` command (`register(group)` adds it to the CLI)
+    command.py     the `bench` command
     run.py         one run: what is measured in which order; writes bench.json and bench.md
     tower_speed.py latency, throughput, size and memory of one tower of one artifact
     timing.py      the measurement loop and its repetition budgets

@@ -11,22 +11,20 @@ from pathlib import Path
 import click
 
 from converters.cli import say
-
-
-def register(group: click.Group) -> None:
-    group.add_command(bench_command)
+from converters.export.commands import (
+    bundle_config,
+    optional_model_argument,
+    out_option,
+)
 
 
 @click.command("bench")
-@click.argument("model", metavar="MODEL")
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Bundle directory (default: artifacts/MODEL).",
-)
+@optional_model_argument
+@out_option
 @click.option("--quick", is_flag=True, help="Smoke run for CI: few repetitions, 10k vectors for search, no 100k or 1M.")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="Threads for every runtime (0: all usable cores).")
-def bench_command(model: str, out: Path | None, quick: bool, threads: int) -> None:
-    """Benchmark every artifact of MODEL's bundle, PyTorch fp32 included, in one run.
+def bench_command(model: str | None, out: Path | None, quick: bool, threads: int) -> None:
+    """Benchmark every artifact of MODEL's bundle (or the bundle at --out), PyTorch fp32 included, in one run.
 
     Measures latency and throughput per tower, model sizes, peak memory,
     the conversion's time and memory, and the search engine; checks the
@@ -34,13 +32,13 @@ def bench_command(model: str, out: Path | None, quick: bool, threads: int) -> No
     converted bundle (and parity.json for the goals). Takes minutes for
     full-size models; the timings are only as quiet as the machine.
     """
-    from converters.app.layout import BundleLayout, default_bundle_dir
+    from converters.app.layout import BundleLayout
     from converters.bench.markdown import render_markdown
     from converters.bench.run import BenchRequest, run_bench
-    from converters.export.config import load_config
 
-    config = load_config(model)
-    layout = BundleLayout(out or default_bundle_dir(config.name))
-    report = run_bench(BenchRequest(model, layout.root, threads, quick), say)
+    config, out = bundle_config(model, out)
+    layout = BundleLayout(out)
+    with layout.exclusive():  # a conversion into the bundle meanwhile would change what is measured
+        report = run_bench(BenchRequest(config, layout.root, threads, quick), say)
     click.echo(render_markdown(report))
     say(f"wrote {layout.bench_json} and {layout.bench_md}")

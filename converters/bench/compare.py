@@ -6,7 +6,8 @@ from converters.bench.flops import MatmulPeak
 from converters.bench.report import Measurement, TowerBench
 from converters.bench.tower_speed import PYTORCH
 
-ONNX_FP32 = "onnx-sim"  # the simplified fp32 ONNX graphs: the baseline every ratio is taken against
+# onnxruntime fp32 on the simplified graphs: what every "× ORT fp32" ratio is taken against.
+BASELINE_STAGE = "onnx-sim"
 
 
 def add_comparisons(towers: list[TowerBench], image_gflop: float | None, peak: MatmulPeak) -> None:
@@ -15,7 +16,7 @@ def add_comparisons(towers: list[TowerBench], image_gflop: float | None, peak: M
     for tower in towers:
         for m in tower.measurements:
             m.vs_pytorch = _ratio(m, rates.get((PYTORCH, tower.tower, m.input, m.mode)))
-            m.vs_onnx = _ratio(m, rates.get((ONNX_FP32, tower.tower, m.input, m.mode)))
+            m.vs_onnx = _ratio(m, rates.get((BASELINE_STAGE, tower.tower, m.input, m.mode)))
             if tower.tower == "visual" and image_gflop is not None:
                 m.gflops = _significant(m.per_second * image_gflop)
                 m.of_matmul_peak = _significant(m.gflops / peak.gflops)

@@ -20,23 +20,23 @@ from pathlib import Path
 
 from converters.bench.processes import peak_rss_mb, run_fresh, take_high_water_mb
 from converters.bench.report import ConversionRun, ConversionStep
+from converters.export.config import ModelConfig
 
 START_UP = "start-up: importing the converter, reading the config"
 
 
-def bench_conversion(model: str, checkpoint: str, threads: int) -> ConversionRun:
-    """Convert `model` from `checkpoint` (a path or "random") into a scratch folder, timed from process start."""
+def bench_conversion(config: ModelConfig, checkpoint: str, threads: int) -> ConversionRun:
+    """Convert `config`'s model from `checkpoint` (a path or "random") into a scratch folder, timed from process start."""
     with tempfile.TemporaryDirectory(prefix="cnclip-bench-convert-") as scratch:
         started = time.perf_counter()
-        run = run_fresh(convert_measured, model, checkpoint, Path(scratch), threads=threads)
+        run = run_fresh(convert_measured, config, checkpoint, Path(scratch), threads=threads)
         seconds = time.perf_counter() - started
     return dataclasses.replace(run, seconds=round(seconds, 3))
 
 
-def convert_measured(model: str, checkpoint: str, out: Path) -> ConversionRun:
+def convert_measured(config: ModelConfig, checkpoint: str, out: Path) -> ConversionRun:
     steps = _StepClock()
     steps.open(START_UP)
-    from converters.export.config import load_config
     from converters.export.pipeline import STAGES, ConvertRequest, convert
     from converters.progress import Event, render
 
@@ -44,7 +44,7 @@ def convert_measured(model: str, checkpoint: str, out: Path) -> ConversionRun:
         print(f"[cnclip] bench convert: {render(event)}", file=sys.stderr)
         steps.open(render(event))
 
-    convert(ConvertRequest(load_config(model), out, checkpoint, out / "cache", parity=False), progress)
+    convert(ConvertRequest(config, out, checkpoint, out / "cache", parity=False), progress)
     steps.close()
     # Resetting VmHWM resets getrusage's peak too, so the steps' peaks are the record where there are any.
     peaks = [step.peak_mb for step in steps.steps if step.peak_mb is not None]

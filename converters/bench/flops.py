@@ -7,7 +7,7 @@ counts 2 x output elements x the length of its reduction. Element-wise
 ops, softmax and normalisation are left out (a rough count puts them
 below 1% for ViT-B-16).
 The same count serves ModifiedResNet, whose convolutions a ViT formula
-would miss; tests/test_bench.py checks it against the ViT formula.
+would miss; tests/bench/test_bench.py checks it against the ViT formula.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import dataclasses
 import json
 
 from converters.app.layout import BundleLayout
-from converters.bench.compare import ONNX_FP32, fastest, measurement
+from converters.bench.compare import BASELINE_STAGE, fastest, measurement
 from converters.bench.report import ConversionRun, Goal, TowerBench
 
 GOAL_QUERY_CHARS = 10
@@ -23,7 +23,7 @@ NOT_PROFILED = "not profiled yet"
 
 
 def passed_stages(layout: BundleLayout) -> list[str]:
-    """Runtimes whose stage parity.json records as passed; a stage it does not list counts as unchecked."""
+    """Stages that parity.json records as passed; a stage it does not list counts as unchecked."""
     if not layout.parity_json.is_file():
         return []
     stages = {s["stage"]: s["passed"] for s in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]}
@@ -54,7 +54,7 @@ def text_query_goal(towers: list[TowerBench], query_input: str, tokenize_ms: flo
 def image_throughput_goal(towers: list[TowerBench], image_input: str, passed: set[str]) -> Goal:
     name = "image tower throughput, fastest artifact that passes parity, against onnxruntime fp32"
     best = fastest(towers, "visual", image_input, "throughput", passed)
-    baseline = measurement(towers, ONNX_FP32, "visual", image_input, "throughput")
+    baseline = measurement(towers, BASELINE_STAGE, "visual", image_input, "throughput")
     if best is None or baseline is None:
         return Goal(name, IMAGE_SPEEDUP, "×", False, None, None, None, "needs the onnx-sim artifact and another that passed parity")
     artifact, row = best

@@ -15,12 +15,12 @@ METHOD = [
     "spread per call are shown.",
     "Inputs are the same arrays for every artifact: random pixels, and token ids of [CLS] + N characters + [SEP] "
     "without padding columns (the ONNX and ncnn runners drop padding themselves; PyTorch gets the same unpadded ids, "
-    "so ratios compare engines, not padding). The last text row is the full context.",
-    "× PyTorch and × ORT fp32: items per second divided by PyTorch eager fp32's (respectively the `onnx` "
-    "runtime's) for the same tower, input and mode.",
+    "so ratios compare runtimes, not padding). The last text row is the full context.",
+    "× PyTorch and × ORT fp32: items per second divided by PyTorch eager fp32's (respectively the `onnx-sim` "
+    "artifact's) for the same tower, input and mode.",
     "GFLOP per image: 2 × output elements × reduction length of every MatMul, Gemm and Conv in the fp32 ONNX graph "
     "at batch 1, shapes from onnx shape inference; element-wise work is left out. The same count is used for every "
-    "runtime, so an int8 artifact's GFLOP/s is the fp32-equivalent rate (it can pass 100%). The peak is the "
+    "artifact, so an int8 artifact's GFLOP/s is the fp32-equivalent rate (it can pass 100%). The peak is the "
     "fastest float32 matmul of two 2048 × 2048 matrices among numpy, PyTorch and onnxruntime, each at the same "
     "thread count and at its fastest run, measured in a fresh process before and again after the towers (the "
     "better of the two). The towers' rates are medians taken at other moments: on a busy machine the fraction is "
@@ -125,13 +125,13 @@ def _memory(report: BenchReport) -> list[str]:
     lines = [
         "## Size and memory (peak resident set, MiB)",
         "",
-        "| artifact | tower | engine | precision | model MiB | load s | after imports | after loading | after runs |",
+        "| artifact | tower | runtime | precision | model MiB | load s | after imports | after loading | after runs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in report.towers:
         mem = t.memory
         lines.append(
-            f"| {t.artifact} | {t.tower} | {t.engine} | {t.precision} | {t.model_mb:.1f} | {t.load_s:.2f} | "
+            f"| {t.artifact} | {t.tower} | {t.runtime} | {t.precision} | {t.model_mb:.1f} | {t.load_s:.2f} | "
             f"{mem.imports_mb:.0f} | {mem.loaded_mb:.0f} | {mem.peak_mb:.0f} |"
         )
     return lines + [""]

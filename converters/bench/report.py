@@ -39,7 +39,7 @@ class Memory:
 class TowerBench:
     artifact: str  # "pytorch", or a stage of the bundle ("onnx-sim", "onnx-int8", "ncnn-fp16", …)
     tower: str
-    engine: str  # pytorch, onnxruntime, ncnn
+    runtime: str  # pytorch, onnxruntime, ncnn
     precision: str
     threads: int
     model_mb: float  # files on disk; PyTorch: the tower's fp32 parameters and buffers

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from converters.app.bundle import Bundle
+from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.specs import TOWERS
 from converters.bench import goals
-from converters.bench.compare import ONNX_FP32, add_comparisons, fastest
+from converters.bench.compare import BASELINE_STAGE, add_comparisons, fastest
 from converters.bench.conversion import bench_conversion
 from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
 from converters.bench.machine import cpu_name, load_average, versions
@@ -29,6 +29,7 @@ from converters.bench.tower_speed import (
     query_label,
     query_text,
 )
+from converters.export.config import ModelConfig
 
 Progress = Callable[[str], None]
 
@@ -49,7 +50,7 @@ QUICK_SCALE = Scale(QUICK, (10_000,), 5, 1)
 
 @dataclass(frozen=True)
 class BenchRequest:
-    model: str  # config name or path, as given to `convert`
+    config: ModelConfig  # the bundle's model: PyTorch's baseline and the conversion are made from it
     bundle: Path
     threads: int = 0  # 0: every usable core
     quick: bool = False
@@ -79,7 +80,7 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
     search = bench_topk(bundle.embedding_dim, scale.search_sizes, scale.search_queries, threads, progress)
 
     progress("conversion: every stage, in a scratch folder")
-    conversion = bench_conversion(request.model, bundle.manifest.checkpoint.source, threads)
+    conversion = bench_conversion(request.config, bundle.manifest.checkpoint.source, threads)
 
     tokenize = time_calls(lambda: bundle.token_ids([query_text(goals.GOAL_QUERY_CHARS)]), scale.budget)
     machine = Machine(cpu_name(), usable_cores(), threads, load_at_start, load_average(), peak, versions())
@@ -111,21 +112,21 @@ def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: B
     for artifact in (PYTORCH, *bundle.stages()):
         for tower in TOWERS:
             progress(f"{artifact}: {tower} tower, {threads} threads")
-            job = TowerJob(request.bundle, request.model, artifact, tower, threads, budget)
+            job = TowerJob(request.bundle, request.config, artifact, tower, threads, budget)
             towers.append(run_fresh(measure_tower, job, threads=threads))
     return towers
 
 
 def _image_gflop(manifest: Manifest) -> float | None:
     """GFLOP per image, counted on the simplified fp32 graph: the raw export's shapes do not all infer."""
-    entry = manifest.entry("visual", ONNX_FP32)
+    entry = manifest.entry("visual", BASELINE_STAGE)
     return None if entry is None else round(graph_gflop(manifest.root / entry.files[0].path, {"batch": 1}), 3)
 
 
 def _indexing_stages(towers: list[TowerBench], image_input: str, passed: list[str], stages: list[str]) -> list[str]:
     """The `index` command's default stage, and the fastest image artifact that passes parity if another."""
     best = fastest(towers, "visual", image_input, "throughput", set(passed))
-    chosen = [ONNX_FP32, *([best[0]] if best else [])]
+    chosen = [DEFAULT_STAGE, *([best[0]] if best else [])]
     return [stage for stage in dict.fromkeys(chosen) if stage in stages]
 
 

@@ -10,7 +10,6 @@ than real photo embeddings do, so rounding reorders them more easily.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 import time
@@ -45,8 +44,6 @@ class TopkMeasurement:
     process_mb: float  # the resident set of a fresh process that opened the index and searched
     recall: float  # recall@k against exact float32, averaged over the queries
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def measure_topk(

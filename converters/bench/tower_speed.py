@@ -18,10 +18,11 @@ from typing import Callable
 import numpy as np
 
 from converters.app.bundle import Bundle
-from converters.app.specs import engine_of
+from converters.app.specs import runtime_of
 from converters.bench.processes import peak_rss_mb
 from converters.bench.report import Measurement, Memory, TowerBench
 from converters.bench.timing import Budget, Timing, time_calls
+from converters.export.config import ModelConfig
 
 PYTORCH = "pytorch"
 # Items per call where the graph has a batch axis; ncnn graphs take one sample per call.
@@ -36,7 +37,7 @@ Embed = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class TowerJob:
     bundle: Path
-    model: str  # config name or path: the PyTorch baseline is built from it
+    config: ModelConfig  # the PyTorch baseline is built from it
     artifact: str  # "pytorch", or a stage of the bundle
     tower: str
     threads: int
@@ -46,7 +47,7 @@ class TowerJob:
 @dataclass(frozen=True)
 class OpenedTower:
     embed: Embed
-    engine: str
+    runtime: str
     precision: str
     batched: bool
     model_mb: float
@@ -54,7 +55,7 @@ class OpenedTower:
 
 def measure_tower(job: TowerJob) -> TowerBench:
     bundle = Bundle.open(job.bundle)
-    imports_mb = _import_engine(bundle, job.artifact)
+    imports_mb = _import_runtime(bundle, job.artifact)
     started = time.perf_counter()
     tower = _open_pytorch(bundle, job) if job.artifact == PYTORCH else _open_artifact(bundle, job)
     load_s = time.perf_counter() - started
@@ -71,7 +72,7 @@ def measure_tower(job: TowerJob) -> TowerBench:
         ]
     memory = Memory(round(imports_mb, 1), round(loaded_mb, 1), round(peak_rss_mb(), 1))
     return TowerBench(
-        job.artifact, job.tower, tower.engine, tower.precision, job.threads, round(tower.model_mb, 2),
+        job.artifact, job.tower, tower.runtime, tower.precision, job.threads, round(tower.model_mb, 2),
         round(load_s, 3), memory, measurements,
     )
 
@@ -126,12 +127,12 @@ def _per_second(batch: int, timing: Timing) -> float:
     return round(batch * 1000 / timing.median_ms, 3)
 
 
-def _import_engine(bundle: Bundle, artifact: str) -> float:
-    """Import the engine's library before any model, so that `imports_mb` is the floor to compare peaks with."""
+def _import_runtime(bundle: Bundle, artifact: str) -> float:
+    """Import the runtime's library before any model, so that `imports_mb` is the floor to compare peaks with."""
     if artifact == PYTORCH:
         importlib.import_module("cn_clip.clip.model")  # imports torch
     else:
-        importlib.import_module(engine_of(artifact))  # the engine names its module: "onnxruntime" or "ncnn"
+        importlib.import_module(runtime_of(artifact))  # the runtime names its module: "onnxruntime" or "ncnn"
     return peak_rss_mb()
 
 
@@ -151,12 +152,10 @@ def _open_pytorch(bundle: Bundle, job: TowerJob) -> OpenedTower:
     import torch
 
     from converters.export import checkpoint
-    from converters.export.config import load_config
     from converters.export.torch_reference import TorchEmbedder
 
     torch.set_num_threads(job.threads)
-    config = load_config(job.model)
-    model = checkpoint.load_recorded(config, bundle.manifest).model
+    model = checkpoint.load_recorded(job.config, bundle.manifest).model
     embedder = TorchEmbedder(model)
     visual_bytes = _tensor_bytes(model.visual)
     size = visual_bytes if job.tower == "visual" else _tensor_bytes(model) - visual_bytes

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from converters.app.preprocess import Transform, load_image
 from converters.app.tokenizer import Tokenizer
 from converters.data import CALIBRATION_SET_DIR
-from converters.data.parity_set import IMAGE_SUFFIXES
+from converters.data.parity_set import DATA_IMAGE_SUFFIXES
 
 SEED = 0
 # A crop keeps at least this fraction of each side of the photo.
@@ -27,7 +27,7 @@ MIN_CROP_SIDE = 0.5
 
 def calibration_pixels(count: int, transform: Transform, directory: Path = CALIBRATION_SET_DIR) -> np.ndarray:
     """`count` images as the model's pixels [count, 3, R, R]: the photos whole, then crops of them."""
-    photos = [load_image(p) for p in sorted((directory / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    photos = [load_image(p) for p in sorted((directory / "images").iterdir()) if p.suffix.lower() in DATA_IMAGE_SUFFIXES]
     rng = np.random.default_rng(SEED)
     samples = []
     for index in range(count):

@@ -17,7 +17,7 @@ from converters.app.fsutil import sha256_file, sha256_text
 from converters.app.preprocess import Transform, load_image
 from converters.app.tokenizer import Tokenizer
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+DATA_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ParitySet:
 
 
 def load_parity_set(directory: Path, transform: Transform, tokenizer: Tokenizer) -> ParitySet:
-    image_files = tuple(sorted(p for p in (directory / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    image_files = tuple(sorted(p for p in (directory / "images").iterdir() if p.suffix.lower() in DATA_IMAGE_SUFFIXES))
     captions = tuple(entry["text"] for entry in json.loads((directory / "captions.json").read_text("utf-8")))
     pixels = transform.batch([load_image(p) for p in image_files])
     token_ids = tokenizer.encode(list(captions))

@@ -15,7 +15,7 @@ from converters.progress import render
 
 DEFAULT_CACHE = Path(os.environ.get("CNCLIP_CACHE", Path.home() / ".cache" / "clip"))
 
-model_argument = click.argument("model", metavar="MODEL")
+optional_model_argument = click.argument("model", metavar="[MODEL]", required=False)
 out_option = click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Bundle directory (default: artifacts/MODEL below the working directory).",
@@ -32,7 +32,7 @@ def models_command() -> None:
 
 
 @click.command("convert")
-@click.argument("model", metavar="[MODEL]", required=False)
+@optional_model_argument
 @click.option(
     "--checkpoint", "checkpoint", default=None, metavar="PATH|hf:OWNER/NAME|random",
     help="A cn_clip .pt checkpoint, a Hugging Face ChineseCLIPModel folder (save_pretrained), hf:OWNER/NAME "
@@ -84,6 +84,24 @@ def _config_for(model: str | None, checkpoint: str | None, cache_dir: Path):
     if checkpoint and huggingface.is_checkpoint_folder(Path(checkpoint)):
         return huggingface.infer_config(Path(checkpoint)), checkpoint
     raise click.UsageError("Give MODEL (see `models`), unless --checkpoint is a Hugging Face model folder, whose config.json names it.")
+
+
+def bundle_config(model: str | None, out: Path | None):
+    """The config of MODEL, or, without MODEL, of the bundle at --out as its manifest records it."""
+    from converters.app.layout import BundleLayout
+    from converters.app.manifest import Manifest
+    from converters.export import huggingface
+    from converters.export.config import load_config
+
+    if model is not None:
+        return load_config(model), (out or default_bundle_dir(model)).absolute()
+    if out is None:
+        raise click.UsageError("Give MODEL, or --out with the bundle's folder.")
+    manifest = Manifest.load(BundleLayout(out).manifest)
+    source = Path(manifest.checkpoint.source)
+    # A Hugging Face folder of an architecture no config file names has its config in the folder.
+    config = huggingface.infer_config(source) if huggingface.is_checkpoint_folder(source) else load_config(manifest.model)
+    return config, out.absolute()
 
 
 def report_parity(report, out: Path) -> None:

@@ -217,6 +217,11 @@ def load_config(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Mode
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values at the top level.")
     raw.setdefault("name", path.stem)
+    return validate_config(raw, path)
+
+
+def validate_config(raw: dict, path: Path) -> ModelConfig:
+    """A config from its mapping (a YAML file's, or one made from a checkpoint's own config at `path`)."""
     _inherit_default_tolerances(raw)
     try:
         config = ModelConfig.model_validate(raw)

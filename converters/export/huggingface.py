@@ -23,7 +23,12 @@ import torch
 from converters.app.fsutil import sha256_file, sha256_text
 from converters.app.preprocess import Transform
 from converters.errors import CheckpointError
-from converters.export.config import ModelConfig, known_models, load_config
+from converters.export.config import (
+    ModelConfig,
+    known_models,
+    load_config,
+    validate_config,
+)
 
 PREFIX = "hf:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -64,6 +69,8 @@ def _read_json(folder: Path, name: str) -> dict:
 
 def hf_config(folder: Path) -> dict:
     config = _read_json(folder, "config.json")
+    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict) for k in ("vision_config", "text_config")):
+        raise CheckpointError(f"{folder / 'config.json'} is not a ChineseCLIPModel config (it is not a mapping of settings).")
     if config.get("model_type") != "chinese_clip":
         raise CheckpointError(
             f"{folder / 'config.json'} describes a '{config.get('model_type')}' model, not 'chinese_clip' "
@@ -72,17 +79,20 @@ def hf_config(folder: Path) -> dict:
     return config
 
 
-def architecture(folder: Path) -> dict:
-    """The folder's architecture in this project's config terms (converters.export.config.ModelConfig)."""
+def architecture(folder: Path) -> ModelConfig:
+    """The folder's architecture as a config of this project, validated like a YAML config (sizes, consistency)."""
     config = hf_config(folder)
     vision, text = config.get("vision_config", {}), config.get("text_config", {})
     try:
+        if not isinstance(vision["num_attention_heads"], int) or vision["num_attention_heads"] <= 0:
+            raise CheckpointError(f"{folder / 'config.json'}: vision_config.num_attention_heads must be a positive whole number.")
         if vision.get("hidden_act", "quick_gelu") != "quick_gelu" or vision["intermediate_size"] != 4 * vision["hidden_size"]:
             raise CheckpointError(
                 f"{folder / 'config.json'}: a vision tower with hidden_act {vision.get('hidden_act')!r} and "
                 f"intermediate_size {vision['intermediate_size']} has no cn_clip counterpart (quick_gelu, 4 × hidden_size)."
             )
-        return {
+        raw = {
+            "name": folder.name,
             "architecture": {
                 "embed_dim": config["projection_dim"],
                 "vision": {
@@ -98,24 +108,27 @@ def architecture(folder: Path) -> dict:
             },
             "image_resolution": vision["image_size"],
         }
-    except KeyError as error:
-        raise CheckpointError(f"{folder / 'config.json'} lacks {error}; it is not a ChineseCLIPModel config.") from None
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{folder / 'config.json'} lacks or mistypes {error}; it is not a ChineseCLIPModel config.") from None
+    return validate_config(raw, folder / "config.json")
 
 
 def infer_config(folder: Path) -> ModelConfig:
-    """The known model with this folder's architecture, or a config made from the folder alone."""
+    """The known model with this folder's architecture, or the config made from the folder alone."""
     found = architecture(folder)
     for name in known_models():
         config = load_config(name)
         if _differences(config, found) == []:
             return config
-    return ModelConfig.model_validate({"name": folder.name, **found})
+    return found
 
 
-def _differences(config: ModelConfig, found: dict) -> list[str]:
-    # Through JSON, so that tuples and lists compare as the same thing.
-    expected = json.loads(json.dumps({"architecture": config.architecture.model_dump(), "image_resolution": config.image_resolution}))
-    found = json.loads(json.dumps(found))
+def _differences(config: ModelConfig, other: ModelConfig) -> list[str]:
+    def facts(c: ModelConfig) -> dict:
+        # Through JSON, so that tuples and lists compare as the same thing.
+        return json.loads(json.dumps({"architecture": c.architecture.model_dump(), "image_resolution": c.image_resolution}))
+
+    expected, found = facts(config), facts(other)
 
     def walk(ours, theirs, key: str) -> list[str]:
         if isinstance(ours, dict) and isinstance(theirs, dict):
@@ -146,19 +159,34 @@ def weight_file(folder: Path) -> Path:
 def transform(folder: Path, resolution: int) -> Transform:
     """The preprocessing the folder's processor asks for; cn_clip's square resize when it names none."""
     if (folder / "preprocessor_config.json").is_file():
-        processor = _read_json(folder, "preprocessor_config.json")
+        where, processor = "preprocessor_config.json", _read_json(folder, "preprocessor_config.json")
     elif (folder / "processor_config.json").is_file():
-        processor = _read_json(folder, "processor_config.json").get("image_processor", {})
+        where, processor = "processor_config.json", _read_json(folder, "processor_config.json").get("image_processor", {})
     else:
         return Transform(resolution)
-    mean, std = tuple(processor.get("image_mean", Transform.mean)), tuple(processor.get("image_std", Transform.std))
-    size = processor.get("size", {})
+
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"{folder / where}: {problem}; the model takes {resolution}×{resolution} pixels.")
+
+    mean, std = processor.get("image_mean", Transform.mean), processor.get("image_std", Transform.std)
+    if not all(isinstance(v, list | tuple) and len(v) == 3 and all(isinstance(x, int | float) for x in v) for v in (mean, std)) \
+            or not all(x > 0 for x in std):
+        raise refuse(f"image_mean {mean!r} and image_std {std!r} must be three numbers each, std above 0")
+    # transformers also takes a bare number: the shorter side for `size`, both sides for `crop_size`.
+    size = {"shortest_edge": processor["size"]} if isinstance(processor.get("size"), int) else processor.get("size", {})
     crop = processor.get("crop_size", {})
-    if processor.get("do_center_crop") and "shortest_edge" in size:
-        if crop.get("height") != crop.get("width") or crop.get("height") != resolution:
-            raise CheckpointError(f"{folder / 'preprocessor_config.json'}: crop_size {crop} is not the model's {resolution}×{resolution}.")
-        return Transform(resolution, mean, std, "shortest_edge_center_crop", size["shortest_edge"])
-    return Transform(resolution, mean, std)
+    crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
+    if not processor.get("do_resize", True):
+        raise refuse("it does not resize")
+    if processor.get("do_center_crop") and isinstance(size, dict) and isinstance(size.get("shortest_edge"), int):
+        if not isinstance(crop, dict) or crop.get("height") != crop.get("width") or crop.get("height") != resolution:
+            raise refuse(f"crop_size {crop!r} is not the model's input")
+        if size["shortest_edge"] < resolution:
+            raise refuse(f"size.shortest_edge {size['shortest_edge']} is smaller than the crop")
+        return Transform(resolution, tuple(mean), tuple(std), "shortest_edge_center_crop", size["shortest_edge"])
+    if size not in ({}, {"height": resolution, "width": resolution}):
+        raise refuse(f"size {size!r} without a centre crop does not make a {resolution}×{resolution} image")
+    return Transform(resolution, tuple(mean), tuple(std))
 
 
 def vocabulary(folder: Path) -> bytes:
@@ -254,8 +282,7 @@ def reference(folder: Path, parity_set, context_length: int):
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
 
     def features(output) -> np.ndarray:
-        # transformers 4 returns the tensor, 5 an output whose pooler_output holds it.
-        return (output if isinstance(output, torch.Tensor) else output.pooler_output).numpy()
+        return output.pooler_output.numpy()  # transformers 5: the projected features, in an output object
 
     images, texts = [], []
     with torch.no_grad():

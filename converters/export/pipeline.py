@@ -92,6 +92,8 @@ def convert(request: ConvertRequest, progress: Progress) -> Conversion:
         conversion = _Conversion(request, layout, progress)
         manifest = conversion.run()
         report = conversion.checker.finish() if conversion.checker else None
+        if conversion.checker is None and conversion.built:
+            conversion.forget_checks()
         shutil.rmtree(layout.staging, ignore_errors=True)
     return Conversion(manifest, report)
 
@@ -107,6 +109,7 @@ class _Conversion:
         bundle_facts.record(self.manifest, self.config, self.source, lambda: self.loaded().logit_scale)
         self.manifest.save()
         self.checker = self._checker() if request.parity else None
+        self.built = False
 
     @functools.cache
     def loaded(self) -> checkpoint.LoadedModel:
@@ -170,8 +173,17 @@ class _Conversion:
             self.manifest.save()
             self.manifest.record(artifact.moved_to(publish(list(artifact.files), self.layout.root)), digest)
             self.manifest.save()
+            self.built = True
         if self.checker:
             self.checker.check(self.manifest.artifact(tower, stage.name))
+
+    def forget_checks(self) -> None:
+        """Artifacts rebuilt without a parity check: the report and golden vectors of the old ones would lie."""
+        for stale in (self.layout.parity_json, self.layout.parity_md, self.layout.golden):
+            stale.unlink(missing_ok=True)
+        for role in [role for role in self.manifest.files if role.startswith("golden")]:
+            del self.manifest.files[role]
+        self.manifest.save()
 
     def _with_log(self, error: ConversionError) -> ConversionError:
         """Keep a failed converter's log in the bundle, where the message says it is."""

@@ -17,7 +17,7 @@ from converters.export.config import Tolerance
 
 @dataclass(frozen=True)
 class Embeddings:
-    """One runtime's embeddings of the parity set."""
+    """One artifact's (or PyTorch's) embeddings of the parity set."""
 
     images: np.ndarray
     texts: np.ndarray

@@ -21,7 +21,7 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.preprocess import Transform
 from converters.app.runtimes import Embedder, open_tower
-from converters.app.specs import TOWERS, engine_of
+from converters.app.specs import TOWERS, runtime_of
 from converters.app.tokenizer import Tokenizer
 from converters.data import PARITY_SET_DIR
 from converters.data.parity_set import ParitySet, load_parity_set
@@ -47,10 +47,11 @@ BATCH = 1
 THREADS = 1
 
 
-def embed(embedder: Embedder, parity_set: ParitySet) -> Embeddings:
-    def batched(fn, inputs):
-        return np.concatenate([fn(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
+def batched(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([fn(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
 
+
+def embed(embedder: Embedder, parity_set: ParitySet) -> Embeddings:
     return Embeddings(
         batched(embedder.embed_images, parity_set.pixels), batched(embedder.embed_texts, parity_set.token_ids)
     )
@@ -75,7 +76,7 @@ class ParityChecker:
                 inputs, reference = self.parity_set.pixels, self.reference.images
             else:
                 inputs, reference = self.parity_set.token_ids, self.reference.texts
-            embeddings = np.concatenate([runner.embed(inputs[i : i + BATCH]) for i in range(0, len(inputs), BATCH)])
+            embeddings = batched(runner.embed, inputs)
             measured = tower_parity(reference, embeddings, self.config.tolerance(artifact.stage))
             if measured.failures:
                 self.progress(Note(f"parity: {artifact.key} fails: {'; '.join(measured.failures)}"))
@@ -98,7 +99,7 @@ class ParityChecker:
                 complete[stage] = Embeddings(*(self._embeddings(artifacts[t]) for t in TOWERS))
                 top1 = top1_agreement(self.reference, complete[stage])
             tolerance = self.config.tolerance(stage).model_dump(exclude_none=True)
-            stages.append(StageParity(stage, engine_of(stage), measured.get("visual"), measured.get("text"), top1, tolerance))
+            stages.append(StageParity(stage, runtime_of(stage), measured.get("visual"), measured.get("text"), top1, tolerance))
         report = ParityReport(self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages)
         return report, complete
 
@@ -128,9 +129,12 @@ def reference_embeddings(
     layout = BundleLayout(manifest.root)
     key = sha256_text(manifest.checkpoint.sha256, parity_set.digest)
     if layout.reference.is_file():
-        with np.load(layout.reference) as cached:
-            if str(cached["key"]) == key:
-                return Embeddings(cached["images"], cached["texts"])
+        try:
+            with np.load(layout.reference) as cached:
+                if str(cached["key"]) == key:
+                    return Embeddings(cached["images"], cached["texts"])
+        except Exception:  # a damaged cache (zip, npy or key errors) is computed again, like a stale one
+            pass
     progress(Note("parity: computing the PyTorch reference"))
     reference = compute(parity_set)
     buffer = io.BytesIO()

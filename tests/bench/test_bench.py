@@ -130,7 +130,7 @@ def test_markdown_has_every_section_and_artifact(quick_bench):
     for heading in ("## Goals", "## Image tower", "## Text tower", "## Size and memory", "## Conversion", "## Search engine", "## Method"):
         assert heading in markdown
     for t in data["towers"]:
-        assert f"| {t['artifact']} | {t['tower']} | {t['engine']} |" in markdown
+        assert f"| {t['artifact']} | {t['tower']} | {t['runtime']} |" in markdown
 
 
 @ON_TINY_VIT
@@ -171,7 +171,7 @@ def _tower(artifact: str, tower: str, input: str, mode: str, per_second: float) 
     milliseconds = 1000 / per_second
     timing = Timing(3, milliseconds, milliseconds, milliseconds, milliseconds)
     measurement = Measurement(input, None, mode, 1, timing, per_second)
-    return TowerBench(artifact, tower, "engine", "fp32", 1, 1.0, 0.1, Memory(1, 1, 1), [measurement])
+    return TowerBench(artifact, tower, "onnxruntime", "fp32", 1, 1.0, 0.1, Memory(1, 1, 1), [measurement])
 
 
 def test_a_missed_goal_says_by_how_much():

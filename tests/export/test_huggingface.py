@@ -135,3 +135,43 @@ def test_no_hub_access_says_how_to_pass_a_folder(tmp_path):
 def test_without_model_or_folder_convert_asks_for_a_model(tmp_path):
     result = subprocess.run([sys.executable, "-m", "converters", "convert", "--checkpoint", "random"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "Give MODEL" in result.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["vision_config"].update(num_hidden_layers=2_000_000_000), "less than or equal to 256"),
+    (lambda c: c["vision_config"].update(num_attention_heads=0), "num_attention_heads must be a positive"),
+    (lambda c: c.pop("projection_dim"), "lacks or mistypes 'projection_dim'"),
+    (lambda c: c["text_config"].update(hidden_size="big"), "lacks or mistypes|not a valid model config"),
+])
+def test_a_hostile_config_json_is_one_error(hf_folder, tmp_path, edit, message):
+    import json
+
+    from converters.errors import UserError
+
+    folder = tmp_path / "hostile"
+    shutil.copytree(hf_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=message):
+        huggingface.infer_config(folder)
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"size": 40, "crop_size": 32, "do_center_crop": True}, Transform(32, resize="shortest_edge_center_crop", shortest_edge=40)),
+    ({"size": {"height": 32, "width": 32}, "do_center_crop": False}, Transform(32)),
+])
+def test_processor_sizes_as_transformers_reads_them(tmp_path, settings, expected):
+    import json
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    assert huggingface.transform(tmp_path, 32) == expected
+
+
+@pytest.mark.parametrize("settings", [{"image_std": [0.2, 0, 0.2]}, {"do_resize": False}, {"size": {"shortest_edge": 16}, "crop_size": 32, "do_center_crop": True}])
+def test_processor_settings_that_cannot_feed_the_model_are_refused(tmp_path, settings):
+    import json
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    with pytest.raises(CheckpointError, match="preprocessor_config.json"):
+        huggingface.transform(tmp_path, 32)

@@ -186,3 +186,14 @@ def test_a_failed_pnnx_run_leaves_its_log_in_the_bundle(tmp_path, monkeypatch):
 
 def test_a_finished_conversion_leaves_no_staging_folder(tiny_bundle):
     assert not BundleLayout(tiny_bundle).staging.exists()
+
+
+def test_a_rebuild_without_parity_drops_the_old_report_and_golden_vectors(tmp_path):
+    out = tmp_path / "bundle"
+    convert_random("tiny-vit", out, stages=ONNX_STAGES)
+    layout = BundleLayout(out)
+    assert layout.parity_json.is_file() and "golden" in Manifest.load(layout.manifest).files
+    layout.model_files("text", "onnx-int8")[0].unlink()
+    convert_random("tiny-vit", out, stages=ONNX_STAGES, parity=False)
+    assert not layout.parity_json.exists() and not layout.golden.exists()
+    assert not [role for role in Manifest.load(layout.manifest).files if role.startswith("golden")]

@@ -149,3 +149,13 @@ def test_parity_never_writes_through_a_symlinked_golden_folder(tiny_bundle, tmp_
     assert run_parity(load_config("tiny-vit"), BundleLayout(bundle), ignore).passed
     assert all((outside / name).read_bytes() == b"someone else's file" for name in names)
     assert not (bundle / "golden").is_symlink() and sorted(p.name for p in (bundle / "golden").iterdir()) == sorted(names)
+
+
+@ON_TINY_VIT
+def test_parity_of_a_bundle_without_model_takes_the_model_from_its_manifest(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    result = run_cli("parity", "--out", bundle)
+    assert result.returncode == 0, result.stderr
+    assert "# Parity: tiny-vit — PASS" in result.stdout
+    assert "Give MODEL, or --out" in run_cli("parity", cwd=tmp_path).stderr

@@ -3,7 +3,7 @@
 An `Embedder` turns preprocessed pixels and padded token ids into
 unnormalized embeddings. The parity checker, the search engine and the
 benchmark use this interface and nothing else. Torch-free: the PyTorch
-reference lives in `torch_runtime` and is imported only by the converter.
+reference lives in `converters.export.torch_reference` and is imported only by the converter.
 """
 
 from __future__ import annotations

@@ -23,11 +23,15 @@ class NcnnTower:
         self.spec = artifact.spec
         self.net = ncnn.Net()
         for option, value in artifact.runtime_options.items():
-            if not hasattr(self.net.opt, option):
-                raise ArtifactError(f"{artifact.key}: ncnn has no Option '{option}' (ncnn {ncnn.__version__}).")
+            if not hasattr(self.net.opt, option) or not isinstance(value, bool):
+                raise ArtifactError(
+                    f"{artifact.key}: ncnn has no boolean Option '{option}' to set to {value!r} (ncnn {ncnn.__version__})."
+                )
             setattr(self.net.opt, option, value)
         if threads:
             self.net.opt.num_threads = threads
+        if len(artifact.files) != 2:
+            raise ArtifactError(f"{artifact.key}: an ncnn model is a .param and a .bin, but {len(artifact.files)} files are listed.")
         param, binary = artifact.files
         if self.net.load_param(str(param)) != 0 or self.net.load_model(str(binary)) != 0:
             raise ArtifactError(f"ncnn cannot load {param} with {binary}; convert again.")

@@ -1,6 +1,6 @@
 """Write captions.txt: caption-like Chinese phrases from jieba's word list, for int8 calibration.
 
-Run once with the dev venv (jieba is a dev dependency): `.venv/bin/python tests/data/calibration/make_captions.py`.
+Run once with the dev venv (jieba is a dev dependency): `.venv/bin/python converters/data/calibration/make_captions.py`.
 The words are drawn with a fixed seed from the most frequent words of each part of
 speech in jieba 0.42.1's dict.txt (MIT), weighted by their frequency, and put into
 short photo-caption templates; lengths run from a few characters to a long sentence.

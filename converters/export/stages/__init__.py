@@ -17,6 +17,6 @@ from converters.app.artifact import Artifact
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # what it makes, and the runtime name an app asks the bundle for
+    name: str  # what it makes, and the name an app asks the bundle for
     parent: str | None  # the stage whose artifact it consumes; None: the loaded PyTorch model
     run: Callable[[object, object, Path], Artifact]

@@ -19,13 +19,13 @@ The calibration set is not the parity set (`converters.data.calibration_set`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import ncnn
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
 from converters.app.preprocess import Transform
 from converters.app.runtimes.ncnn_runtime import NcnnTower
 from converters.app.tokenizer import Tokenizer
@@ -66,11 +66,11 @@ def run(parent: Artifact, options: NcnnInt8Options, workdir: Path) -> Artifact:
 
 
 def _calibration_inputs(parent: Artifact, count: int):
-    layout = BundleLayout(parent.model_file.parent)
+    # The parent lies in the bundle: its manifest says how inputs are made (and checks the vocabulary).
+    manifest = Manifest.load(BundleLayout(parent.model_file.parent).manifest)
     if parent.tower == "visual":
-        return calibration_pixels(count, Transform.from_spec(json.loads(layout.preprocess_spec.read_text(encoding="utf-8"))))
-    context_length = json.loads(layout.tokenizer_spec.read_text(encoding="utf-8"))["context_length"]
-    return calibration_token_ids(count, Tokenizer.from_vocab(layout.vocab, context_length))
+        return calibration_pixels(count, Transform.from_spec(manifest.preprocess))
+    return calibration_token_ids(count, Tokenizer.from_vocab(manifest.file("vocab"), manifest.tokenizer["context_length"]))
 
 
 def _check(param: Path, binary: Path) -> None:
