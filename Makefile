@@ -55,10 +55,15 @@ bench: $(STAMP)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
 	$(PY) -m converters bench $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium through Selenium: installed on first use, from Debian's packages.
+CHROMEDRIVER := /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+test: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
 
 clean:

@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": "converters.bench.command:bench_command",
     "index": "converters.search.commands:index_command",
     "search": "converters.search.commands:search_command",
+    "serve": "converters.search.commands:serve_command",
 }
 
 

@@ -153,3 +153,30 @@ def search_command(
     click.echo(render_json(result) if as_json else render_table(result))
     if not index.complete:
         say("this index is from an interrupted `index` run; run it again to finish indexing.")
+
+
+@click.command("serve")
+@index_option
+@artifacts_option
+@click.option(
+    "--host", default="127.0.0.1", show_default=True,
+    help="Address to listen on. The default answers this machine only; another (0.0.0.0: every interface) lets "
+    "anyone who reaches it search the indexed photos and open them, with no password.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="Inference and scan threads (0: all cores).")
+def serve_command(index_dir: Path, artifacts: Path | None, host: str, port: int, threads: int) -> None:
+    """Serve the index as a local web page: search by text or by a dropped photo, dates, "more like this".
+
+    The page, a JSON API under /api (search, search/image, similar, status) and
+    the photos' thumbnails; only files inside the indexed folders are served.
+    """
+    import uvicorn
+
+    from converters.search.serve import Library, create_app
+
+    library = Library.open(index_dir, artifacts, threads)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"warning: listening on {host}: every device that reaches it can search and open these photos.")
+    say(f"{len(library.index)} photos on http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(create_app(library), host=host, port=port, log_level="warning")

@@ -78,6 +78,7 @@ class Hit:
     time: datetime
     captured: bool  # `time` is the EXIF capture time, not the file's modification time
     size: int
+    row: int  # the photo's row in the loaded index
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Searcher:
         hits = [
             Hit(
                 rank, float(score), photos.paths[row], wall_time(photos.time[row]), bool(photos.captured[row]),
-                int(photos.size[row]),
+                int(photos.size[row]), int(row),
             )
             for rank, (row, score) in enumerate(zip(rows, scores), start=1)
         ]

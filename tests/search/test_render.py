@@ -21,9 +21,9 @@ PHOTOS = PARITY_SET_DIR / "images"
 def result(query: str = "海边的日落", hits: list[Hit] | None = None, time_range: TimeRange | None = None) -> SearchResult:
     if hits is None:
         hits = [
-            Hit(1, 0.3125, str(PHOTOS / "rocket_launch.jpg"), datetime(2024, 5, 1, 18, 30), True, 1234),
-            Hit(2, 0.2871, str(PHOTOS / "astronaut.jpg"), datetime(2023, 7, 12, 9, 5), False, 5678),
-            Hit(3, 0.1, "/nowhere/deleted since indexing.jpg", datetime(2020, 1, 1), False, 1),
+            Hit(1, 0.3125, str(PHOTOS / "rocket_launch.jpg"), datetime(2024, 5, 1, 18, 30), True, 1234, 0),
+            Hit(2, 0.2871, str(PHOTOS / "astronaut.jpg"), datetime(2023, 7, 12, 9, 5), False, 5678, 1),
+            Hit(3, 0.1, "/nowhere/deleted since indexing.jpg", datetime(2020, 1, 1), False, 1, 2),
         ]
     artifact = ArtifactStamp("ab" * 32, "ViT-B-16", "onnx-int8", 512, "/bundles/ViT-B-16")
     return SearchResult(query, artifact, "/idx/index.cnclip", 1000, 250, True, time_range or TimeRange(), "int8", hits)

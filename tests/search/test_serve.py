@@ -1,0 +1,114 @@
+"""`serve`'s JSON API and files, through Starlette's test client on the tiny model's index of the shipped photos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from converters.cli import cli
+from converters.data import PARITY_SET_DIR
+from converters.search.serve import Library, create_app
+
+PHOTOS = PARITY_SET_DIR / "images"
+ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+
+
+@pytest.fixture
+def served(tiny_bundle, tmp_path) -> tuple[TestClient, Path]:
+    photos = tmp_path / "photos"
+    shutil.copytree(PHOTOS, photos)
+    os.utime(photos / "grass.jpg", (1_600_000_000, 1_600_000_000))  # 2020-09-13: the only photo before 2021
+    (tmp_path / "secret.txt").write_text("not for the web")
+    result = CliRunner().invoke(cli, ["index", str(photos), "--artifacts", str(tiny_bundle), "--index", str(tmp_path / "index")])
+    assert result.exit_code == 0, result.output
+    return TestClient(create_app(Library.open(tmp_path / "index", None, 1))), photos
+
+
+@ON_TINY_VIT
+def test_the_page_and_the_status(served):
+    client, photos = served
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="q"' in page.text and "more like this" in page.text
+    status = client.get("/api/status").json()
+    assert status["photos"] == status["loaded_photos"] == 14 and status["roots"] == [str(photos.resolve())]
+    assert status["last_run"]["added"] == 14 and status["last_run"]["finished"]
+
+
+@ON_TINY_VIT
+def test_text_search_gives_hits_with_thumbnails_and_photos(served):
+    client, photos = served
+    data = client.get("/api/search", params={"q": "草地", "top": 5}).json()
+    assert [hit["rank"] for hit in data["hits"]] == [1, 2, 3, 4, 5] and data["stage"] == "onnx-sim"
+    first = data["hits"][0]
+    thumb = client.get(first["thumb"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    assert client.get(first["photo"]).content == Path(first["path"]).read_bytes()
+    assert client.get(first["thumb"]).content == thumb.content  # from the cache the second time
+
+
+@ON_TINY_VIT
+def test_an_uploaded_photo_and_more_like_this_find_the_photo_itself_first(served):
+    client, photos = served
+    with open(photos / "cat_chelsea.jpg", "rb") as handle:
+        data = client.post("/api/search/image", files={"image": ("cat.jpg", handle, "image/jpeg")}).json()
+    first = data["hits"][0]
+    assert first["name"] == "cat_chelsea.jpg" and first["score"] == pytest.approx(1, abs=1e-3)
+    like = client.get(first["similar"], params={"top": 3}).json()
+    assert like["hits"][0]["id"] == first["id"] and like["query"] == "like cat_chelsea.jpg"
+
+
+@ON_TINY_VIT
+def test_the_date_range_filters(served):
+    client, _ = served
+    data = client.get("/api/search", params={"q": "照片", "until": "2020-12-31"}).json()
+    assert data["considered"] == 1 and [hit["name"] for hit in data["hits"]] == ["grass.jpg"]
+
+
+@ON_TINY_VIT
+@pytest.mark.parametrize("request_, status", [
+    (("get", "/api/search", {"q": ""}), 400), (("get", "/api/search", {"q": "猫", "since": "yesterday"}), 400),
+    (("get", "/api/search", {"q": "猫", "top": "all"}), 400), (("get", "/api/similar/9999", {}), 404),
+    (("post", "/api/search/image", {}), 400),
+])
+def test_bad_requests_get_an_error_not_a_traceback(served, request_, status):
+    client, _ = served
+    method, url, params = request_
+    response = getattr(client, method)(url, params=params)
+    assert response.status_code == status and "Traceback" not in response.text
+    if status == 400:
+        assert response.json()["error"]
+
+
+@ON_TINY_VIT
+def test_a_damaged_upload_is_an_error(served):
+    client, _ = served
+    response = client.post("/api/search/image", files={"image": ("x.jpg", b"\xff\xd8 not a jpeg", "image/jpeg")})
+    assert response.status_code == 400 and "not an image" in response.json()["error"]
+
+
+@ON_TINY_VIT
+@pytest.mark.parametrize("url", [
+    "/photo/-1", "/photo/14", "/thumb/99", "/photo/../../secret.txt", "/photo/%2e%2e%2f%2e%2e%2fsecret.txt",
+    "/thumb/..%2F..%2Fsecret.txt", "/photo//etc/passwd", "/photo/1/../../../secret.txt", "/../secret.txt",
+])
+def test_no_url_reaches_a_file_outside_the_index(served, url):
+    client, _ = served
+    response = client.get(url)
+    assert response.status_code == 404 and b"not for the web" not in response.content
+
+
+@ON_TINY_VIT
+def test_a_photo_replaced_by_a_link_out_of_its_folder_is_not_served(served, tmp_path):
+    client, photos = served
+    data = client.get("/api/search", params={"q": "猫", "top": 14}).json()
+    victim = next(hit for hit in data["hits"] if hit["name"] == "coffee_cup.jpg")
+    (photos / "coffee_cup.jpg").unlink()
+    (photos / "coffee_cup.jpg").symlink_to(tmp_path / "secret.txt")
+    for url in (victim["photo"], victim["thumb"]):
+        response = client.get(url)
+        assert response.status_code == 404 and b"not for the web" not in response.content
