@@ -70,6 +70,11 @@ class BundleLayout:
         return self.root / "tokenizer.json"
 
     @property
+    def tokenizer_hf(self) -> Path:
+        """The tokenizer as a Hugging Face `tokenizers` file."""
+        return self.root / "tokenizer.hf.json"
+
+    @property
     def preprocess_spec(self) -> Path:
         return self.root / "preprocess.json"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import tokenizers
+from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 from converters.errors import ArtifactError
@@ -106,6 +107,32 @@ class Tokenizer:
         )
         return [encoding.ids for encoding in encodings]
 
+    def hf_json(self) -> str:
+        """The same tokenizer as a Hugging Face `tokenizers` file, which tokenizers (Rust, Python),
+        tokenizers-cpp, swift-transformers and transformers.js load as is.
+
+        Its BertNormalizer classifies characters with tokenizers' own tables (see the module's
+        docstring). Measured against cn_clip.clip.tokenize (tests/app/test_tokenizer.py): the same
+        ids on 20,000 jieba words and 2,000 sentences; over every code point between two CJK
+        characters, 137,866 of 1,112,064 differ: 137,468 private-use characters (cn_clip gives
+        [UNK], this file drops them), 384 nonspacing marks, 13 format characters and 1 spacing mark
+        newer than its tables.
+        """
+        tokenizer = tokenizers.Tokenizer(
+            WordPiece(self._wordpiece.get_vocab(), unk_token="[UNK]", max_input_chars_per_word=MAX_CHARS_PER_WORD)
+        )
+        tokenizer.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        cls, sep = self.special_ids["[CLS]"], self.special_ids["[SEP]"]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+        tokenizer.enable_truncation(max_length=self.context_length)
+        tokenizer.enable_padding(length=self.context_length, pad_id=PADDING_ID, pad_token="[PAD]")
+        return tokenizer.to_str(pretty=True)
+
     def spec(self) -> dict:
         """What an app must reproduce to feed the text tower, as JSON-able facts."""
         return {
@@ -123,6 +150,12 @@ class Tokenizer:
             "truncation": f"silent: word pieces beyond the first {self.max_pieces} are dropped",
             "padding_id": PADDING_ID,
             "dtype": "int64",
+            "hf_tokenizer": {
+                "file": "tokenizer.hf.json",
+                "agreement": "the same ids as cn_clip on ordinary text (20,000 jieba words, 2,000 sentences); it drops "
+                "private-use characters, for which cn_clip gives [UNK], and classifies 398 marks and format characters "
+                "newer than its tables differently. Where exactness matters, use this spec's algorithm (vocab_file).",
+            },
         }
 
 

@@ -20,7 +20,8 @@ def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callabl
     layout = BundleLayout(manifest.root)
     if not layout.vocab.is_file() or layout.vocab.read_bytes() != source.vocab:
         atomic_write_bytes(layout.vocab, source.vocab)
-    tokenizer_spec = Tokenizer.from_vocab(layout.vocab, config.context_length).spec()
+    tokenizer = Tokenizer.from_vocab(layout.vocab, config.context_length)
+    tokenizer_spec = tokenizer.spec()
     preprocess_spec = source.transform.spec()
     manifest.checkpoint = CheckpointRecord(
         "random" if source.path is None else str(source.path), source.description, source.digest
@@ -33,5 +34,7 @@ def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callabl
     manifest.tokenizer = tokenizer_spec
     atomic_write_json(layout.tokenizer_spec, tokenizer_spec)
     atomic_write_json(layout.preprocess_spec, preprocess_spec)
-    for role, path in (("vocab", layout.vocab), ("tokenizer_spec", layout.tokenizer_spec), ("preprocess_spec", layout.preprocess_spec)):
+    atomic_write_bytes(layout.tokenizer_hf, tokenizer.hf_json().encode("utf-8"))
+    for role, path in (("vocab", layout.vocab), ("tokenizer_spec", layout.tokenizer_spec),
+                       ("tokenizer_hf", layout.tokenizer_hf), ("preprocess_spec", layout.preprocess_spec)):
         manifest.record_file(role, path)

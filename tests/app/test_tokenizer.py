@@ -160,3 +160,31 @@ def test_tokenizer_and_preprocess_import_without_torch():
     repo_root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def hf_file(tokenizer, tmp_path_factory):
+    import tokenizers
+
+    path = tmp_path_factory.mktemp("hf") / "tokenizer.hf.json"
+    path.write_text(tokenizer.hf_json(), encoding="utf-8")
+    return tokenizers.Tokenizer.from_file(str(path))  # as an app loads it, from the file alone
+
+
+def test_the_hugging_face_file_gives_cn_clips_ids_on_ordinary_text(hf_file, jieba_words):
+    rng = random.Random(2)
+    words = rng.sample(jieba_words, 20_000)
+    sentences = ["".join(rng.choice(jieba_words) + rng.choice(["", " ", "，", "2025年", "ABC"]) for _ in range(rng.randint(1, 40)))
+                 for _ in range(2_000)]
+    texts = [*words, *sentences]
+    expected = cn_clip_tokenize(texts, context_length=52).numpy()
+    got = np.array([encoding.ids for encoding in hf_file.encode_batch(texts)])
+    differing = [text for text, a, b in zip(texts, got, expected) if not np.array_equal(a, b)]
+    assert not differing, differing[:5]
+
+
+def test_the_hugging_face_file_differs_where_its_docstring_says(hf_file):
+    """Private-use characters: cn_clip gives [UNK], tokenizers' BertNormalizer drops them (stated in the manifest)."""
+    expected = cn_clip_tokenize(["猫\ue000狗"]).numpy()[0]
+    got = hf_file.encode("猫\ue000狗").ids
+    assert list(expected[:5]) == [101, 4344, 100, 4318, 102] and got[:4] == [101, 4344, 4318, 102]
