@@ -58,6 +58,8 @@ class Manifest:
     preprocess: dict = field(default_factory=dict)  # the preprocessing spec (converters.app.preprocess.spec)
     tokenizer: dict = field(default_factory=dict)  # the tokenizer spec (converters.app.tokenizer.Tokenizer.spec)
     files: dict[str, FileRecord] = field(default_factory=dict)  # non-model files by role
+    # The versions of the libraries that made and checked the files: an Android app picks its ncnn by them.
+    tools: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, ArtifactEntry] = field(default_factory=dict)  # by "<tower>.<stage>"
 
     @classmethod
@@ -92,12 +94,13 @@ class Manifest:
         return cls(
             path,
             data["model"],
-            CheckpointRecord(**data["checkpoint"]),
-            EmbeddingFacts(**data["embedding"]),
-            data["preprocess"],
-            data["tokenizer"],
-            {role: FileRecord(**record) for role, record in data["files"].items()},
-            {key: ArtifactEntry.from_json(entry, path.parent) for key, entry in data["artifacts"].items()},
+            checkpoint=CheckpointRecord(**data["checkpoint"]),
+            embedding=EmbeddingFacts(**data["embedding"]),
+            preprocess=data["preprocess"],
+            tokenizer=data["tokenizer"],
+            files={role: FileRecord(**record) for role, record in data["files"].items()},
+            artifacts={key: ArtifactEntry.from_json(entry, path.parent) for key, entry in data["artifacts"].items()},
+            tools=data.get("tools", {}),
         )
 
     @classmethod
@@ -197,6 +200,7 @@ class Manifest:
             "tokenizer": self.tokenizer,
             "artifacts": {key: entry.to_json() for key, entry in self.artifacts.items()},
             "files": {role: record.to_json() for role, record in self.files.items()},
+            "tools": self.tools,
         }
 
     def save(self) -> None:

@@ -7,6 +7,7 @@ the manifest lists with sha256, so an app build needs nothing but the folder.
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Callable
 
 from converters.app.fsutil import atomic_write_bytes, atomic_write_json
@@ -14,6 +15,16 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import CheckpointRecord, EmbeddingFacts, Manifest
 from converters.app.tokenizer import Tokenizer
 from converters.export.config import ModelConfig
+
+# The libraries whose versions decide what the files hold and how parity ran them.
+TOOLS = ("cnclip-converters", "ncnn", "pnnx", "onnxruntime", "onnx", "onnxsim", "torch", "cn_clip", "transformers")
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callable[[], float]) -> None:
@@ -31,6 +42,7 @@ def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callabl
     scale = manifest.embedding.logit_scale if manifest.embedding else logit_scale()
     manifest.embedding = EmbeddingFacts(config.architecture.embed_dim, scale)
     manifest.preprocess = preprocess_spec
+    manifest.tools = {name: _version(name) for name in TOOLS}
     manifest.tokenizer = tokenizer_spec
     atomic_write_json(layout.tokenizer_spec, tokenizer_spec)
     atomic_write_json(layout.preprocess_spec, preprocess_spec)

@@ -3,12 +3,15 @@
 For a handful of the parity set's photos and captions, `golden.json` gives
 the checksums of the preprocessed tensors, the token ids, and the embedding
 each artifact produced, so an app can test its own preprocessing, tokenizer
-and runtime against them. The photos are copied beside it.
+and runtime against them. The photos are saved beside it as PNG, with the resized image each
+should become.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -26,6 +29,14 @@ from converters.validate.metrics import Embeddings
 
 IMAGES = 4
 CAPTIONS = 6
+# How far an app's resize may be from Pillow's, per uint8 channel value: another antialiased bicubic
+# (fixed-point or float, another rounding) lands within ±1 of it; ±2 leaves room.
+RESIZED_RGB_TOLERANCE = 2
+# Cosine an app's embedding must reach against the golden row of its stage. The rows come from this
+# machine's runtimes; the same files elsewhere differ by summation order, fp16 arithmetic (ARMv8.2
+# computes in fp16 where x86 does not: text cosine 0.99993 measured under qemu) and int8 kernels (ncnn
+# built from source: 0.99981 on x86, 0.99969 on ARM against the wheel's row).
+GOLDEN_COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.995}
 
 
 def _spread(count: int, total: int) -> list[int]:
@@ -36,6 +47,12 @@ def _rounded(vectors: np.ndarray) -> list[list[float]]:
     return [[float(f"{value:.7g}") for value in row] for row in vectors.astype(np.float32)]
 
 
+def _lossless(image: Image.Image, path: Path) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embeddings]) -> None:
     """`embeddings` maps "pytorch" and each stage name to that stage's parity-set embeddings."""
     layout = BundleLayout(manifest.root)
@@ -44,39 +61,60 @@ def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embed
     own_folder(layout.golden_images)
     images = []
     for row in image_rows:
-        source = parity_set.image_files[row]
-        target = layout.golden_images / source.name
-        atomic_write_bytes(target, source.read_bytes())
+        # PNG, not the JPEG: every decoder gives a PNG's pixels exactly, while JPEG decoders differ by ±1.
+        target = layout.golden_images / f"{parity_set.image_files[row].stem}.png"
+        resized_file = target.with_suffix(".resized.png")
+        with Image.open(parity_set.image_files[row]) as photo:
+            photo.load()
+            _lossless(photo, target)
+            resized = parity_set.transform.resized_rgb(photo)
+        _lossless(resized, resized_file)
         pixels = parity_set.pixels[row]
-        with Image.open(target) as image:
-            resized = np.asarray(parity_set.transform.resized_rgb(image))
         images.append({
             "file": target.relative_to(layout.root).as_posix(),
             "sha256": sha256_file(target),
-            "resized_rgb_sha256": hashlib.sha256(resized.tobytes()).hexdigest(),
+            "resized_rgb_file": resized_file.relative_to(layout.root).as_posix(),
+            "resized_rgb_sha256": hashlib.sha256(np.asarray(resized).tobytes()).hexdigest(),
+            "resized_rgb_tolerance": RESIZED_RGB_TOLERANCE,
             "pixels_sha256": hashlib.sha256(pixels.astype("<f4").tobytes()).hexdigest(),
             "pixels_shape": list(pixels.shape),
             "pixels_sum": float(pixels.astype(np.float64).sum()),
             "pixels_abs_max": float(np.abs(pixels).max()),
         })
-    captions = [
-        {"text": parity_set.captions[row], "token_ids": parity_set.token_ids[row].tolist()} for row in caption_rows
-    ]
+    captions = []
+    for row in caption_rows:
+        ids = parity_set.token_ids[row]
+        kept = np.flatnonzero(ids)
+        captions.append({
+            "text": parity_set.captions[row],
+            "token_ids": ids.tolist(),
+            "unpadded_ids": ids[kept].tolist(),
+            "position_ids": kept.tolist(),
+        })
     atomic_write_json(layout.golden, {
         "model": manifest.model,
         "how_to_use": (
-            "resized_rgb_sha256 is the uint8 RGB image after the bicubic resize (bit-exact with Pillow); "
-            "pixels_sha256 the float32 little-endian NCHW tensor after normalization. Embeddings are unnormalized: "
-            "compare an app's output with cosine similarity against the row of its stage, within that "
-            "stage's parity tolerance (parity.json)."
+            "Images: decode `file` (PNG: the same pixels everywhere) and preprocess it as preprocess.json says; the "
+            "uint8 RGB image after the resize should equal `resized_rgb_file` within `resized_rgb_tolerance` per "
+            "channel value (resized_rgb_sha256 holds only for a bit-exact port of Pillow's bicubic), and the float32 "
+            "NCHW tensor matches pixels_sha256 only then too; pixels_sum and pixels_abs_max check it loosely. "
+            "Texts: your tokenizer must give `token_ids` exactly. ONNX text towers take `token_ids` as int64 [1, L] "
+            "(padded or not); ncnn text towers take in0 = `unpadded_ids` and in1 = `position_ids`, both int32. "
+            "Embeddings are unnormalized: the cosine between yours and the row of your stage must reach that "
+            "stage's `cosine_min`. Run one sample per call, as the rows were made."
         ),
         "images": images,
         "captions": captions,
         "embeddings": {
-            name: {"images": _rounded(e.images[image_rows]), "texts": _rounded(e.texts[caption_rows])}
+            name: {
+                "images": _rounded(e.images[image_rows]),
+                "texts": _rounded(e.texts[caption_rows]),
+                **({} if name == "pytorch" else {"cosine_min": GOLDEN_COSINE_MIN[manifest.entry("text", name).artifact.precision]}),
+            }
             for name, e in embeddings.items()
         },
     })
     manifest.record_file("golden", layout.golden)
     for image in images:
-        manifest.record_file(f"golden_image:{image['file']}", layout.root / image["file"])
+        for key in ("file", "resized_rgb_file"):
+            manifest.record_file(f"golden_image:{image[key]}", layout.root / image[key])
