@@ -21,14 +21,14 @@ HF_CKPT = $(filter hf:%,$(CKPT))$(if $(CKPT),$(wildcard $(CKPT)/config.json))
 CONVERT_MODEL = $(or $(MODEL),$(if $(HF_CKPT),,ViT-B-16))
 CONVERT_ARGS = $(CONVERT_MODEL) \
 	$(if $(CKPT),--checkpoint $(CKPT)) \
-	$(if $(filter random,$(WEIGHTS)),--checkpoint random) \
+	$(if $(filter random stress,$(WEIGHTS)),--checkpoint $(WEIGHTS)) \
 	$(if $(OUT),--out $(OUT)) \
 	$(if $(STAGES),--stages $(STAGES))
 
 .PHONY: help venv convert parity bench test test-fast clean
 
 help:
-	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
+	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random | WEIGHTS=stress] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
 	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]   (or OUT=dir alone: the bundle names its model)"
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
 	@echo "make test    (all tests, full-size ones included)"

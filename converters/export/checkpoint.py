@@ -9,7 +9,7 @@ weights for the same architecture (offline pipeline checks).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,9 +23,11 @@ from converters.errors import ArtifactError, CheckpointError
 from converters.export import huggingface
 from converters.export.config import ModelConfig, known_models, load_config
 from converters.export.download import DOWNLOAD_HINT, fetch_release
+from converters.export.stress import stress_model
 from converters.validate.metrics import Embeddings
 
 RANDOM = "random"
+STRESS = "stress"
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,9 @@ class CheckpointSource:
     digest: str
     description: str
     transform: Transform  # the preprocessing the weights were trained with
-    vocab: bytes  # the tokenizer's vocab.txt
+    vocab: bytes = field(repr=False)  # the tokenizer's vocab.txt
     huggingface: bool = False  # a ChineseCLIPModel folder rather than a cn_clip .pt
+    stress: bool = False  # seeded stress weights (converters.export.stress) rather than plain random ones
 
 
 @dataclass
@@ -115,9 +118,13 @@ def random_model(config: ModelConfig) -> CLIP:
 def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path) -> CheckpointSource:
     """Find the weights (a path, `random`, or None for the official release) and fingerprint them."""
     default = Transform(config.image_resolution)
-    if checkpoint == RANDOM:
-        digest = sha256_text("random", str(config.seed), config.architecture.model_dump_json(), str(config.image_resolution))
-        return CheckpointSource(None, digest, f"random weights (seed {config.seed})", default, cn_clip_vocab().read_bytes())
+    if checkpoint in (RANDOM, STRESS):
+        stress = checkpoint == STRESS
+        digest = sha256_text(checkpoint, str(config.seed), config.architecture.model_dump_json(), str(config.image_resolution),
+                             config.stress.model_dump_json() if stress else "")
+        description = (f"stress weights (seed {config.seed}, stress {config.stress.model_dump()})" if stress
+                       else f"random weights (seed {config.seed})")
+        return CheckpointSource(None, digest, description, default, cn_clip_vocab().read_bytes(), stress=stress)
     if isinstance(checkpoint, str) and checkpoint.startswith(huggingface.PREFIX):
         checkpoint = huggingface.download(checkpoint, cache_dir)
     # Absolute, so that `parity` and `bench` find it again from any working directory.
@@ -134,7 +141,8 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
 
 def run(config: ModelConfig, source: CheckpointSource) -> LoadedModel:
     if source.path is None:
-        return LoadedModel(random_model(config), source)
+        model = random_model(config)
+        return LoadedModel(stress_model(config, model) if source.stress else model, source)
     model = build_model(config)
     state = huggingface.load_state(source.path, config) if source.huggingface else read_state_dict(source.path)
     load_into(model, state, source.path, config)

@@ -34,10 +34,11 @@ def models_command() -> None:
 @click.command("convert")
 @optional_model_argument
 @click.option(
-    "--checkpoint", "checkpoint", default=None, metavar="PATH|hf:OWNER/NAME|random",
+    "--checkpoint", "checkpoint", default=None, metavar="PATH|hf:OWNER/NAME|random|stress",
     help="A cn_clip .pt checkpoint, a Hugging Face ChineseCLIPModel folder (save_pretrained), hf:OWNER/NAME "
-    "from the hub's cache, or 'random' for seeded random weights. Default: the official release, downloaded "
-    "once into --cache-dir.",
+    "from the hub's cache, 'random' for seeded random weights, or 'stress' for seeded weights with the "
+    "outliers of trained towers (the config's `stress:`). Default: the official release, downloaded once "
+    "into --cache-dir.",
 )
 @out_option
 @click.option(

@@ -164,6 +164,21 @@ class ParityTolerances(_Strict):
     ncnn_int8: Tolerance = INT8_TOLERANCE
 
 
+class StressOptions(_Strict):
+    """Stress weights (`--checkpoint stress`, converters/export/stress.py): what they exaggerate and by how much."""
+
+    seed: int = 0
+    # Hidden dimensions per width that carry the outliers, the same ones in every layer.
+    outlier_dims: int = Field(default=4, ge=1, le=64)
+    # LayerNorm / BatchNorm gain at those dimensions, in units of the typical gain (×0.5–1 each).
+    norm_gain: float = Field(default=40.0, ge=1.0, le=1000.0)
+    norm_bias: float = Field(default=8.0, ge=0.0, le=1000.0)
+    # Added to one residual dimension in every block: a "massive activation".
+    residual: float = Field(default=30.0, ge=0.0, le=10000.0)
+    # Student-t degrees of freedom of the weight matrices: lower is heavier-tailed (kurtosis 6/(df-4)+3 for df > 4).
+    tail_df: float = Field(default=5.0, gt=2.0, le=1000.0)
+
+
 class Checkpoint(_Strict):
     # Name of the official release in cn_clip's download table; None for
     # architectures that only exist here (the tiny test models).
@@ -179,6 +194,7 @@ class ModelConfig(_Strict):
     context_length: int = Field(default=52, ge=2, le=MAX_RESOLUTION)
     seed: int = 0
     checkpoint: Checkpoint = Checkpoint()
+    stress: StressOptions = StressOptions()
     stages: Stages = Stages()
     parity: ParityTolerances = ParityTolerances()
     source: Path | None = Field(default=None, exclude=True)

@@ -1,0 +1,53 @@
+"""Stress weights carry the outliers of trained towers, stay finite, and convert through the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from converters.export.checkpoint import random_model, resolve, run
+from converters.export.config import StressOptions, load_config
+from converters.export.stress import activation_outliers, stress_model
+from tests.conftest import convert_random
+
+
+def forward(model, config):
+    pixels = torch.randn(4, 3, config.image_resolution, config.image_resolution, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[101, 2769, 4263, 3300, 4638, 102] + [0] * 46, [101, 3862, 6804, 4638, 3189, 5862, 102] + [0] * 45])
+    with torch.no_grad():
+        return model.encode_image(pixels), model.encode_text(ids)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stress_weights_put_a_few_huge_channels_into_every_matmul_and_stay_finite(name, seed):
+    config = load_config(name).model_copy(update={"stress": StressOptions(seed=seed)})
+    stressed, plain = stress_model(config, random_model(config)), random_model(config)
+    ratios = {label: np.median(activation_outliers(m, lambda m=m: forward(m, config))) for label, m in (("stress", stressed), ("random", plain))}
+    # Largest channel over the median channel at each matmul or convolution input, median over the layers.
+    assert ratios["stress"] >= 15 and ratios["random"] <= 6, ratios
+    assert all(torch.isfinite(e).all() for e in forward(stressed, config))
+
+
+def test_stress_weight_matrices_are_heavy_tailed():
+    config = load_config("tiny-vit")
+    weight = stress_model(config, random_model(config)).bert.encoder.layer[0].intermediate.dense.weight.flatten().double()
+    standardized = (weight - weight.mean()) / weight.std()
+    assert float((standardized**4).mean()) > 4.5  # a Gaussian has kurtosis 3; Student-t with 5 degrees of freedom, 9
+
+
+def test_stress_is_its_own_weights_and_converts(tmp_path):
+    config = load_config("tiny-vit")
+    stress, random = (resolve(config, name, tmp_path) for name in ("stress", "random"))
+    assert stress.digest != random.digest and "stress weights" in stress.description
+    layer = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert not torch.equal(run(config, stress).model.state_dict()[layer], run(config, random).model.state_dict()[layer])
+    conversion = convert_random("tiny-vit", tmp_path / "bundle", stages=("onnx-fp32", "onnx-sim"))
+    assert conversion.parity.passed  # the plain conversion as the baseline of the next line
+    from converters.export.pipeline import ConvertRequest, convert
+    from converters.progress import ignore
+
+    stressed = convert(ConvertRequest(config, tmp_path / "stressed", "stress", tmp_path, ("onnx-fp32", "onnx-sim")), ignore)
+    assert stressed.manifest.checkpoint.description.startswith("stress weights")
+    assert all(stage.passed for stage in stressed.parity.stages)  # fp32 conversion is exact on stress weights too
