@@ -35,7 +35,7 @@ def record(manifest: Manifest, config: ModelConfig, source, logit_scale: Callabl
     tokenizer_spec = tokenizer.spec()
     preprocess_spec = source.transform.spec()
     manifest.checkpoint = CheckpointRecord(
-        "random" if source.path is None else str(source.path), source.description, source.digest
+        str(source.path) if source.path else "stress" if source.stress else "random", source.description, source.digest
     )
     # The logit scale is read from the model only when no earlier run of the same weights recorded it:
     # that spares loading a large checkpoint when every stage is up to date.

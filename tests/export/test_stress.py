@@ -51,3 +51,17 @@ def test_stress_is_its_own_weights_and_converts(tmp_path):
     stressed = convert(ConvertRequest(config, tmp_path / "stressed", "stress", tmp_path, ("onnx-fp32", "onnx-sim")), ignore)
     assert stressed.manifest.checkpoint.description.startswith("stress weights")
     assert all(stage.passed for stage in stressed.parity.stages)  # fp32 conversion is exact on stress weights too
+
+
+def test_a_stress_bundle_is_checked_again_from_its_manifest(tmp_path):
+    import subprocess
+    import sys
+
+    from converters.export.pipeline import ConvertRequest, convert
+    from converters.progress import ignore
+
+    out = tmp_path / "stressed"
+    convert(ConvertRequest(load_config("tiny-vit"), out, "stress", tmp_path, ("onnx-fp32",)), ignore)
+    (out / "reference.npz").unlink()  # parity must rebuild the stress model from what the manifest records
+    result = subprocess.run([sys.executable, "-m", "converters", "parity", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
