@@ -9,6 +9,7 @@ and is checked against its sha256 before use.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -19,7 +20,7 @@ import jsonschema
 from converters import __version__
 from converters.app.artifact import Artifact, ArtifactEntry, FileRecord
 from converters.app.fsutil import atomic_write_text, sha256_file
-from converters.app.specs import STAGE_NAMES, TOWERS, runtime_of
+from converters.app.specs import STAGE_NAMES, TOWER_INPUT_ROLES, TOWERS, runtime_of
 from converters.errors import ArtifactError
 
 SCHEMA_VERSION = 2
@@ -29,6 +30,21 @@ CONVERT_AGAIN = "run `python -m converters convert` (or `make convert`) for it a
 @cache
 def schema() -> dict:
     return json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
+
+
+def _inconsistency(data: dict) -> str | None:
+    """What the schema cannot say: facts that must agree with each other, numbers that must be finite."""
+    for key, entry in data["artifacts"].items():
+        if key != f"{entry['tower']}.{entry['stage']}" or entry["runtime"] != runtime_of(entry["stage"]):
+            return (f"at artifacts/{key}: tower {entry['tower']!r}, stage {entry['stage']!r} and runtime "
+                    f"{entry['runtime']!r} do not belong together")
+        roles = {tensor["role"] for tensor in entry["inputs"]}
+        if TOWER_INPUT_ROLES[entry["tower"]] not in roles or [t["role"] for t in entry["outputs"]] != ["embedding"]:
+            return f"at artifacts/{key}: the inputs {sorted(roles)} and outputs are not those of a {entry['tower']} tower"
+    numbers = [*data["preprocess"]["mean"], *data["preprocess"]["std"], data["embedding"]["logit_scale"]]
+    if not all(math.isfinite(x) for x in numbers) or not all(x > 0 for x in data["preprocess"]["std"]):
+        return "at preprocess or embedding: mean, std and logit_scale must be finite numbers, std above 0"
+    return None
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,9 @@ class Manifest:
             raise ArtifactError(f"No manifest at {path}: run `make convert` (or `python -m converters convert`) first.") from None
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{path} is not valid JSON ({exc}); {CONVERT_AGAIN}.") from None
-        version = data.get("schema_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} is not a manifest (it holds a JSON {type(data).__name__}, not an object); {CONVERT_AGAIN}.")
+        version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{path} has schema version {version!r}, and this tool reads version {SCHEMA_VERSION} "
@@ -85,12 +103,9 @@ class Manifest:
                 kind = "a path inside the bundle" if where.endswith("/path") else "of the expected form"
                 what = f"{error.instance!r} is not {kind}"
             raise ArtifactError(f"{path} is not a valid manifest: at {where}: {what}. {CONVERT_AGAIN.capitalize()}.")
-        for key, entry in data["artifacts"].items():
-            if key != f"{entry['tower']}.{entry['stage']}" or entry["runtime"] != runtime_of(entry["stage"]):
-                raise ArtifactError(
-                    f"{path} is not a valid manifest: at artifacts/{key}: tower {entry['tower']!r}, stage "
-                    f"{entry['stage']!r} and runtime {entry['runtime']!r} do not belong together. {CONVERT_AGAIN.capitalize()}."
-                )
+        problem = _inconsistency(data)
+        if problem:
+            raise ArtifactError(f"{path} is not a valid manifest: {problem}. {CONVERT_AGAIN.capitalize()}.")
         return cls(
             path,
             data["model"],

@@ -10,6 +10,7 @@ equal to cn_clip's bit for bit (tests/app/test_preprocess.py checks this).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +51,12 @@ def load_image(path: str | Path) -> Image.Image:
         what = "an empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
         raise ImageError(f"{path} is {what}.") from error
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: {error} The limit is {MAX_PIXELS:,} pixels; downscale the image first.") from error
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1)):,} pixels" if found else f"more than {2 * MAX_PIXELS:,} pixels"
+        raise ImageError(
+            f"{path} is {size}, above the limit of {MAX_PIXELS:,} (decoding it would take too much memory); "
+            "downscale the image first."
+        ) from error
     except OSError as error:
         raise ImageError(f"Cannot open {path}: {error.strerror or error}.") from error
     except Exception as error:  # Pillow's plugins fail on hostile headers with any exception type

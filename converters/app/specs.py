@@ -16,6 +16,8 @@ Tower = Literal["visual", "text"]
 TOWERS: tuple[Tower, ...] = ("visual", "text")
 
 Role = Literal["pixels", "token_ids", "position_ids", "attention_mask", "embedding"]
+# The input every tower of a kind takes, whatever its runtime.
+TOWER_INPUT_ROLES: dict[Tower, Role] = {"visual": "pixels", "text": "token_ids"}
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,14 @@ def bench_command(model: str | None, out: Path | None, quick: bool, threads: int
     converted bundle (and parity.json for the goals). Takes minutes for
     full-size models; the timings are only as quiet as the machine.
     """
+    from converters.app.bundle import Bundle
     from converters.app.layout import BundleLayout
     from converters.bench.markdown import render_markdown
     from converters.bench.run import BenchRequest, run_bench
 
     config, out = bundle_config(model, out)
     layout = BundleLayout(out)
+    Bundle.open(layout.root).manifest.require_model(config.name)  # before minutes of measuring, not after
     with layout.exclusive():  # a conversion into the bundle meanwhile would change what is measured
         report = run_bench(BenchRequest(config, layout.root, threads, quick), say)
     click.echo(render_markdown(report))

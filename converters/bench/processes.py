@@ -35,7 +35,7 @@ def run_fresh(function: Callable[..., Result], *args, threads: int) -> Result:
         command = [sys.executable, "-m", "converters.bench.worker", str(job), str(result)]
         finished = subprocess.run(command, env=environment, check=False)
         if finished.returncode != 0:
-            raise WorkerError(f"{function.__module__}.{function.__name__}{args!r} failed (exit {finished.returncode}).")
+            raise WorkerError(f"{function.__module__}.{function.__name__} failed in its process (exit {finished.returncode}); its error is above.")
         return pickle.loads(result.read_bytes())
 
 

@@ -121,7 +121,7 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
     if checkpoint in (RANDOM, STRESS):
         stress = checkpoint == STRESS
         digest = sha256_text(checkpoint, str(config.seed), config.architecture.model_dump_json(), str(config.image_resolution),
-                             config.stress.model_dump_json() if stress else "")
+                             *([config.stress.model_dump_json()] if stress else []))
         description = (f"stress weights (seed {config.seed}, stress {config.stress.model_dump()})" if stress
                        else f"random weights (seed {config.seed})")
         return CheckpointSource(None, digest, description, default, cn_clip_vocab().read_bytes(), stress=stress)
@@ -134,6 +134,11 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
         return CheckpointSource(path, huggingface.digest(path), f"{path} (Hugging Face)",
                                 huggingface.transform(path, config.image_resolution), huggingface.vocabulary(path),
                                 huggingface=True)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder without config.json, so not a Hugging Face model folder; pass a cn_clip .pt "
+            "file or a folder saved with save_pretrained."
+        )
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. {DOWNLOAD_HINT}")
     return CheckpointSource(path, sha256_file(path), str(path), default, cn_clip_vocab().read_bytes())
@@ -155,6 +160,11 @@ def load_recorded(config: ModelConfig, manifest: Manifest) -> LoadedModel:
     recorded = manifest.checkpoint
     source = resolve(config, recorded.source, cache_dir=manifest.root)
     if source.digest != recorded.sha256:
+        if source.path is None:
+            raise ArtifactError(
+                f"This version makes its {recorded.source} weights differently from the one that wrote {manifest.path} "
+                "(another seed, stress setting or converter); convert again."
+            )
         raise ArtifactError(f"The checkpoint {recorded.source} changed since {manifest.path} was written; convert again.")
     return run(config, source)
 

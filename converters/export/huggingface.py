@@ -46,6 +46,8 @@ def is_checkpoint_folder(path: Path) -> bool:
 def download(reference: str, cache_dir: Path) -> Path:
     """`hf:OWNER/NAME` through huggingface_hub's cache (HF_HOME), downloading it when it is not there."""
     repo = reference.removeprefix(PREFIX)
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise CheckpointError(f"{reference!r} names no repository: write hf:OWNER/NAME, e.g. hf:OFA-Sys/chinese-clip-vit-base-patch16.")
     try:
         from huggingface_hub import snapshot_download
 

@@ -85,11 +85,19 @@ def descendants(stage: str) -> list[str]:
     return children + [d for child in children for d in descendants(child)]
 
 
+def ancestry(stage: str) -> list[str]:
+    """The stage and every stage it is built from, first one first."""
+    parent = STAGES[stage].parent
+    return [*(ancestry(parent) if parent else []), stage]
+
+
 def convert(request: ConvertRequest, progress: Progress) -> Conversion:
     layout = BundleLayout(request.out_dir)
+    # The weights first: a checkpoint refused up front leaves no folder behind.
+    source = checkpoint.resolve(request.config, request.checkpoint, request.cache_dir)
     ensure_writable(layout.root)
     with layout.exclusive():
-        conversion = _Conversion(request, layout, progress)
+        conversion = _Conversion(request, source, layout, progress)
         manifest = conversion.run()
         report = conversion.checker.finish() if conversion.checker else None
         if conversion.checker is None and conversion.built:
@@ -99,11 +107,11 @@ def convert(request: ConvertRequest, progress: Progress) -> Conversion:
 
 
 class _Conversion:
-    def __init__(self, request: ConvertRequest, layout: BundleLayout, progress: Progress):
+    def __init__(self, request: ConvertRequest, source: checkpoint.CheckpointSource, layout: BundleLayout, progress: Progress):
         self.request, self.config, self.layout, self.progress = request, request.config, layout, progress
         # Holding the lock, anything in the staging folder is left over from a killed run.
         shutil.rmtree(layout.staging, ignore_errors=True)
-        self.source = checkpoint.resolve(self.config, request.checkpoint, request.cache_dir)
+        self.source = source
         # Artifacts of other weights or another model are never reused.
         self.manifest = Manifest.load_or_new(layout.manifest, self.config.name, self.source.digest)
         bundle_facts.record(self.manifest, self.config, self.source, lambda: self.loaded().logit_scale)
@@ -155,7 +163,7 @@ class _Conversion:
         elif (entry := self.manifest.entry(tower, stage.parent)) is None:
             raise UserError(
                 f"Stage '{stage.name}' needs the '{stage.parent}' artifact of the {tower} tower first; "
-                f"run convert with --stages {stage.parent},{stage.name}."
+                f"run convert with --stages {','.join(ancestry(stage.name))}."
             )
         else:
             parent_digest = sha256_text(*(f.sha256 for f in entry.files))

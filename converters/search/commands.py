@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.specs import STAGE_NAMES
 from converters.cli import say
-from converters.errors import Interrupted
+from converters.errors import Interrupted, UserError
 from converters.search.backends import BACKENDS, DEFAULT_BACKEND
 from converters.search.query import Searcher, TimeRange, image_query, text_query
 from converters.search.render import render_html, render_json, render_table
@@ -87,6 +88,15 @@ def _stop_signals_interrupt():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail as a user error before announcing anything: uvicorn would log the error and exit 3, parity's status."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise UserError(f"Cannot listen on {host}:{port}: {error.strerror or error}. Choose another --port or --host.") from None
 
 
 def _indexing_artifact(index_dir: Path, artifacts: Path | None, stage: str | None) -> tuple[Bundle, str]:
@@ -176,6 +186,7 @@ def serve_command(index_dir: Path, artifacts: Path | None, host: str, port: int,
     from converters.search.serve import Library, create_app
 
     library = Library.open(index_dir, artifacts, threads)
+    _check_port(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         say(f"warning: listening on {host}: every device that reaches it can search and open these photos.")
     say(f"{len(library.index)} photos on http://{host}:{port}/ (Ctrl-C stops)")

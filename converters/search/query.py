@@ -67,7 +67,10 @@ def _parse_moment(option: str, value: str | None, end_of_day: bool) -> datetime 
         raise QueryError(f"{option} {value!r} has a time zone; photo times are local wall-clock times: leave it out.")
     # A bare date in --until means "up to and including that day".
     whole_day = end_of_day and moment.time() == time() and len(value) <= len("2025-01-01")
-    return moment + timedelta(days=1) if whole_day else moment
+    if whole_day:
+        # The last day there is has no next day: up to the end of time.
+        return moment + timedelta(days=1) if moment.date() < datetime.max.date() else datetime.max
+    return moment
 
 
 @dataclass(frozen=True)

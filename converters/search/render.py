@@ -105,7 +105,7 @@ def _figure(hit: Hit, thumbnail_px: int) -> str:
     except ImageError as error:
         # Indexed earlier, since moved, deleted or damaged: the hit stays, without its picture.
         picture = f'<div class="missing">{html.escape(str(error))}</div>'
-    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(readable_path(hit.path))}"
+    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(_one_line(readable_path(hit.path)))}"
     link = html.escape(Path(hit.path).as_uri())
     return f'<figure><a href="{link}">{picture}</a><figcaption>{caption}</figcaption></figure>'
 

@@ -39,10 +39,12 @@ def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str]) -> lis
     """Regular image files under `root`, recursively, in a stable order; what is left out goes to `skipped`.
 
     Symlinked folders are not followed (a link back up the tree would loop forever), and each is
-    named in `skipped`; a symlink to a file is read like the file. Anything that is not a regular
-    file (a FIFO would block the reader forever, a device would never end) is left out.
+    named in `skipped`; a symlink to a file inside `root` is read like the file, one to a file
+    elsewhere is left out. Anything that is not a regular file (a FIFO would block the reader
+    forever, a device would never end) is left out.
     """
     found = []
+    real_root = Path(os.path.realpath(root))
 
     def note(error: OSError) -> None:
         skipped.append(f"{error.filename}: cannot list this folder: {error.strerror}.")
@@ -64,6 +66,10 @@ def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str]) -> lis
                 continue
             if not stat.S_ISREG(info.st_mode):
                 skipped.append(f"{path}: not a regular file (a pipe, socket or device), left out.")
+                continue
+            if not Path(os.path.realpath(path)).is_relative_to(real_root):
+                # `serve` shows only files inside indexed folders, so such a photo could never be opened there.
+                skipped.append(f"{path}: a link to a file outside {root}, left out; index the folder it is in.")
                 continue
             found.append(FoundFile(path, info.st_size, _int64(info.st_mtime_ns)))
     return found

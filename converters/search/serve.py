@@ -124,7 +124,10 @@ def create_app(library: Library) -> Starlette:
         with tempfile.TemporaryDirectory(prefix="cnclip-upload-") as folder:
             path = Path(folder) / "upload"
             path.write_bytes(data)
-            image = load_image(path)  # the same checks as a file on disk: size limit, damaged files
+            try:
+                image = load_image(path)  # the same checks as a file on disk: size limit, damaged files
+            except ImageError as error:  # said of the upload, not of a server path
+                raise ImageError(str(error).replace(str(path), "The uploaded file")) from None
         query = normalize_rows(library.embedder.embed_images(library.bundle.pixels([image])))
         return answer(library.searcher.find(f"image: {upload.filename or 'upload'}", query, top, time_range))
 

@@ -25,6 +25,7 @@ from converters.app.specs import TOWERS, runtime_of
 from converters.app.tokenizer import Tokenizer
 from converters.data import PARITY_SET_DIR
 from converters.data.parity_set import ParitySet, load_parity_set
+from converters.errors import ArtifactError
 from converters.export.config import ModelConfig
 from converters.progress import Note, Progress
 from converters.validate import golden
@@ -148,6 +149,8 @@ def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) ->
     with layout.exclusive():
         manifest = Manifest.load(layout.manifest)
         manifest.require_model(config.name)
+        if not manifest.stages():
+            raise ArtifactError(f"{layout.manifest} lists no artifacts, so there is nothing to check; run convert first.")
 
         def compute(parity_set: ParitySet) -> Embeddings:
             from converters.export.checkpoint import load_recorded

@@ -144,3 +144,46 @@ def test_fuzzed_manifests_load_or_fail_with_one_error(tiny_bundle, tmp_path_fact
                 bundle.manifest.artifact(tower, stage)
     except ArtifactError:
         pass
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+def test_a_manifest_that_swaps_the_towers_files_is_refused(tiny_bundle, tmp_path):
+    """The sha256 values stay valid; the inputs the entries declare no longer fit their towers."""
+    def swap(data):
+        visual, text = data["artifacts"]["visual.onnx-sim"], data["artifacts"]["text.onnx-sim"]
+        visual["files"], text["files"] = text["files"], visual["files"]
+        visual["inputs"], text["inputs"] = text["inputs"], visual["inputs"]
+
+    with pytest.raises(ArtifactError, match="not those of a visual tower"):
+        Manifest.load(edited_manifest(tiny_bundle, tmp_path, swap))
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+def test_files_swapped_behind_the_declared_inputs_are_caught_when_loaded(tiny_bundle, tmp_path):
+    from converters.app.bundle import Bundle
+
+    def swap(data):
+        visual, text = data["artifacts"]["visual.onnx-sim"], data["artifacts"]["text.onnx-sim"]
+        visual["files"], text["files"] = text["files"], visual["files"]
+
+    bundle = Bundle.open(edited_manifest(tiny_bundle, tmp_path, swap).parent)
+    with pytest.raises(ArtifactError, match="takes \\['token_ids'\\], but the manifest says visual.onnx-sim takes \\['pixels'\\]"):
+        bundle.embedder("onnx-sim")
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["preprocess"]["mean"].__setitem__(0, float("nan")), "finite numbers"),
+    (lambda d: d["preprocess"]["std"].__setitem__(1, 0), "std above 0"),
+])
+def test_non_finite_or_zero_preprocessing_numbers_are_refused(tiny_bundle, tmp_path, edit, message):
+    with pytest.raises(ArtifactError, match=message):
+        Manifest.load(edited_manifest(tiny_bundle, tmp_path, edit))
+
+
+@pytest.mark.parametrize("content", ["null", "[]", '"manifest"'])
+def test_a_manifest_that_is_no_object_says_so(tmp_path, content):
+    path = tmp_path / "manifest.json"
+    path.write_text(content)
+    with pytest.raises(ArtifactError, match="is not a manifest"):
+        Manifest.load(path)

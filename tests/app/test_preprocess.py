@@ -195,7 +195,7 @@ def write_jpeg_claiming(path: Path, width: int, height: int) -> None:
 def test_decompression_bomb_png_is_refused(tmp_path):
     write_blank_png(tmp_path / "bomb.png", 20_000, 20_000)
     assert (tmp_path / "bomb.png").stat().st_size < 200_000
-    expect_image_error(tmp_path / "bomb.png", "400000000 pixels.*limit")
+    expect_image_error(tmp_path / "bomb.png", "400,000,000 pixels, above the limit of 89,478,485")
 
 
 def test_image_just_above_the_limit_is_refused_without_warnings(tmp_path):

@@ -106,7 +106,7 @@ def test_stage_selection_is_validated_and_ordered():
 
 
 def test_stage_without_its_parent_says_what_to_run(tmp_path):
-    with pytest.raises(UserError, match="'onnx-int8' needs the 'onnx-sim' artifact.*--stages onnx-sim,onnx-int8"):
+    with pytest.raises(UserError, match="'onnx-int8' needs the 'onnx-sim' artifact.*--stages onnx-fp32,onnx-sim,onnx-int8"):
         convert_random("tiny-vit", tmp_path / "bundle", stages=("onnx-int8",))
 
 
@@ -197,3 +197,16 @@ def test_a_rebuild_without_parity_drops_the_old_report_and_golden_vectors(tmp_pa
     convert_random("tiny-vit", out, stages=ONNX_STAGES, parity=False)
     assert not layout.parity_json.exists() and not layout.golden.exists()
     assert not [role for role in Manifest.load(layout.manifest).files if role.startswith("golden")]
+
+
+@pytest.mark.parametrize("checkpoint, message", [("folder", "a folder without config.json"), ("hf:", "names no repository")])
+def test_a_refused_checkpoint_leaves_no_folder_behind(tmp_path, checkpoint, message):
+    from converters.export.config import load_config
+    from converters.export.pipeline import ConvertRequest, convert
+    from converters.progress import ignore
+
+    (tmp_path / "folder").mkdir()
+    target = str(tmp_path / "folder") if checkpoint == "folder" else checkpoint
+    with pytest.raises(UserError, match=message):
+        convert(ConvertRequest(load_config("tiny-vit"), tmp_path / "out", target, tmp_path / "cache"), ignore)
+    assert not (tmp_path / "out").exists()

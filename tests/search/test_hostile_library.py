@@ -137,3 +137,11 @@ def test_a_stop_signal_saves_the_progress_made(tiny_bundle, tmp_path, signum):
     saved = load_index(index)
     assert not saved.complete and 0 < len(saved) < 40 * 14, "the run was not stopped mid-way; nothing to test"
     assert "interrupted" in stderr and "Traceback" not in stderr and integrity(index) == "ok"
+
+
+@ON_TINY_VIT
+def test_a_link_to_a_photo_outside_the_folder_is_left_out(tiny_bundle, library, tmp_path):
+    shutil.copy(PHOTOS / "cat_chelsea.jpg", tmp_path / "elsewhere.jpg")
+    (library / "link.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    report = update(tmp_path / "index", library, Bundle.open(tiny_bundle))
+    assert report.total == 1 and any("link.jpg: a link to a file outside" in reason for reason in report.skipped)

@@ -112,3 +112,26 @@ def test_a_photo_replaced_by_a_link_out_of_its_folder_is_not_served(served, tmp_
     for url in (victim["photo"], victim["thumb"]):
         response = client.get(url)
         assert response.status_code == 404 and b"not for the web" not in response.content
+
+
+@ON_TINY_VIT
+def test_far_dates_and_an_upload_error_are_said_plainly(served):
+    client, _ = served
+    assert client.get("/api/search", params={"q": "猫", "until": "9999-12-31"}).status_code == 200
+    assert client.get("/api/search", params={"q": "猫", "since": "0001-01-01"}).status_code == 200
+    error = client.post("/api/search/image", files={"image": ("x.jpg", b"nothing", "image/jpeg")}).json()["error"]
+    assert error.startswith("The uploaded file") and "cnclip-upload" not in error
+
+
+@ON_TINY_VIT
+def test_serve_on_a_port_in_use_is_a_user_error(served, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        index = tmp_path / "index"
+        result = subprocess.run([sys.executable, "-m", "converters", "serve", "--index", str(index), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"Cannot listen on 127.0.0.1:{port}" in result.stderr and "http://" not in result.stderr

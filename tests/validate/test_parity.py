@@ -159,3 +159,10 @@ def test_parity_of_a_bundle_without_model_takes_the_model_from_its_manifest(tiny
     assert result.returncode == 0, result.stderr
     assert "# Parity: tiny-vit — PASS" in result.stdout
     assert "Give MODEL, or --out" in run_cli("parity", cwd=tmp_path).stderr
+
+
+def test_parity_of_a_bundle_without_artifacts_is_an_error_not_a_pass(tmp_path):
+    with pytest.raises(UserError, match="--stages onnx-fp32,onnx-sim"):
+        convert_random("tiny-vit", tmp_path / "bundle", stages=("onnx-sim",))
+    result = run_cli("parity", "--out", tmp_path / "bundle")
+    assert result.returncode == 2 and "lists no artifacts" in result.stderr

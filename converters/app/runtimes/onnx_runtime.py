@@ -23,6 +23,12 @@ class OnnxTower:
             self.session = session(str(artifact.model_file), threads)
         except Exception as error:  # onnxruntime reports a bad file as InvalidProtobuf, Fail, …
             raise ArtifactError(f"onnxruntime cannot load {artifact.model_file}: {error}") from None
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        if graph_inputs != [t.name for t in artifact.spec.inputs]:
+            raise ArtifactError(
+                f"{artifact.model_file} takes {graph_inputs}, but the manifest says {artifact.key} takes "
+                f"{[t.name for t in artifact.spec.inputs]}: the file is not that artifact; convert again."
+            )
         self.input = artifact.spec.inputs[0]
         self.is_text = self.input.role == "token_ids"
 
