@@ -96,7 +96,8 @@ class ParityChecker:
             artifacts = {t: self.manifest.artifact(t, stage) for t in TOWERS if self.manifest.entry(t, stage)}
             measured = {t: self.check(a) for t, a in artifacts.items()}
             top1 = None
-            if len(artifacts) == len(TOWERS) and all(m.samples and not _structural(m) for m in measured.values()):
+            # Top-1 needs both towers' embeddings, and numbers: a structural failure leaves NaN in their place.
+            if len(artifacts) == len(TOWERS) and all(np.isfinite(m.cosine_min) for m in measured.values()):
                 complete[stage] = Embeddings(*(self._embeddings(artifacts[t]) for t in TOWERS))
                 top1 = top1_agreement(self.reference, complete[stage])
             tolerance = self.config.tolerance(stage).model_dump(exclude_none=True)
@@ -112,10 +113,6 @@ class ParityChecker:
         golden.write(self.manifest, self.parity_set, complete)
         self.manifest.save()
         return report
-
-
-def _structural(measured: TowerParity) -> bool:
-    return bool(np.isnan(measured.cosine_min))
 
 
 def parity_set_for(config: ModelConfig, manifest: Manifest) -> ParitySet:
