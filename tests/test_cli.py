@@ -96,3 +96,14 @@ def test_cli_start_up_imports_no_converter_library():
     )
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert child.returncode == 0, child.stderr
+
+
+def test_a_config_given_by_path_names_the_default_bundle_folder_after_the_model(tmp_path, monkeypatch):
+    from converters.export.commands import bundle_config
+
+    config = tmp_path / "configs" / "mine.yaml"
+    config.parent.mkdir()
+    config.write_text((CONFIG_DIR / "tiny-vit.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    loaded, out = bundle_config(str(config), None)
+    assert loaded.name == "mine" and out == tmp_path / "artifacts" / "mine"

@@ -131,13 +131,13 @@ def ensure_writable(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(lock_file: Path, busy: str) -> Iterator[None]:
-    """Hold `lock_file` for the block; if another process holds it, fail at once with the message `busy`."""
+def exclusive(lock_file: Path, busy: str, error: type[UserError] = UserError) -> Iterator[None]:
+    """Hold `lock_file` for the block; if another process holds it, fail at once with `error(busy)`."""
     lock = FileLock(lock_file)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UserError(busy) from None
+        raise error(busy) from None
     try:
         yield
     finally:

@@ -95,7 +95,8 @@ def bundle_config(model: str | None, out: Path | None):
     from converters.export.config import load_config
 
     if model is not None:
-        return load_config(model), (out or default_bundle_dir(model)).absolute()
+        config = load_config(model)  # MODEL may be a path to a YAML file: the folder is named after the config
+        return config, (out or default_bundle_dir(config.name)).absolute()
     if out is None:
         raise click.UsageError("Give MODEL, or --out with the bundle's folder.")
     manifest = Manifest.load(BundleLayout(out).manifest)

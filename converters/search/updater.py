@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,9 +10,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from converters.app.bundle import Bundle
+from converters.app.fsutil import exclusive
 from converters.app.preprocess import ImageError
 from converters.errors import UserError
 from converters.search.scanner import (
@@ -73,27 +74,21 @@ class IndexUpdater:
         self.index_dir = Path(index_dir)
         self.bundle, self.stage, self.threads = bundle, stage, threads
         self.stamp = ArtifactStamp.of(bundle, stage)
-        self._lock = FileLock(self.index_dir / LOCK_FILE)
+        self._held = contextlib.ExitStack()
 
     def __enter__(self) -> "IndexUpdater":
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise IndexBusyError(
-                f"Another `index` run is updating {self.index_dir}; wait for it to finish or use another --index."
-            ) from None
-        try:
+        with contextlib.ExitStack() as opening:
+            busy = f"Another `index` run is updating {self.index_dir}; wait for it to finish or use another --index."
+            opening.enter_context(exclusive(self.index_dir / LOCK_FILE, busy, IndexBusyError))
             self.database = IndexDatabase(self.index_dir, create_for=self.stamp)
+            opening.callback(self.database.close)
             self.database.stamp.require_same(self.stamp, self.database.file)
-        except BaseException:
-            self._lock.release()
-            raise
+            self._held = opening.pop_all()  # opened: held until __exit__
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.database.close()
-        self._lock.release()
+        self._held.close()
 
     def plan(self, photos_dir: Path) -> UpdatePlan:
         root = str(Path(photos_dir).resolve())
