@@ -65,12 +65,12 @@ class ParityChecker:
         self.reference, self.progress = reference, progress
         self._checked: dict[str, tuple[np.ndarray, TowerParity]] = {}
 
-    def _key(self, artifact: Artifact) -> str:
-        return sha256_text(artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
-
     def check(self, artifact: Artifact) -> TowerParity:
         """The artifact's parity on its tower of the parity set, measured once per content."""
-        key = self._key(artifact)
+        return self._measured(artifact)[1]
+
+    def _measured(self, artifact: Artifact) -> tuple[np.ndarray, TowerParity]:
+        key = sha256_text(artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
         if key not in self._checked:
             runner = open_tower(artifact, THREADS)
             if artifact.tower == "visual":
@@ -82,11 +82,7 @@ class ParityChecker:
             if measured.failures:
                 self.progress(Note(f"parity: {artifact.key} fails: {'; '.join(measured.failures)}"))
             self._checked[key] = (embeddings, measured)
-        return self._checked[key][1]
-
-    def _embeddings(self, artifact: Artifact) -> np.ndarray:
-        self.check(artifact)
-        return self._checked[self._key(artifact)][0]
+        return self._checked[key]
 
     def report(self) -> tuple[ParityReport, dict[str, Embeddings]]:
         """Every stage the manifest lists, each tower checked (a missing one reported missing)."""
@@ -98,7 +94,7 @@ class ParityChecker:
             top1 = None
             # Top-1 needs both towers' embeddings, and numbers: a structural failure leaves NaN in their place.
             if len(artifacts) == len(TOWERS) and all(np.isfinite(m.cosine_min) for m in measured.values()):
-                complete[stage] = Embeddings(*(self._embeddings(artifacts[t]) for t in TOWERS))
+                complete[stage] = Embeddings(*(self._measured(artifacts[t])[0] for t in TOWERS))
                 top1 = top1_agreement(self.reference, complete[stage])
             tolerance = self.config.tolerance(stage).model_dump(exclude_none=True)
             stages.append(StageParity(stage, runtime_of(stage), measured.get("visual"), measured.get("text"), top1, tolerance))
