@@ -126,7 +126,7 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
                        else f"random weights (seed {config.seed})")
         return CheckpointSource(None, digest, description, default, cn_clip_vocab().read_bytes(), stress=stress)
     if isinstance(checkpoint, str) and checkpoint.startswith(huggingface.PREFIX):
-        checkpoint = huggingface.download(checkpoint, cache_dir)
+        checkpoint = huggingface.download(checkpoint)
     # Absolute, so that `parity` and `bench` find it again from any working directory.
     path = (Path(checkpoint) if checkpoint else download_release(config, cache_dir)).absolute()
     if huggingface.is_checkpoint_folder(path):

@@ -64,7 +64,7 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
     """
     from converters.export.pipeline import ConvertRequest, convert, parse_stages
 
-    config, checkpoint = _config_for(model, checkpoint, cache_dir)
+    config, checkpoint = _config_for(model, checkpoint)
     out = (out or default_bundle_dir(config.name)).absolute()
     selected = parse_stages(stages) if stages else STAGE_NAMES
     conversion = convert(ConvertRequest(config, out, checkpoint, cache_dir, selected, parity), lambda e: say(render(e)))
@@ -73,13 +73,13 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
         report_parity(conversion.parity, out)
 
 
-def _config_for(model: str | None, checkpoint: str | None, cache_dir: Path):
+def _config_for(model: str | None, checkpoint: str | None):
     """The model's config, and the checkpoint argument (an `hf:` reference becomes its folder in the hub's cache)."""
     from converters.export import huggingface
     from converters.export.config import load_config
 
     if checkpoint and checkpoint.startswith(huggingface.PREFIX):
-        checkpoint = str(huggingface.download(checkpoint, cache_dir))
+        checkpoint = str(huggingface.download(checkpoint))
     if model is not None:
         return load_config(model), checkpoint
     if checkpoint and huggingface.is_checkpoint_folder(Path(checkpoint)):

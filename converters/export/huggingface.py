@@ -43,7 +43,7 @@ def is_checkpoint_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def download(reference: str, cache_dir: Path) -> Path:
+def download(reference: str) -> Path:
     """`hf:OWNER/NAME` through huggingface_hub's cache (HF_HOME), downloading it when it is not there."""
     repo = reference.removeprefix(PREFIX)
     if repo.count("/") != 1 or not all(repo.split("/")):
