@@ -44,26 +44,35 @@ def make_readable(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """A file handle whose content replaces `path` whole when the block ends, and never in part.
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file name beside `path` for a writer that wants a name (not a handle); when the block
+    ends, the file it wrote replaces `path` whole, and never in part.
 
-    The data is written to a temporary file beside `path`, fsynced, renamed over
-    `path`, and the folder is fsynced so the rename itself survives a power cut.
+    The file is fsynced, renamed over `path`, and the folder is fsynced so the
+    rename itself survives a power cut.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        make_readable(Path(tmp))
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A file handle whose content replaces `path` whole when the block ends, and never in part."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
 def _fsync_dir(directory: Path) -> None:
