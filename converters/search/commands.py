@@ -20,7 +20,7 @@ from converters.app.fsutil import atomic_write_text
 from converters.app.specs import STAGE_NAMES
 from converters.cli import say
 from converters.errors import Interrupted, UserError
-from converters.search.backends import BACKENDS, DEFAULT_BACKEND
+from converters.search.backends import APPROXIMATE_FROM, AUTO, BACKENDS, DEFAULT_BACKEND, HnswScan, backend_for
 from converters.search.query import Searcher, TimeRange, image_query, text_query
 from converters.search.render import render_html, render_json, render_table
 from converters.search.store import load_index, read_artifact
@@ -72,6 +72,18 @@ def index_command(
         with tqdm(total=len(plan.to_embed), unit="photo", disable=not plan.to_embed) as bar:
             report = updater.run(plan, bar.update, batch_size)
     _report_update(report)
+    if backend_for(AUTO, report.total) == HnswScan.name:
+        _prepare_graph(index_dir, threads)
+
+
+def _prepare_graph(index_dir: Path, threads: int) -> None:
+    """Build the approximate index now, so that the first search of a large library does not wait for it."""
+    from converters.search.hnsw import open_graph
+
+    index = load_index(index_dir)
+    say(f"approximate index (HNSW graph) for {len(index):,} photos: search walks it from {APPROXIMATE_FROM:,} photos on")
+    with tqdm(total=len(index), unit="photo") as bar:
+        open_graph(index, threads, bar.update)
 
 
 @contextlib.contextmanager
@@ -131,8 +143,9 @@ def _report_update(report: UpdateReport) -> None:
 @index_option
 @artifacts_option
 @click.option(
-    "--backend", type=click.Choice(list(BACKENDS)), default=DEFAULT_BACKEND, show_default=True,
-    help="int8: fast scan of int8 codes; exact: float32 over every vector; faiss: needs faiss-cpu.",
+    "--backend", type=click.Choice([AUTO, *BACKENDS]), default=DEFAULT_BACKEND, show_default=True,
+    help=f"auto: int8 below {APPROXIMATE_FROM:,} photos, hnsw from there on; int8: scan of int8 codes; exact: float32 "
+    "over every vector; faiss: needs faiss-cpu; hnsw: approximate graph, built on first use and kept in the index folder.",
 )
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="Scan threads (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")

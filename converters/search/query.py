@@ -11,7 +11,7 @@ import numpy as np
 from converters.app.bundle import Bundle, QueryError
 from converters.app.preprocess import load_image
 from converters.app.runtimes import Embedder
-from converters.search.backends import BACKENDS
+from converters.search.backends import BACKENDS, DEFAULT_BACKEND, backend_for
 from converters.search.stamp import ArtifactStamp
 from converters.search.store import PhotoIndex, wall_seconds, wall_time
 from converters.search.vectors import normalize_rows
@@ -114,13 +114,13 @@ def image_query(bundle: Bundle, embedder: Embedder, path: Path) -> np.ndarray:
 class Searcher:
     """Searches one loaded index with one backend; build once, query many times."""
 
-    def __init__(self, index: PhotoIndex, backend: str = "int8", threads: int = 1):
+    def __init__(self, index: PhotoIndex, backend: str = DEFAULT_BACKEND, threads: int = 1):
         if len(index) == 0:
             raise QueryError(
                 f"The index {index.file} holds no photos; run `python -m converters index` on a folder of photos."
             )
         self.index = index
-        self.scan = BACKENDS[backend](index, threads)
+        self.scan = BACKENDS[backend_for(backend, len(index))](index, threads)
 
     def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange()) -> SearchResult:
         """The best `k` photos for one normalized query vector ([D] or [1, D]), described by `label`."""

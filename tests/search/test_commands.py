@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from converters.cli import cli
 from converters.data import PARITY_SET_DIR
+from converters.search import backends
 from converters.search.query import QueryError
 from converters.search.stamp import ArtifactMismatchError
 from converters.search.store import IndexFileError
@@ -88,6 +89,19 @@ def test_every_stage_of_the_bundle_indexes_and_searches(tiny_bundle, tmp_path, s
     data = json.loads(found.stdout)
     assert data["stage"] == stage and Path(data["hits"][0]["path"]).name == "grass.jpg"
     assert data["hits"][0]["score"] == pytest.approx(1, abs=1e-3)
+
+
+@ON_TINY_VIT
+def test_a_library_from_the_approximate_size_on_gets_its_graph_at_index_time(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, "APPROXIMATE_FROM", len(list(PHOTOS.glob("*.jpg"))))
+    index_dir = tmp_path / "index"
+    made = invoke("index", PHOTOS, "--artifacts", tiny_bundle, "--index", index_dir)
+    assert made.exit_code == 0, made.output
+    assert "approximate index (HNSW graph)" in made.output
+    assert len(list(index_dir.glob("approximate-*.usearch"))) == 1
+    found = invoke("search", "--image", PHOTOS / "grass.jpg", "--index", index_dir, "--json")
+    data = json.loads(found.stdout)
+    assert data["backend"] == "hnsw" and Path(data["hits"][0]["path"]).name == "grass.jpg"
 
 
 @ON_TINY_VIT

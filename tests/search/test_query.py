@@ -62,7 +62,7 @@ def names(result) -> list[str]:
 
 
 @ON_TINY_VIT
-@pytest.mark.parametrize("backend", ["int8", "exact"])
+@pytest.mark.parametrize("backend", ["int8", "exact", "hnsw"])
 def test_an_image_finds_itself_first(library, backend):
     bundle, photos, index_dir = library
     searcher = Searcher(load_index(index_dir), backend)
@@ -76,7 +76,7 @@ def test_an_image_finds_itself_first(library, backend):
 
 
 @ON_TINY_VIT
-@pytest.mark.parametrize("backend", ["int8", "exact"])
+@pytest.mark.parametrize("backend", ["int8", "exact", "hnsw"])
 def test_a_text_query_ranks_photos_by_cosine_similarity(library, backend):
     bundle, _, index_dir = library
     index = load_index(index_dir)
