@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("numpy", "torch", "onnxruntime", "ncnn", "onnx", "faiss-cpu")
+PACKAGES = ("numpy", "torch", "onnxruntime", "ncnn", "onnx", "faiss-cpu", "usearch")
 
 
 def cpu_name() -> str:

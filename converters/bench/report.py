@@ -76,6 +76,7 @@ class IndexingRun:
 @dataclass
 class TopkRow:
     backend: str
+    vectors: str  # converters.bench.search_scale.VECTOR_KINDS
     n: int
     measured: TopkMeasurement | None
     note: str = ""  # why there is no measurement

@@ -1,11 +1,18 @@
-"""Search latency, memory and recall at scale, on random unit vectors: what the `bench` command reports.
+"""Search latency, memory and recall at scale, on synthetic unit vectors: what the `bench` command reports.
 
-`measure_topk(1_000_000, 512, "int8")` writes a real index file of random
+`measure_topk(1_000_000, 512, "int8")` writes a real index of synthetic
 vectors into a temporary folder, opens it the way `search` does and times
 single queries through `Searcher`. Recall@k is measured against an exact
-float32 search of the same vectors before their float16 storage. Random
-vectors are the hard case: their top similarities lie much closer together
-than real photo embeddings do, so rounding reorders them more easily.
+float32 search of the same vectors before their float16 storage.
+
+Two kinds of vectors, neither of them real photo embeddings:
+- `random`: independent Gaussian directions. The hard case for rounding (their
+  top similarities lie close together) and the worst case for a graph index
+  (no neighbourhood structure at all: HNSW's recall collapses on them).
+- `clustered`: a stand-in for photo embeddings, which lie near a low-dimensional
+  subspace and gather in groups (events, bursts, places): groups of about
+  `GROUP_SIZE` vectors around centres in a `SUBSPACE`-dimensional subspace,
+  plus isotropic noise. Probes are drawn the same way, apart from the library.
 """
 
 from __future__ import annotations
@@ -27,10 +34,18 @@ from converters.search.store import IndexDatabase, PhotoRow, load_index
 from converters.search.vectors import normalize_rows
 
 
+VECTOR_KINDS = ("random", "clustered")
+SUBSPACE = 128
+GROUP_SIZE = 100
+GROUP_SPREAD = 1.0  # within-group spread, relative to the spread of the group centres
+NOISE = 0.15  # isotropic noise's norm, relative to the unit signal
+
+
 @dataclass(frozen=True)
 class TopkMeasurement:
     n: int
     dim: int
+    vectors: str  # one of VECTOR_KINDS
     backend: str
     k: int
     queries: int
@@ -40,6 +55,7 @@ class TopkMeasurement:
     # CPU time one query used, all threads together. Other processes on the machine stretch the
     # wall-clock time but not this; with threads=1 it is close to the latency on an idle machine.
     median_cpu_ms: float
+    open_seconds: float  # loading the index and preparing the backend (hnsw: building its graph)
     resident_mb: float  # memory the opened index and backend hold (growth of the resident set)
     process_mb: float  # the resident set of a fresh process that opened the index and searched
     recall: float  # recall@k against exact float32, averaged over the queries
@@ -47,32 +63,36 @@ class TopkMeasurement:
 
 
 def measure_topk(
-    n: int, dim: int, backend: str = "int8", k: int = 10, queries: int = 20, threads: int = 1,
-    seed: int = 0, workdir: Path | None = None,
+    n: int, dim: int, backend: str = "int8", vectors: str = "random", k: int = 10, queries: int = 20,
+    threads: int = 1, seed: int = 0, workdir: Path | None = None,
 ) -> TopkMeasurement:
-    """Time `queries` single top-`k` searches over `n` random unit vectors of `dim` dimensions."""
+    """Time `queries` single top-`k` searches over `n` synthetic unit vectors of `dim` dimensions."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if vectors not in VECTOR_KINDS:
+        raise ValueError(f"unknown vectors {vectors!r}; known: {', '.join(VECTOR_KINDS)}")
     if backend == "faiss":
         import_faiss()  # before minutes of set-up, not after
-    probes = normalize_rows(np.random.default_rng([seed, 0]).standard_normal((queries, dim), dtype=np.float32))
+    source = VectorSource(vectors, n, dim, seed)
+    probes = source.draw(queries, stream=-1)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="cnclip-scale-") as folder:
-        truth = _write_random_index(Path(folder), n, dim, probes, k, seed)
+        truth = _write_index(Path(folder), source, probes, k)
         # A process of its own, so that memory counts what `search` would hold, not our leftovers.
         timed = run_fresh(time_searches, folder, backend, threads, k, probes.tolist(), threads=threads)
     recall = float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(timed["found"], truth)]))
     milliseconds = np.array(timed["seconds"]) * 1000
     return TopkMeasurement(
-        n, dim, backend, k, queries, threads, round(float(np.median(milliseconds)), 2),
+        n, dim, vectors, backend, k, queries, threads, round(float(np.median(milliseconds)), 2),
         round(float(np.percentile(milliseconds, 90)), 2), round(float(np.median(timed["cpu_seconds"])) * 1000, 2),
-        round(timed["resident_mb"], 1), round(timed["process_mb"], 1), round(recall, 4),
+        round(timed["open_seconds"], 2), round(timed["resident_mb"], 1), round(timed["process_mb"], 1), round(recall, 4),
     )
 
 
 def time_searches(folder: str, backend: str, threads: int, k: int, probes: list[list[float]]) -> dict:
     """Open the index in `folder` as `search` does and time one query per probe."""
-    before = _resident_mb()
+    before, started = _resident_mb(), time.perf_counter()
     searcher = Searcher(load_index(Path(folder)), backend, threads)
+    open_seconds = time.perf_counter() - started
     queries = np.array(probes, np.float32)
     searcher.top_rows(queries[:1], k)  # the first query pays for page faults and thread start-up
     resident = _resident_mb() - before
@@ -84,28 +104,49 @@ def time_searches(folder: str, backend: str, threads: int, k: int, probes: list[
         cpu_seconds.append(time.process_time() - cpu_started)
         found.append(rows.tolist())
     return {
-        "seconds": seconds, "cpu_seconds": cpu_seconds, "found": found,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "found": found, "open_seconds": open_seconds,
         "resident_mb": resident, "process_mb": _resident_mb(),
     }
 
 
-def _random_chunks(n: int, dim: int, seed: int) -> Iterator[np.ndarray]:
-    for number, start in enumerate(range(0, n, CHUNK_ROWS)):
-        rng = np.random.default_rng([seed, 1, number])
-        yield normalize_rows(rng.standard_normal((min(CHUNK_ROWS, n - start), dim), dtype=np.float32))
+class VectorSource:
+    """A library of `n` unit vectors of one kind, and probes like them; reproducible from the seed."""
+
+    def __init__(self, kind: str, n: int, dim: int, seed: int):
+        self.kind, self.n, self.dim, self.seed = kind, n, dim, seed
+        self.groups = max(1, n // GROUP_SIZE)
+        if kind == "clustered":
+            rng = np.random.default_rng([seed, 2])
+            self.basis = np.linalg.qr(rng.standard_normal((dim, min(SUBSPACE, dim))))[0].astype(np.float32)
+
+    def draw(self, count: int, stream: int) -> np.ndarray:
+        """`count` vectors from one stream (a chunk of the library, or the probes); all streams share the groups."""
+        rng = np.random.default_rng([self.seed, 1, stream + 1])
+        if self.kind == "random":
+            return normalize_rows(rng.standard_normal((count, self.dim), dtype=np.float32))
+        rank = self.basis.shape[1]
+        centres = np.random.default_rng([self.seed, 3]).standard_normal((self.groups, rank), dtype=np.float32)
+        within = centres[rng.integers(0, self.groups, count)] + GROUP_SPREAD * rng.standard_normal((count, rank), dtype=np.float32)
+        signal = normalize_rows(within) @ self.basis.T
+        noise = NOISE / np.sqrt(self.dim) * rng.standard_normal((count, self.dim), dtype=np.float32)
+        return normalize_rows(signal + noise)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        for number, start in enumerate(range(0, self.n, CHUNK_ROWS)):
+            yield self.draw(min(CHUNK_ROWS, self.n - start), number)
 
 
-def _write_random_index(folder: Path, n: int, dim: int, probes: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Write an index of `n` random vectors; return each probe's exact float32 top-k rows."""
-    database = IndexDatabase(folder, create_for=ArtifactStamp("random", "random", "none", dim, ""))
-    run = database.start_run("/random")
+def _write_index(folder: Path, source: VectorSource, probes: np.ndarray, k: int) -> list[np.ndarray]:
+    """Write the index of `source`'s vectors; return each probe's exact float32 top-k rows."""
+    database = IndexDatabase(folder, create_for=ArtifactStamp(source.kind, source.kind, "none", source.dim, ""))
+    run = database.start_run(f"/{source.kind}")
     best_rows = np.zeros((len(probes), 0), np.int64)
     best_scores = np.zeros((len(probes), 0), np.float32)
     start = 0
-    for chunk in _random_chunks(n, dim, seed):
-        rows = (PhotoRow(f"/random/{start + i}.jpg", 0, 0, 0, False, 0, 0, 0, vector)
+    for chunk in source.chunks():
+        rows = (PhotoRow(f"/{source.kind}/{start + i}.jpg", 0, 0, 0, False, 0, 0, 0, vector)
                 for i, vector in enumerate(chunk.astype(np.float16)))
-        database.write(run, "/random", rows, [], [])
+        database.write(run, f"/{source.kind}", rows, [], [])
         best_rows = np.concatenate([best_rows, np.arange(start, start + len(chunk))[None].repeat(len(probes), 0)], 1)
         best_scores = np.concatenate([best_scores, probes @ chunk.T], 1)
         keep = np.argsort(-best_scores, axis=1)[:, :k]

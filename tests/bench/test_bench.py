@@ -14,6 +14,7 @@ from converters.app.layout import BundleLayout
 from converters.bench.flops import graph_gflop
 from converters.bench.goals import image_throughput_goal, text_query_goal
 from converters.bench.report import Measurement, Memory, TowerBench
+from converters.bench.search import CASES
 from converters.bench.timing import Budget, Timing, time_calls
 from converters.bench.tower_speed import image_label, query_label, text_lengths
 from converters.export.config import load_config
@@ -103,12 +104,15 @@ def test_search_rows_for_each_backend(quick_bench):
     _, data, _ = quick_bench
     assert {run["artifact"] for run in data["indexing"]} >= {"onnx-sim"}
     assert all(run["images"] > 0 and run["images_per_s"] > 0 and run["decode_images_per_s"] > 0 for run in data["indexing"])
-    rows = {(row["backend"], row["n"]): row for row in data["search"]}
-    assert set(rows) == {("int8", 10_000), ("faiss", 10_000)}
-    measured = rows[("int8", 10_000)]["measured"]
-    assert measured["median_ms"] > 0 and 0 <= measured["recall"] <= 1
-    faiss = rows[("faiss", 10_000)]
-    assert faiss["measured"] is not None or "not installed" in faiss["note"]
+    rows = {(row["backend"], row["vectors"], row["n"]): row for row in data["search"]}
+    assert set(rows) == {(backend, vectors, 10_000) for backend, vectors in CASES}
+    for backend, vectors in CASES:
+        measured = rows[(backend, vectors, 10_000)]["measured"]
+        if backend == "faiss" and measured is None:
+            assert "not installed" in rows[(backend, vectors, 10_000)]["note"]
+            continue
+        assert measured["median_ms"] > 0 and measured["open_seconds"] > 0 and 0 <= measured["recall"] <= 1
+    assert rows[("hnsw", "clustered", 10_000)]["measured"]["recall"] >= 0.98
 
 
 @ON_TINY_VIT
