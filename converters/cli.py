@@ -21,6 +21,7 @@ from converters.errors import Interrupted, UserError
 COMMANDS = {
     "models": "converters.export.commands:models_command",
     "convert": "converters.export.commands:convert_command",
+    "sensitivity": "converters.export.commands:sensitivity_command",
     "parity": "converters.validate.commands:parity_command",
     "bench": "converters.bench.command:bench_command",
     "index": "converters.search.commands:index_command",

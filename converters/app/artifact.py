@@ -34,6 +34,9 @@ class Artifact:
     spec: TowerSpec
     # Settings the app must give the runtime to reproduce the parity numbers.
     runtime_options: dict = field(default_factory=dict)
+    # int8 stages: which layers stayed in float, and the measurements that chose them
+    # (converters.export.mixed_precision.FloatChoice.to_json).
+    mixed_precision: dict | None = None
 
     @property
     def runtime(self) -> str:
@@ -48,7 +51,9 @@ class Artifact:
         return f"{self.tower}.{self.stage}"
 
     def moved_to(self, files: list[Path]) -> "Artifact":
-        return Artifact(self.tower, self.stage, self.precision, tuple(files), self.spec, self.runtime_options)
+        return Artifact(
+            self.tower, self.stage, self.precision, tuple(files), self.spec, self.runtime_options, self.mixed_precision
+        )
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class ArtifactEntry:
             "outputs": [t.to_json() for t in artifact.spec.outputs],
             "runtime_options": artifact.runtime_options,
             "inputs_digest": self.inputs_digest,
-        }
+        } | ({} if artifact.mixed_precision is None else {"mixed_precision": artifact.mixed_precision})
 
     @classmethod
     def from_json(cls, data: dict, root: Path) -> "ArtifactEntry":
@@ -86,5 +91,5 @@ class ArtifactEntry:
         )
         files = tuple(FileRecord(**f) for f in data["files"])
         artifact = Artifact(data["tower"], data["stage"], data["precision"], tuple(root / f.path for f in files), spec,
-                            data["runtime_options"])
+                            data["runtime_options"], data.get("mixed_precision"))
         return cls(artifact, files, data["inputs_digest"])

@@ -31,6 +31,10 @@ class BundleLayout:
         return self.root / "parity.md"
 
     @property
+    def sensitivity_json(self) -> Path:
+        return self.root / "sensitivity.json"
+
+    @property
     def bench_json(self) -> Path:
         return self.root / "bench.json"
 

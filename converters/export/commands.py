@@ -1,4 +1,4 @@
-"""`models` and `convert`."""
+"""`models`, `convert` and `sensitivity`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,36 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
     say(f"artifacts in {out}")
     if conversion.parity is not None:
         report_parity(conversion.parity, out)
+
+
+@click.command("sensitivity")
+@optional_model_argument
+@out_option
+@click.option("--stage", type=click.Choice(["onnx-int8", "ncnn-int8"]), required=True, help="The int8 stage to measure.")
+@click.option(
+    "--samples", type=click.IntRange(1, 1000), default=None,
+    help="Calibration samples per tower (default: the config's float_fallback.samples).",
+)
+def sensitivity_command(model: str | None, out: Path | None, stage: str, samples: int | None) -> None:
+    """Rank every layer of an int8 stage by what its int8 alone costs the embedding.
+
+    Each quantizable layer is quantized alone, the rest left float, and the
+    tower is compared with the stage's float parent on calibration samples
+    (never the parity set). Writes sensitivity.json beside the manifest and
+    prints the most harmful layers. One quantization and one pass over the
+    samples per layer: minutes on a full-size tower.
+    """
+    from converters.app.layout import BundleLayout
+    from converters.export.sensitivity import measure_sensitivity
+
+    config, out = bundle_config(model, out)
+    layout = BundleLayout(out)
+    tables = measure_sensitivity(config, layout, stage, samples)
+    for tower, rows in tables.items():
+        click.echo(f"{tower}.{stage}: {len(rows)} layers, most harmful first (the tower with that layer alone in int8)")
+        for row in rows[:10]:
+            click.echo(f"  {row.fidelity}  {row.kind:<18} {row.layer}")
+    say(f"wrote {layout.sensitivity_json}")
 
 
 def _config_for(model: str | None, checkpoint: str | None):

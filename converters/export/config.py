@@ -73,6 +73,23 @@ class SimplifyOptions(_Strict):
     skip_fuse_bn: bool = False
 
 
+class FloatFallback(_Strict):
+    """Automatic mixed precision of an int8 stage (converters/export/mixed_precision.py).
+
+    The quantized tower is compared with its float parent on calibration samples
+    (never the parity set); while it misses this target, the layers that hurt the
+    embedding most go back to float. The defaults are issue 12's targets.
+    """
+
+    enabled: bool = True
+    cosine_min: float = Field(default=0.99, gt=0.0, le=1.0)
+    cosine_mean: float = Field(default=0.995, gt=0.0, le=1.0)
+    # Half parity's int8 limit (0.1): the calibration samples are not the parity set.
+    norm_ratio_max: float = Field(default=0.05, gt=0.0)
+    # Calibration samples the fidelity is measured on: photos and crops of them, or captions.
+    samples: int = Field(default=16, gt=0, le=1000)
+
+
 class Int8Options(_Strict):
     """onnxruntime dynamic quantization settings, chosen by measured parity, size and speed.
 
@@ -96,6 +113,7 @@ class Int8Options(_Strict):
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
     # Nodes whose names contain one of these stay in fp32.
     exclude_name_patterns: tuple[str, ...] = ()
+    float_fallback: FloatFallback = FloatFallback()
 
 
 class NcnnOptions(_Strict):
@@ -120,6 +138,7 @@ class NcnnInt8Options(_Strict):
     method: Literal["kl", "aciq"] = "kl"
     # Calibration samples per tower: photos and crops of them, or captions.
     samples: int = Field(default=32, gt=0)
+    float_fallback: FloatFallback = FloatFallback()
 
 
 class Stages(_Strict):

@@ -98,7 +98,14 @@ class ParityChecker:
                 top1 = top1_agreement(self.reference, complete[stage])
             tolerance = self.config.tolerance(stage).model_dump(exclude_none=True)
             stages.append(StageParity(stage, runtime_of(stage), measured.get("visual"), measured.get("text"), top1, tolerance))
-        report = ParityReport(self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages)
+        mixed_precision = {
+            f"{tower}.{stage.stage}": artifact.mixed_precision
+            for stage in stages for tower in TOWERS
+            if self.manifest.entry(tower, stage.stage) and (artifact := self.manifest.artifact(tower, stage.stage)).mixed_precision
+        }
+        report = ParityReport(
+            self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages, mixed_precision
+        )
         return report, complete
 
     def finish(self) -> ParityReport:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from converters.app.fsutil import atomic_write_text
@@ -45,6 +45,8 @@ class ParityReport:
     weights: str
     parity_set: dict
     stages: list[StageParity]
+    # Per int8 artifact ("visual.ncnn-int8"): the manifest's mixed_precision, how its float layers were chosen.
+    mixed_precision: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -83,7 +85,34 @@ def render_markdown(report: ParityReport) -> str:
     failures = [f"- {stage.stage}: {failure}" for stage in report.stages for failure in stage.failures]
     if failures:
         lines += ["", "## Failures", "", *failures]
+    if report.mixed_precision:
+        lines += _mixed_precision(report.mixed_precision)
     return "\n".join(lines) + "\n"
+
+
+def _mixed_precision(choices: dict[str, dict]) -> list[str]:
+    lines = [
+        "",
+        "## int8 layers kept in float",
+        "",
+        "Measured against each stage's float parent on calibration samples (not the parity set): the all-int8 "
+        "tower, and the tower with the most harmful layers back in float (cosine min / mean, norm ratio).",
+        "",
+        "| artifact | samples | all int8 | target | float layers | with them | most harmful (cos mean alone) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, choice in choices.items():
+        harmful = ", ".join(f"{row['layer']} ({row['cosine_mean']:.5f})" for row in choice["sensitivity"][:3]) or "—"
+        met = "met" if choice["target_met"] else "**missed**"
+        lines.append(
+            f"| {key} | {choice['samples']} | {_fidelity(choice['all_int8'])} | {_fidelity(choice['target'])} | "
+            f"{len(choice['float_layers'])} of {choice['quantizable_layers']} | {_fidelity(choice['chosen'])}, {met} | {harmful} |"
+        )
+    return lines
+
+
+def _fidelity(numbers: dict) -> str:
+    return f"{numbers['cosine_min']:.5f} / {numbers['cosine_mean']:.5f}, {numbers['norm_ratio']:.3g}"
 
 
 def write(report: ParityReport, json_path: Path, markdown_path: Path) -> None:

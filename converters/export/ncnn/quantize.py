@@ -31,7 +31,18 @@ PER_ROW = 2
 REQUANTIZE = 100
 
 
-def quantize(model: NcnnModel, table: CalibrationTable) -> None:
+def quantizable_layers(model: NcnnModel, table: CalibrationTable) -> dict[str, str]:
+    """The layers `quantize` turns int8 (name → type), in model order."""
+    return {
+        layer.name: layer.type
+        for layer in model.layers
+        if layer.type in ("Embed", "Gemm", "MultiHeadAttention")
+        or (layer.type in ("Convolution", "InnerProduct") and layer.name in table.activations)
+    }
+
+
+def quantize(model: NcnnModel, table: CalibrationTable, float_layers: frozenset[str] = frozenset()) -> None:
+    """Quantize the model in place, apart from the layers named in `float_layers`."""
     unported = sorted({layer.type for layer in model.layers if layer.type in UNPORTED_TYPES})
     if unported:
         raise ConversionError(
@@ -39,6 +50,8 @@ def quantize(model: NcnnModel, table: CalibrationTable) -> None:
             "leave the ncnn-int8 stage out of --stages for this model."
         )
     for layer in model.layers:
+        if layer.name in float_layers:
+            continue
         if layer.type in ("Convolution", "InnerProduct") and layer.name in table.activations:
             _quantize_convolution_or_innerproduct(layer, table)
         elif layer.type == "Embed":

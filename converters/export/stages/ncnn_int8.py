@@ -15,26 +15,26 @@ table, a byte-identical .bin, apart from the Gemm scale that
 `converters.export.ncnn.quantize` corrects.
 
 The calibration set is not the parity set (`converters.data.calibration_set`).
+When the all-int8 tower misses the config's `float_fallback` target on it, the
+most harmful layers stay in float (`converters.export.mixed_precision`).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import ncnn
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
-from converters.app.manifest import Manifest
-from converters.app.preprocess import Transform
 from converters.app.runtimes.ncnn_runtime import NcnnTower
-from converters.app.tokenizer import Tokenizer
-from converters.data.calibration_set import calibration_pixels, calibration_token_ids
 from converters.errors import ConversionError
 from converters.export.config import NcnnInt8Options
+from converters.export.mixed_precision import Build, build_with_fallback, calibration_inputs
 from converters.export.ncnn.calibration import calibrate
 from converters.export.ncnn.model_file import read_model, write_model
-from converters.export.ncnn.quantize import is_int8, quantize
+from converters.export.ncnn.quantize import is_int8, quantizable_layers, quantize
 from converters.export.stages import Stage
 
 # int8 layers compute in int8 (ncnn's default), the rest as the ncnn-fp32 stage does. fp16
@@ -49,6 +49,13 @@ RUNTIME_OPTIONS = {
 
 
 def run(parent: Artifact, options: NcnnInt8Options, workdir: Path) -> Artifact:
+    artifact = build_with_fallback(parent, *quantizer(parent, options), options.float_fallback, workdir)
+    _check(*artifact.files)
+    return artifact
+
+
+def quantizer(parent: Artifact, options: NcnnInt8Options) -> tuple[dict[str, str], Build]:
+    """The layers this stage can quantize (name → type), and how to quantize all but some of them."""
     try:
         model = read_model(*parent.files)
     except ConversionError as error:
@@ -57,20 +64,16 @@ def run(parent: Artifact, options: NcnnInt8Options, workdir: Path) -> Artifact:
     # thread per sample. Two OpenMP threads on this busy 2-core machine took 4.1 s per
     # ViT-B-16 caption against 0.11 s with one.
     fp32 = NcnnTower(parent, threads=1)
-    table = calibrate(model, fp32, fp32.feeds(_calibration_inputs(parent, options.samples)), options.method)
-    quantize(model, table)
-    param, binary = BundleLayout(workdir).model_files(parent.tower, STAGE.name)
-    write_model(model, param, binary)
-    _check(param, binary)
-    return Artifact(parent.tower, STAGE.name, "int8", (param, binary), parent.spec, dict(RUNTIME_OPTIONS))
+    table = calibrate(model, fp32, fp32.feeds(calibration_inputs(parent, options.samples)), options.method)
 
+    def build(float_layers: frozenset[str], folder: Path) -> Artifact:
+        variant = copy.deepcopy(model)
+        quantize(variant, table, float_layers)
+        param, binary = BundleLayout(folder).model_files(parent.tower, STAGE.name)
+        write_model(variant, param, binary)
+        return Artifact(parent.tower, STAGE.name, "int8", (param, binary), parent.spec, dict(RUNTIME_OPTIONS))
 
-def _calibration_inputs(parent: Artifact, count: int):
-    # The parent lies in the bundle: its manifest says how inputs are made (and checks the vocabulary).
-    manifest = Manifest.load(BundleLayout(parent.model_file.parent).manifest)
-    if parent.tower == "visual":
-        return calibration_pixels(count, Transform.from_spec(manifest.preprocess))
-    return calibration_token_ids(count, Tokenizer.from_vocab(manifest.file("vocab"), manifest.tokenizer["context_length"]))
+    return quantizable_layers(model, table), build
 
 
 def _check(param: Path, binary: Path) -> None:

@@ -2,7 +2,9 @@
 
 Weights become int8 at conversion time; activations are quantized per call
 from their observed range, so no calibration data is needed. The settings
-come from the config (see `Int8Options` for the measured reasons).
+come from the config (see `Int8Options` for the measured reasons). When the
+all-int8 tower misses the config's `float_fallback` target on calibration
+samples, the most harmful nodes stay in float (`converters.export.mixed_precision`).
 """
 
 from __future__ import annotations
@@ -19,33 +21,53 @@ from converters.app.layout import BundleLayout
 from converters.errors import ConversionError
 from converters.export import onnx_io
 from converters.export.config import Int8Options
+from converters.export.mixed_precision import Build, build_with_fallback
 from converters.export.stages import Stage
 
 _WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
 def run(parent: Artifact, options: Int8Options, workdir: Path) -> Artifact:
-    quantized = workdir / "quantized.onnx"
-    model = onnx.load(str(parent.model_file), load_external_data=False)
-    excluded = [
-        node.name for node in model.graph.node if any(p in node.name for p in options.exclude_name_patterns)
-    ]
-    try:
-        with _without_quantizer_advice():
-            quantize_dynamic(
-                str(parent.model_file),
-                str(quantized),
-                op_types_to_quantize=list(options.op_types),
-                per_channel=options.per_channel,
-                reduce_range=options.reduce_range,
-                weight_type=_WEIGHT_TYPES[options.weight_type],
-                nodes_to_exclude=excluded,
-                use_external_data_format=len(parent.files) > 1,
-            )
-    except Exception as exc:  # the quantizer raises whatever its graph walk hits
-        raise ConversionError(f"int8 quantization of {parent.model_file} failed: {exc}") from None
-    (path,) = BundleLayout(workdir).model_files(parent.tower, STAGE.name)
-    return Artifact(parent.tower, STAGE.name, "int8", tuple(onnx_io.save(onnx.load(str(quantized)), path)), parent.spec)
+    return build_with_fallback(parent, *quantizer(parent, options), options.float_fallback, workdir)
+
+
+def quantizer(parent: Artifact, options: Int8Options) -> tuple[dict[str, str], Build]:
+    """The nodes this stage can quantize (name → op type), and how to quantize all but some of them."""
+    graph = onnx.load(str(parent.model_file), load_external_data=False).graph
+    op_types = {node.name: node.op_type for node in graph.node}
+    excluded = [name for name in op_types if any(p in name for p in options.exclude_name_patterns)]
+    quantizable = {name: op for name, op in op_types.items() if op in options.op_types and name not in excluded}
+
+    def build(float_layers: frozenset[str], folder: Path) -> Artifact:
+        quantized = folder / "quantized.onnx"
+        try:
+            with _without_quantizer_advice():
+                quantize_dynamic(
+                    str(parent.model_file),
+                    str(quantized),
+                    op_types_to_quantize=list(options.op_types),
+                    per_channel=options.per_channel,
+                    reduce_range=options.reduce_range,
+                    weight_type=_WEIGHT_TYPES[options.weight_type],
+                    nodes_to_exclude=_quantizer_names(op_types, [*excluded, *sorted(float_layers)]),
+                    use_external_data_format=len(parent.files) > 1,
+                )
+        except Exception as exc:  # the quantizer raises whatever its graph walk hits
+            raise ConversionError(f"int8 quantization of {parent.model_file} failed: {exc}") from None
+        (path,) = BundleLayout(folder).model_files(parent.tower, STAGE.name)
+        files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
+        for scratch in folder.glob("quantized.onnx*"):
+            scratch.unlink()
+        return Artifact(parent.tower, STAGE.name, "int8", files, parent.spec)
+
+    return quantizable, build
+
+
+def _quantizer_names(op_types: dict[str, str], names: list[str]) -> list[str]:
+    """The names the quantizer knows these nodes by: it turns a Gemm into a MatMul named `<name>_MatMul`
+    (and an Add) before it reads nodes_to_exclude (onnxruntime.quantization.onnx_model, 1.32), so a
+    Gemm excluded by its own name alone would be quantized all the same."""
+    return [alias for name in names for alias in ((name, f"{name}_MatMul") if op_types.get(name) == "Gemm" else (name,))]
 
 
 class _QuantizerAdvice(logging.Filter):

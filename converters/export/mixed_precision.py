@@ -1,0 +1,181 @@
+"""Automatic mixed precision for the int8 stages: measure what each layer's int8 costs the embedding, and
+return the most harmful layers to float until the tower meets its target.
+
+Fidelity is the per-sample cosine between the quantized tower and its float
+parent (the artifact the stage quantizes, itself checked against PyTorch) on
+calibration inputs, never the parity set, which stays the held-out check.
+
+- `sensitivity`: each quantizable layer quantized alone, everything else in
+  float; the layers whose int8 alone lowers the cosine most come first.
+- `choose_float_layers`: quantize everything; when that misses the target, rank
+  the layers by sensitivity and keep the shortest prefix of that ranking in
+  float that meets it. The prefix is found by bisection (each probe is one
+  quantization and one pass over the samples), which gives the answer of
+  returning one layer at a time while more float never lowers the cosine; the
+  chosen set is always measured, never assumed. When only all-float would meet
+  the target, the best mix measured is kept and recorded as missing it: parity,
+  with its own tolerance, then decides whether the artifact ships.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters.app.artifact import Artifact
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.app.preprocess import Transform
+from converters.app.runtimes import open_tower
+from converters.app.tokenizer import Tokenizer
+from converters.data.calibration_set import calibration_pixels, calibration_token_ids
+from converters.export.config import FloatFallback
+from tqdm import tqdm
+
+# Quantizes the parent with these layers left in float, into the given folder.
+Build = Callable[[frozenset[str], Path], Artifact]
+# As the ncnn calibration: on this busy 2-core machine two OpenMP threads ran a ViT-B-16 caption
+# in 4.1 s against 0.11 s with one.
+PROBE_THREADS = 1
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    cosine_min: float
+    cosine_mean: float
+    norm_ratio: float  # max |norm / the parent's norm - 1|, as parity measures it
+
+    @classmethod
+    def between(cls, reference: np.ndarray, candidate: np.ndarray) -> "Fidelity":
+        reference_norms = np.linalg.norm(reference, axis=1)
+        norms = np.linalg.norm(candidate, axis=1)
+        cosines = np.sum(reference * candidate, axis=1) / (reference_norms * np.maximum(norms, 1e-30))
+        if not np.all(np.isfinite(cosines)):
+            return cls(-1.0, -1.0, np.inf)  # a non-finite output: as far from any target as it goes
+        return cls(
+            round(float(cosines.min()), 6), round(float(cosines.mean()), 6),
+            round(float(np.abs(norms / reference_norms - 1).max()), 6),
+        )
+
+    def meets(self, target: FloatFallback) -> bool:
+        return (
+            self.cosine_min >= target.cosine_min and self.cosine_mean >= target.cosine_mean
+            and self.norm_ratio <= target.norm_ratio_max
+        )
+
+    def __str__(self) -> str:
+        return f"cosine min {self.cosine_min:.5f} / mean {self.cosine_mean:.5f}, norm ratio {self.norm_ratio:.3g}"
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    layer: str
+    kind: str  # the op or layer type
+    fidelity: Fidelity  # the tower's, with this layer alone in int8
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "kind": self.kind, **asdict(self.fidelity)}
+
+
+@dataclass(frozen=True)
+class FloatChoice:
+    target: FloatFallback
+    all_int8: Fidelity
+    sensitivity: tuple[LayerSensitivity, ...]  # most harmful first; empty when all-int8 met the target
+    float_layers: tuple[str, ...]
+    chosen: Fidelity
+    quantizable_layers: int
+
+    @property
+    def target_met(self) -> bool:
+        return self.chosen.meets(self.target)
+
+    def to_json(self) -> dict:
+        target = Fidelity(self.target.cosine_min, self.target.cosine_mean, self.target.norm_ratio_max)
+        return {
+            "target": asdict(target),
+            "samples": self.target.samples,
+            "all_int8": asdict(self.all_int8),
+            "chosen": asdict(self.chosen),
+            "target_met": self.target_met,
+            "float_layers": list(self.float_layers),
+            "quantizable_layers": self.quantizable_layers,
+            "sensitivity": [row.to_json() for row in self.sensitivity],
+        }
+
+
+class Probe:
+    """The parent's embeddings of the calibration inputs, and a way to measure a quantized variant against them."""
+
+    def __init__(self, parent: Artifact, build: Build, samples: int, workdir: Path):
+        self.inputs = calibration_inputs(parent, samples)
+        self.reference = open_tower(parent, threads=PROBE_THREADS).embed(self.inputs)
+        self.build, self.workdir = build, workdir
+        self.trials = 0
+
+    def fidelity(self, float_layers: frozenset[str]) -> Fidelity:
+        self.trials += 1
+        folder = self.workdir / f"trial-{self.trials}"
+        folder.mkdir(parents=True)
+        candidate = self.build(float_layers, folder)
+        embeddings = open_tower(candidate, threads=PROBE_THREADS).embed(self.inputs)
+        for file in candidate.files:
+            file.unlink()  # a full-size tower per trial: do not keep them
+        return Fidelity.between(self.reference, embeddings)
+
+
+def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[LayerSensitivity]:
+    """Every layer (name → kind) quantized alone, most harmful first."""
+    names = frozenset(layers)
+    rows = [
+        LayerSensitivity(name, kind, probe.fidelity(names - {name}))
+        for name, kind in tqdm(layers.items(), desc=f"{what} sensitivity".strip(), unit="layer", leave=False)
+    ]
+    return sorted(rows, key=lambda row: (row.fidelity.cosine_mean, row.fidelity.cosine_min, -row.fidelity.norm_ratio))
+
+
+def choose_float_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> FloatChoice:
+    """The layers to keep in float so that the tower meets `target` (see the module's description)."""
+    all_int8 = probe.fidelity(frozenset())
+    if all_int8.meets(target):
+        return FloatChoice(target, all_int8, (), (), all_int8, len(layers))
+    ranked = sensitivity(layers, probe, what)
+    order = [row.layer for row in ranked]
+    measured: dict[int, Fidelity] = {0: all_int8}
+    failing, passing = 0, len(order)  # prefix lengths: known to miss, assumed (then measured) to meet
+    while passing - failing > 1:
+        middle = (failing + passing) // 2
+        measured[middle] = probe.fidelity(frozenset(order[:middle]))
+        if measured[middle].meets(target):
+            passing = middle
+        else:
+            failing = middle
+    if passing == len(order):
+        # Only all-float meets it, which is no int8 artifact at all: keep the best mix measured, say the
+        # target was missed, and let parity judge it by its own (lower) tolerance.
+        passing = max(measured, key=lambda k: (measured[k].cosine_mean, measured[k].cosine_min, -measured[k].norm_ratio))
+    return FloatChoice(target, all_int8, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
+
+
+def build_with_fallback(
+    parent: Artifact, layers: dict[str, str], build: Build, fallback: FloatFallback, workdir: Path
+) -> Artifact:
+    """The int8 artifact an int8 stage makes: all layers int8, or the mix `choose_float_layers` picks."""
+    choice = None
+    if fallback.enabled:
+        probe = Probe(parent, build, fallback.samples, workdir / "trials")
+        choice = choose_float_layers(layers, probe, fallback, f"{parent.tower} tower")
+    artifact = build(frozenset(choice.float_layers if choice else ()), workdir)
+    return dataclasses.replace(artifact, mixed_precision=choice.to_json() if choice else None)
+
+
+def calibration_inputs(parent: Artifact, count: int) -> np.ndarray:
+    """`count` calibration inputs for the parent's tower, made as its bundle's manifest says (pixels or token ids)."""
+    manifest = Manifest.load(BundleLayout(parent.model_file.parent).manifest)
+    if parent.tower == "visual":
+        return calibration_pixels(count, Transform.from_spec(manifest.preprocess))
+    return calibration_token_ids(count, Tokenizer.from_vocab(manifest.file("vocab"), manifest.tokenizer["context_length"]))

@@ -1,0 +1,59 @@
+"""`sensitivity`: the full per-layer table of an int8 stage, whether or not its all-int8 tower met the target.
+
+The int8 stages measure sensitivity only when they need it (plain int8 missed
+the target); this measures it on demand for any bundle that has the stage's
+parent, to see which layers a checkpoint's int8 hurts and by how much.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from converters.app.fsutil import atomic_write_text, staging_dir
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.app.specs import TOWERS
+from converters.errors import UserError
+from converters.export.config import ModelConfig
+from converters.export.mixed_precision import LayerSensitivity, Probe, sensitivity
+from converters.export.stages import ncnn_int8, onnx_int8
+
+QUANTIZERS = {onnx_int8.STAGE.name: (onnx_int8.STAGE, onnx_int8.quantizer), ncnn_int8.STAGE.name: (ncnn_int8.STAGE, ncnn_int8.quantizer)}
+
+
+def measure_sensitivity(
+    config: ModelConfig, layout: BundleLayout, stage: str, samples: int | None = None
+) -> dict[str, list[LayerSensitivity]]:
+    """Per tower, every quantizable layer of `stage` quantized alone, most harmful first; written to sensitivity.json."""
+    definition, quantizer = QUANTIZERS[stage]
+    options = config.stage_options(stage)
+    samples = samples or options.float_fallback.samples
+    with layout.exclusive():
+        manifest = Manifest.load(layout.manifest)
+        tables = {}
+        for tower in TOWERS:
+            if manifest.entry(tower, definition.parent) is None:
+                raise UserError(
+                    f"{layout.root} has no {definition.parent} artifact of the {tower} tower, which {stage} quantizes; "
+                    f"run convert with --stages {definition.parent} first."
+                )
+            parent = manifest.artifact(tower, definition.parent)
+            with staging_dir(layout.staging) as workdir:
+                layers, build = quantizer(parent, options)
+                tables[tower] = sensitivity(layers, Probe(parent, build, samples, Path(workdir)), f"{tower}.{stage}")
+        atomic_write_text(layout.sensitivity_json, _to_json(manifest, stage, samples, tables))
+    return tables
+
+
+def _to_json(manifest: Manifest, stage: str, samples: int, tables: dict[str, list[LayerSensitivity]]) -> str:
+    data = {
+        "model": manifest.model,
+        "weights": manifest.checkpoint.description,
+        "stage": stage,
+        "samples": samples,
+        "measure": "per-sample cosine and norm ratio of the tower with this layer alone in int8, against the "
+        "stage's float parent, on calibration samples (not the parity set); most harmful first",
+        "towers": {tower: [row.to_json() for row in rows] for tower, rows in tables.items()},
+    }
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
