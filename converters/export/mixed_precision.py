@@ -38,6 +38,15 @@ from tqdm import tqdm
 
 # Quantizes the parent with these layers left in float, into the given folder.
 Build = Callable[[frozenset[str], Path], Artifact]
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """What an int8 stage offers for mixed precision."""
+
+    layers: dict[str, str]  # the layers it can quantize, name → op or layer type, in model order
+    build: Build
+    fitted: int = 0  # calibration samples its scales were fitted to (first of the set), not used to grade it
 # As the ncnn calibration: on this busy 2-core machine two OpenMP threads ran a ViT-B-16 caption
 # in 4.1 s against 0.11 s with one.
 PROBE_THREADS = 1
@@ -111,10 +120,13 @@ class FloatChoice:
 class Probe:
     """The parent's embeddings of the calibration inputs, and a way to measure a quantized variant against them."""
 
-    def __init__(self, parent: Artifact, build: Build, samples: int, workdir: Path):
-        self.inputs = calibration_inputs(parent, samples)
+    def __init__(self, parent: Artifact, quantizer: Quantizer, samples: int, workdir: Path):
+        # After the samples that set the stage's scales (ncnn-int8's), so that the choice is not graded
+        # on the data the scales were fitted to.
+        fitted = quantizer.fitted
+        self.inputs = calibration_inputs(parent, fitted + samples)[fitted:]
         self.reference = open_tower(parent, threads=PROBE_THREADS).embed(self.inputs)
-        self.build, self.workdir = build, workdir
+        self.build, self.workdir = quantizer.build, workdir
         self.trials = 0
 
     def fidelity(self, float_layers: frozenset[str]) -> Fidelity:
@@ -161,15 +173,13 @@ def choose_float_layers(layers: dict[str, str], probe: Probe, target: FloatFallb
     return FloatChoice(target, all_int8, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
 
 
-def build_with_fallback(
-    parent: Artifact, layers: dict[str, str], build: Build, fallback: FloatFallback, workdir: Path
-) -> Artifact:
+def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, workdir: Path) -> Artifact:
     """The int8 artifact an int8 stage makes: all layers int8, or the mix `choose_float_layers` picks."""
     choice = None
     if fallback.enabled:
-        probe = Probe(parent, build, fallback.samples, workdir / "trials")
-        choice = choose_float_layers(layers, probe, fallback, f"{parent.tower} tower")
-    artifact = build(frozenset(choice.float_layers if choice else ()), workdir)
+        probe = Probe(parent, quantizer, fallback.samples, workdir / "trials")
+        choice = choose_float_layers(quantizer.layers, probe, fallback, f"{parent.tower} tower")
+    artifact = quantizer.build(frozenset(choice.float_layers if choice else ()), workdir)
     return dataclasses.replace(artifact, mixed_precision=choice.to_json() if choice else None)
 
 

@@ -40,8 +40,8 @@ def measure_sensitivity(
                 )
             parent = manifest.artifact(tower, definition.parent)
             with staging_dir(layout.staging) as workdir:
-                layers, build = quantizer(parent, options)
-                tables[tower] = sensitivity(layers, Probe(parent, build, samples, Path(workdir)), f"{tower}.{stage}")
+                offer = quantizer(parent, options)
+                tables[tower] = sensitivity(offer.layers, Probe(parent, offer, samples, Path(workdir)), f"{tower}.{stage}")
         atomic_write_text(layout.sensitivity_json, _to_json(manifest, stage, samples, tables))
     return tables
 

@@ -31,7 +31,7 @@ from converters.app.layout import BundleLayout
 from converters.app.runtimes.ncnn_runtime import NcnnTower
 from converters.errors import ConversionError
 from converters.export.config import NcnnInt8Options
-from converters.export.mixed_precision import Build, build_with_fallback, calibration_inputs
+from converters.export.mixed_precision import Quantizer, build_with_fallback, calibration_inputs
 from converters.export.ncnn.calibration import calibrate
 from converters.export.ncnn.model_file import read_model, write_model
 from converters.export.ncnn.quantize import is_int8, quantizable_layers, quantize
@@ -49,13 +49,13 @@ RUNTIME_OPTIONS = {
 
 
 def run(parent: Artifact, options: NcnnInt8Options, workdir: Path) -> Artifact:
-    artifact = build_with_fallback(parent, *quantizer(parent, options), options.float_fallback, workdir)
+    artifact = build_with_fallback(parent, quantizer(parent, options), options.float_fallback, workdir)
     _check(*artifact.files)
     return artifact
 
 
-def quantizer(parent: Artifact, options: NcnnInt8Options) -> tuple[dict[str, str], Build]:
-    """The layers this stage can quantize (name → type), and how to quantize all but some of them."""
+def quantizer(parent: Artifact, options: NcnnInt8Options) -> Quantizer:
+    """The layers this stage can quantize, and how to quantize all but some of them."""
     try:
         model = read_model(*parent.files)
     except ConversionError as error:
@@ -73,7 +73,7 @@ def quantizer(parent: Artifact, options: NcnnInt8Options) -> tuple[dict[str, str
         write_model(variant, param, binary)
         return Artifact(parent.tower, STAGE.name, "int8", (param, binary), parent.spec, dict(RUNTIME_OPTIONS))
 
-    return quantizable_layers(model, table), build
+    return Quantizer(quantizable_layers(model, table), build, fitted=options.samples)
 
 
 def _check(param: Path, binary: Path) -> None:

@@ -21,18 +21,18 @@ from converters.app.layout import BundleLayout
 from converters.errors import ConversionError
 from converters.export import onnx_io
 from converters.export.config import Int8Options
-from converters.export.mixed_precision import Build, build_with_fallback
+from converters.export.mixed_precision import Quantizer, build_with_fallback
 from converters.export.stages import Stage
 
 _WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
 def run(parent: Artifact, options: Int8Options, workdir: Path) -> Artifact:
-    return build_with_fallback(parent, *quantizer(parent, options), options.float_fallback, workdir)
+    return build_with_fallback(parent, quantizer(parent, options), options.float_fallback, workdir)
 
 
-def quantizer(parent: Artifact, options: Int8Options) -> tuple[dict[str, str], Build]:
-    """The nodes this stage can quantize (name → op type), and how to quantize all but some of them."""
+def quantizer(parent: Artifact, options: Int8Options) -> Quantizer:
+    """The nodes this stage can quantize, and how to quantize all but some of them (dynamic: nothing fitted)."""
     graph = onnx.load(str(parent.model_file), load_external_data=False).graph
     op_types = {node.name: node.op_type for node in graph.node}
     excluded = [name for name in op_types if any(p in name for p in options.exclude_name_patterns)]
@@ -60,7 +60,7 @@ def quantizer(parent: Artifact, options: Int8Options) -> tuple[dict[str, str], B
             scratch.unlink()
         return Artifact(parent.tower, STAGE.name, "int8", files, parent.spec)
 
-    return quantizable, build
+    return Quantizer(quantizable, build)
 
 
 def _quantizer_names(op_types: dict[str, str], names: list[str]) -> list[str]:
