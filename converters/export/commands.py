@@ -76,13 +76,15 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
 @click.command("sensitivity")
 @optional_model_argument
 @out_option
-@click.option("--stage", type=click.Choice(["onnx-int8", "ncnn-int8"]), required=True, help="The int8 stage to measure.")
+@click.option(
+    "--stage", type=click.Choice(["onnx-int8", "onnx-int4", "ncnn-int8"]), required=True, help="The quantized stage to measure."
+)
 @click.option(
     "--samples", type=click.IntRange(1, 1000), default=None,
     help="Calibration samples per tower (default: the config's float_fallback.samples).",
 )
 def sensitivity_command(model: str | None, out: Path | None, stage: str, samples: int | None) -> None:
-    """Rank every layer of an int8 stage by what its int8 alone costs the embedding.
+    """Rank every layer of a quantized stage by what its quantization alone costs the embedding.
 
     Each quantizable layer is quantized alone, the rest left float, and the
     tower is compared with the stage's float parent on calibration samples
@@ -97,7 +99,7 @@ def sensitivity_command(model: str | None, out: Path | None, stage: str, samples
     layout = BundleLayout(out)
     tables = measure_sensitivity(config, layout, stage, samples)
     for tower, rows in tables.items():
-        click.echo(f"{tower}.{stage}: {len(rows)} layers, most harmful first (the tower with that layer alone in int8)")
+        click.echo(f"{tower}.{stage}: {len(rows)} layers, most harmful first (the tower with that layer alone quantized)")
         for row in rows[:10]:
             click.echo(f"  {row.fidelity}  {row.kind:<18} {row.layer}")
     say(f"wrote {layout.sensitivity_json}")

@@ -1,12 +1,12 @@
-"""Automatic mixed precision for the int8 stages: measure what each layer's int8 costs the embedding, and
-return the most harmful layers to float until the tower meets its target.
+"""Automatic mixed precision for the quantized stages (int8, int4): measure what each layer's quantization
+costs the embedding, and return the most harmful layers to float until the tower meets its target.
 
 Fidelity is the per-sample cosine between the quantized tower and its float
 parent (the artifact the stage quantizes, itself checked against PyTorch) on
 calibration inputs, never the parity set, which stays the held-out check.
 
 - `sensitivity`: each quantizable layer quantized alone, everything else in
-  float; the layers whose int8 alone lowers the cosine most come first.
+  float; the layers whose quantization alone lowers the cosine most come first.
 - `choose_float_layers`: quantize everything; when that misses the target, rank
   the layers by sensitivity and keep the shortest prefix of that ranking in
   float that meets it. The prefix is found by bisection (each probe is one
@@ -42,7 +42,7 @@ Build = Callable[[frozenset[str], Path], Artifact]
 
 @dataclass(frozen=True)
 class Quantizer:
-    """What an int8 stage offers for mixed precision."""
+    """What a quantized stage offers for mixed precision."""
 
     layers: dict[str, str]  # the layers it can quantize, name → op or layer type, in model order
     build: Build
@@ -84,7 +84,7 @@ class Fidelity:
 class LayerSensitivity:
     layer: str
     kind: str  # the op or layer type
-    fidelity: Fidelity  # the tower's, with this layer alone in int8
+    fidelity: Fidelity  # the tower's, with this layer alone quantized
 
     def to_json(self) -> dict:
         return {"layer": self.layer, "kind": self.kind, **asdict(self.fidelity)}
@@ -93,8 +93,8 @@ class LayerSensitivity:
 @dataclass(frozen=True)
 class FloatChoice:
     target: FloatFallback
-    all_int8: Fidelity
-    sensitivity: tuple[LayerSensitivity, ...]  # most harmful first; empty when all-int8 met the target
+    all_quantized: Fidelity
+    sensitivity: tuple[LayerSensitivity, ...]  # most harmful first; empty when the all-quantized tower met the target
     float_layers: tuple[str, ...]
     chosen: Fidelity
     quantizable_layers: int
@@ -108,7 +108,7 @@ class FloatChoice:
         return {
             "target": asdict(target),
             "samples": self.target.samples,
-            "all_int8": asdict(self.all_int8),
+            "all_quantized": asdict(self.all_quantized),
             "chosen": asdict(self.chosen),
             "target_met": self.target_met,
             "float_layers": list(self.float_layers),
@@ -152,12 +152,12 @@ def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[La
 
 def choose_float_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> FloatChoice:
     """The layers to keep in float so that the tower meets `target` (see the module's description)."""
-    all_int8 = probe.fidelity(frozenset())
-    if all_int8.meets(target):
-        return FloatChoice(target, all_int8, (), (), all_int8, len(layers))
+    all_quantized = probe.fidelity(frozenset())
+    if all_quantized.meets(target):
+        return FloatChoice(target, all_quantized, (), (), all_quantized, len(layers))
     ranked = sensitivity(layers, probe, what)
     order = [row.layer for row in ranked]
-    measured: dict[int, Fidelity] = {0: all_int8}
+    measured: dict[int, Fidelity] = {0: all_quantized}
     failing, passing = 0, len(order)  # prefix lengths: known to miss, assumed (then measured) to meet
     while passing - failing > 1:
         middle = (failing + passing) // 2
@@ -167,14 +167,14 @@ def choose_float_layers(layers: dict[str, str], probe: Probe, target: FloatFallb
         else:
             failing = middle
     if passing == len(order):
-        # Only all-float meets it, which is no int8 artifact at all: keep the best mix measured, say the
+        # Only all-float meets it, which is no quantized artifact at all: keep the best mix measured, say the
         # target was missed, and let parity judge it by its own (lower) tolerance.
         passing = max(measured, key=lambda k: (measured[k].cosine_mean, measured[k].cosine_min, -measured[k].norm_ratio))
-    return FloatChoice(target, all_int8, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
+    return FloatChoice(target, all_quantized, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
 
 
 def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, workdir: Path) -> Artifact:
-    """The int8 artifact an int8 stage makes: all layers int8, or the mix `choose_float_layers` picks."""
+    """The artifact a quantized stage makes: all layers quantized, or the mix `choose_float_layers` picks."""
     choice = None
     if fallback.enabled:
         probe = Probe(parent, quantizer, fallback.samples, workdir / "trials")

@@ -37,6 +37,7 @@ from converters.export.stages import (
     ncnn_float,
     ncnn_int8,
     onnx_fp32,
+    onnx_int4,
     onnx_int8,
     onnx_sim,
 )
@@ -51,7 +52,10 @@ from converters.validate.report import ParityReport
 
 STAGES: dict[str, Stage] = {
     stage.name: stage
-    for stage in (onnx_fp32.STAGE, onnx_sim.STAGE, onnx_int8.STAGE, ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE)
+    for stage in (
+        onnx_fp32.STAGE, onnx_sim.STAGE, onnx_int8.STAGE, onnx_int4.STAGE,
+        ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE,
+    )
 }
 assert tuple(STAGES) == STAGE_NAMES, "the pipeline's stages and the bundle's stage names must agree"
 

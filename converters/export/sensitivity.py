@@ -1,8 +1,8 @@
-"""`sensitivity`: the full per-layer table of an int8 stage, whether or not its all-int8 tower met the target.
+"""`sensitivity`: the full per-layer table of a quantized stage, whether or not its all-quantized tower met the target.
 
-The int8 stages measure sensitivity only when they need it (plain int8 missed
+The quantized stages measure sensitivity only when they need it (all-quantized missed
 the target); this measures it on demand for any bundle that has the stage's
-parent, to see which layers a checkpoint's int8 hurts and by how much.
+parent, to see which layers a checkpoint's quantization hurts and by how much.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from converters.app.specs import TOWERS
 from converters.errors import UserError
 from converters.export.config import ModelConfig
 from converters.export.mixed_precision import LayerSensitivity, Probe, sensitivity
-from converters.export.stages import ncnn_int8, onnx_int8
+from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
 
-QUANTIZERS = {onnx_int8.STAGE.name: (onnx_int8.STAGE, onnx_int8.quantizer), ncnn_int8.STAGE.name: (ncnn_int8.STAGE, ncnn_int8.quantizer)}
+QUANTIZERS = {module.STAGE.name: (module.STAGE, module.quantizer) for module in (onnx_int8, onnx_int4, ncnn_int8)}
 
 
 def measure_sensitivity(
@@ -52,7 +52,7 @@ def _to_json(manifest: Manifest, stage: str, samples: int, tables: dict[str, lis
         "weights": manifest.checkpoint.description,
         "stage": stage,
         "samples": samples,
-        "measure": "per-sample cosine and norm ratio of the tower with this layer alone in int8, against the "
+        "measure": "per-sample cosine and norm ratio of the tower with this layer alone quantized, against the "
         "stage's float parent, on calibration samples (not the parity set); most harmful first",
         "towers": {tower: [row.to_json() for row in rows] for tower, rows in tables.items()},
     }

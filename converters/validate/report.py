@@ -93,19 +93,19 @@ def render_markdown(report: ParityReport) -> str:
 def _mixed_precision(choices: dict[str, dict]) -> list[str]:
     lines = [
         "",
-        "## int8 layers kept in float",
+        "## Quantized layers kept in float",
         "",
-        "Measured against each stage's float parent on calibration samples (not the parity set): the all-int8 "
+        "Measured against each stage's float parent on calibration samples (not the parity set): the all-quantized "
         "tower, and the tower with the most harmful layers back in float (cosine min / mean, norm ratio).",
         "",
-        "| artifact | samples | all int8 | target | float layers | with them | most harmful (cos mean alone) |",
+        "| artifact | samples | all quantized | target | float layers | with them | most harmful (cos mean alone) |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, choice in choices.items():
         harmful = ", ".join(f"{row['layer']} ({row['cosine_mean']:.5f})" for row in choice["sensitivity"][:3]) or "—"
         met = "met" if choice["target_met"] else "**missed**"
         lines.append(
-            f"| {key} | {choice['samples']} | {_fidelity(choice['all_int8'])} | {_fidelity(choice['target'])} | "
+            f"| {key} | {choice['samples']} | {_fidelity(choice['all_quantized'])} | {_fidelity(choice['target'])} | "
             f"{len(choice['float_layers'])} of {choice['quantizable_layers']} | {_fidelity(choice['chosen'])}, {met} | {harmful} |"
         )
     return lines

@@ -102,7 +102,7 @@ def test_the_sensitivity_table_ranks_the_fragile_layer_first_in_both_int8_stages
     onnx_choice = manifest.artifact("visual", "onnx-int8").mixed_precision
     ncnn_choice = manifest.artifact("visual", "ncnn-int8").mixed_precision
     for choice in (onnx_choice, ncnn_choice):
-        assert choice["all_int8"]["cosine_mean"] < TARGET.cosine_mean, choice["all_int8"]  # plain int8 misses
+        assert choice["all_quantized"]["cosine_mean"] < TARGET.cosine_mean, choice["all_quantized"]  # plain int8 misses
         assert choice["target_met"] and choice["float_layers"][0] == choice["sensitivity"][0]["layer"]
     # onnx: the node whose weight carries the huge column; ncnn: the first MultiHeadAttention layer.
     graph = onnx.load(str(bundle / "visual.sim.onnx")).graph
@@ -146,7 +146,7 @@ def test_without_the_fallback_the_fragile_tower_fails_parity(tmp_path):
 
 def test_the_report_shows_which_layers_stayed_float(fragile_bundle):
     bundle, _ = fragile_bundle
-    section = (bundle / "parity.md").read_text().split("## int8 layers kept in float")[1]
+    section = (bundle / "parity.md").read_text().split("## Quantized layers kept in float")[1]
     rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| visual.")}
     assert set(rows) == {"visual.onnx-int8", "visual.ncnn-int8"}
     assert all(", met |" in row for row in rows.values())

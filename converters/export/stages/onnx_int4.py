@@ -1,0 +1,86 @@
+"""Stage `onnx-int4`: onnxruntime weight-only 4-bit quantization of one simplified ONNX tower.
+
+Every MatMul with a constant weight becomes a `MatMulNBits` (4-bit blocks with
+one scale each along the reduction axis) and the word-embedding `Gather` a
+`GatherBlockQuantized`; activations stay float. It is the stage for a bundle
+that has to be small (an APK's 150 MB base download). Gemm nodes are first
+rewritten as MatMul + Add, which the 4-bit quantizer covers. As for int8, the
+layers that hurt the embedding most keep float weights when the all-4-bit
+tower misses the config's `float_fallback` target (`converters.export.mixed_precision`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import onnx
+import onnx.version_converter
+
+from converters.app.artifact import Artifact
+from converters.app.layout import BundleLayout
+from converters.errors import ConversionError
+from converters.export import onnx_io
+from converters.export.config import Int4Options
+from converters.export.mixed_precision import Quantizer, build_with_fallback
+from converters.export.stages import Stage
+
+INT4_OPSET = 21
+
+
+def run(parent: Artifact, options: Int4Options, workdir: Path) -> Artifact:
+    return build_with_fallback(parent, quantizer(parent, options), options.float_fallback, workdir)
+
+
+def quantizer(parent: Artifact, options: Int4Options) -> Quantizer:
+    """The weights this stage can store in 4 bits (node name → op type), and how to quantize all but some."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    # The quantizer stamps opset 21 on a model whose Gather it quantizes (int4 tensors need it) without
+    # converting the ops whose form changed (ReduceMean's axes became an input in 18): convert properly first.
+    rewritten = ONNXModel(onnx.version_converter.convert_version(onnx.load(str(parent.model_file)), INT4_OPSET))
+    rewritten.replace_gemm_with_matmul()
+    model = rewritten.model
+    constants = {tensor.name for tensor in model.graph.initializer}
+    layers = {
+        node.name: node.op_type
+        for node in model.graph.node
+        if node.op_type in options.op_types
+        and (node.input[1] if node.op_type == "MatMul" else node.input[0]) in constants
+    }
+
+    def build(float_layers: frozenset[str], folder: Path) -> Artifact:
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+        config = nbits.DefaultWeightOnlyQuantConfig(
+            block_size=options.block_size, is_symmetric=True, op_types_to_quantize=options.op_types,
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+        )
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        try:
+            with _quiet_quantizer():
+                quantized = nbits.MatMulNBitsQuantizer(copy, nodes_to_exclude=sorted(float_layers), algo_config=config)
+                quantized.process()
+        except Exception as exc:  # the quantizer raises whatever its graph walk hits
+            raise ConversionError(f"4-bit quantization of {parent.model_file} failed: {exc}") from None
+        (path,) = BundleLayout(folder).model_files(parent.tower, STAGE.name)
+        return Artifact(parent.tower, STAGE.name, "int4", tuple(onnx_io.save(quantized.model.model, path)), parent.spec)
+
+    return Quantizer(layers, build)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """The 4-bit quantizer logs two INFO lines per node on its own logger; keep its errors only."""
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+STAGE = Stage("onnx-int4", "onnx-sim", run)
