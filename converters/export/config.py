@@ -129,6 +129,9 @@ class Int4Options(_Strict):
     block_size: Literal[16, 32, 64, 128] = 32
     op_types: tuple[Literal["MatMul", "Gather"], ...] = ("MatMul", "Gather")
     float_fallback: FloatFallback = FloatFallback()
+    # What the layers the fallback keeps out of 4 bits become: int8 (onnxruntime dynamic, as onnx-int8)
+    # keeps a bundle small where float would not: the ViT-B-16 word table is 65 MB in float, 16 MB in int8.
+    kept_as: Literal["int8", "float"] = "int8"
 
 
 class NcnnOptions(_Strict):

@@ -7,7 +7,7 @@ calibration inputs, never the parity set, which stays the held-out check.
 
 - `sensitivity`: each quantizable layer quantized alone, everything else in
   float; the layers whose quantization alone lowers the cosine most come first.
-- `choose_float_layers`: quantize everything; when that misses the target, rank
+- `choose_kept_layers`: quantize everything; when that misses the target, rank
   the layers by sensitivity and keep the shortest prefix of that ranking in
   float that meets it. The prefix is found by bisection (each probe is one
   quantization and one pass over the samples), which gives the answer of
@@ -36,7 +36,8 @@ from converters.data.calibration_set import calibration_pixels, calibration_toke
 from converters.export.config import FloatFallback
 from tqdm import tqdm
 
-# Quantizes the parent with these layers left in float, into the given folder.
+# Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
+# onnx-int4: Quantizer.kept_as), into the given folder.
 Build = Callable[[frozenset[str], Path], Artifact]
 
 
@@ -47,6 +48,7 @@ class Quantizer:
     layers: dict[str, str]  # the layers it can quantize, name → op or layer type, in model order
     build: Build
     fitted: int = 0  # calibration samples its scales were fitted to (first of the set), not used to grade it
+    kept_as: str = "float"  # what the kept layers are stored as
 # As the ncnn calibration: on this busy 2-core machine two OpenMP threads ran a ViT-B-16 caption
 # in 4.1 s against 0.11 s with one.
 PROBE_THREADS = 1
@@ -95,7 +97,7 @@ class FloatChoice:
     target: FloatFallback
     all_quantized: Fidelity
     sensitivity: tuple[LayerSensitivity, ...]  # most harmful first; empty when the all-quantized tower met the target
-    float_layers: tuple[str, ...]
+    kept_layers: tuple[str, ...]
     chosen: Fidelity
     quantizable_layers: int
 
@@ -111,7 +113,7 @@ class FloatChoice:
             "all_quantized": asdict(self.all_quantized),
             "chosen": asdict(self.chosen),
             "target_met": self.target_met,
-            "float_layers": list(self.float_layers),
+            "kept_layers": list(self.kept_layers),
             "quantizable_layers": self.quantizable_layers,
             "sensitivity": [row.to_json() for row in self.sensitivity],
         }
@@ -129,11 +131,11 @@ class Probe:
         self.build, self.workdir = quantizer.build, workdir
         self.trials = 0
 
-    def fidelity(self, float_layers: frozenset[str]) -> Fidelity:
+    def fidelity(self, kept_layers: frozenset[str]) -> Fidelity:
         self.trials += 1
         folder = self.workdir / f"trial-{self.trials}"
         folder.mkdir(parents=True)
-        candidate = self.build(float_layers, folder)
+        candidate = self.build(kept_layers, folder)
         embeddings = open_tower(candidate, threads=PROBE_THREADS).embed(self.inputs)
         for file in candidate.files:
             file.unlink()  # a full-size tower per trial: do not keep them
@@ -150,8 +152,8 @@ def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[La
     return sorted(rows, key=lambda row: (row.fidelity.cosine_mean, row.fidelity.cosine_min, -row.fidelity.norm_ratio))
 
 
-def choose_float_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> FloatChoice:
-    """The layers to keep in float so that the tower meets `target` (see the module's description)."""
+def choose_kept_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> FloatChoice:
+    """The layers to keep out of the stage's precision so that the tower meets `target` (see the module's description)."""
     all_quantized = probe.fidelity(frozenset())
     if all_quantized.meets(target):
         return FloatChoice(target, all_quantized, (), (), all_quantized, len(layers))
@@ -174,13 +176,13 @@ def choose_float_layers(layers: dict[str, str], probe: Probe, target: FloatFallb
 
 
 def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, workdir: Path) -> Artifact:
-    """The artifact a quantized stage makes: all layers quantized, or the mix `choose_float_layers` picks."""
+    """The artifact a quantized stage makes: all layers quantized, or the mix `choose_kept_layers` picks."""
     choice = None
     if fallback.enabled:
         probe = Probe(parent, quantizer, fallback.samples, workdir / "trials")
-        choice = choose_float_layers(quantizer.layers, probe, fallback, f"{parent.tower} tower")
-    artifact = quantizer.build(frozenset(choice.float_layers if choice else ()), workdir)
-    return dataclasses.replace(artifact, mixed_precision=choice.to_json() if choice else None)
+        choice = choose_kept_layers(quantizer.layers, probe, fallback, f"{parent.tower} tower")
+    artifact = quantizer.build(frozenset(choice.kept_layers if choice else ()), workdir)
+    return dataclasses.replace(artifact, mixed_precision=choice.to_json() | {"kept_as": quantizer.kept_as} if choice else None)
 
 
 def calibration_inputs(parent: Artifact, count: int) -> np.ndarray:

@@ -106,7 +106,7 @@ def _mixed_precision(choices: dict[str, dict]) -> list[str]:
         met = "met" if choice["target_met"] else "**missed**"
         lines.append(
             f"| {key} | {choice['samples']} | {_fidelity(choice['all_quantized'])} | {_fidelity(choice['target'])} | "
-            f"{len(choice['float_layers'])} of {choice['quantizable_layers']} | {_fidelity(choice['chosen'])}, {met} | {harmful} |"
+            f"{len(choice['kept_layers'])} of {choice['quantizable_layers']} | {_fidelity(choice['chosen'])}, {met} | {harmful} |"
         )
     return lines
 

@@ -14,7 +14,7 @@ import torch
 from converters.app.manifest import Manifest
 from converters.export.checkpoint import random_model
 from converters.export.config import FloatFallback, load_config
-from converters.export.mixed_precision import Fidelity, choose_float_layers
+from converters.export.mixed_precision import Fidelity, choose_kept_layers
 from converters.export.ncnn.model_file import read_model
 from converters.export.ncnn.quantize import is_int8
 from converters.export.pipeline import ConvertRequest, convert
@@ -28,9 +28,9 @@ class CostProbe:
     def __init__(self, costs: dict[str, float], floor: float = 0.0):
         self.costs, self.floor, self.trials = costs, floor, 0
 
-    def fidelity(self, float_layers: frozenset[str]) -> Fidelity:
+    def fidelity(self, kept_layers: frozenset[str]) -> Fidelity:
         self.trials += 1
-        int8 = [name for name in self.costs if name not in float_layers]
+        int8 = [name for name in self.costs if name not in kept_layers]
         cosine = 1 - sum(self.costs[name] for name in int8) - self.floor * bool(int8)
         return Fidelity(cosine, cosine, 0.0)
 
@@ -38,27 +38,27 @@ class CostProbe:
 def test_the_most_harmful_layers_go_back_to_float_and_no_more():
     costs = {f"layer{i}": 0.0005 for i in range(40)} | {"fragile": 0.03, "bad": 0.004}
     probe = CostProbe(costs)
-    choice = choose_float_layers({name: "MatMul" for name in costs}, probe, TARGET, "test")
+    choice = choose_kept_layers({name: "MatMul" for name in costs}, probe, TARGET, "test")
     assert [row.layer for row in choice.sensitivity[:2]] == ["fragile", "bad"]
     # 0.004 + 40 x 0.0005 = 0.024 without "fragile": more float layers needed down the ranking, but never all.
-    assert choice.float_layers[:2] == ("fragile", "bad") and choice.target_met
+    assert choice.kept_layers[:2] == ("fragile", "bad") and choice.target_met
     assert choice.chosen.cosine_mean >= TARGET.cosine_mean
-    shorter = frozenset(choice.float_layers[:-1])
+    shorter = frozenset(choice.kept_layers[:-1])
     assert not probe.fidelity(shorter).meets(TARGET)  # the shortest prefix that meets the target
     assert probe.trials < 2 * len(costs)  # one pass for the ranking, then a bisection
 
 
 def test_when_plain_int8_meets_the_target_nothing_is_measured_further():
     probe = CostProbe({"a": 0.001, "b": 0.001})
-    choice = choose_float_layers({"a": "Gemm", "b": "Gemm"}, probe, TARGET, "test")
-    assert choice.float_layers == () and choice.sensitivity == () and probe.trials == 1
+    choice = choose_kept_layers({"a": "Gemm", "b": "Gemm"}, probe, TARGET, "test")
+    assert choice.kept_layers == () and choice.sensitivity == () and probe.trials == 1
 
 
 def test_an_unreachable_target_keeps_the_best_mix_and_says_so():
     # Any int8 at all costs more than the target allows (as a shared quantizer would): only all-float meets it.
     probe = CostProbe({f"layer{i}": 0.001 * i for i in range(6)}, floor=0.5)
-    choice = choose_float_layers({f"layer{i}": "Gemm" for i in range(6)}, probe, TARGET, "test")
-    assert not choice.target_met and len(choice.float_layers) < 6
+    choice = choose_kept_layers({f"layer{i}": "Gemm" for i in range(6)}, probe, TARGET, "test")
+    assert not choice.target_met and len(choice.kept_layers) < 6
     assert choice.chosen == max((probe.fidelity(frozenset()), choice.chosen), key=lambda f: f.cosine_mean)
     assert choice.to_json()["target_met"] is False
 
@@ -103,7 +103,7 @@ def test_the_sensitivity_table_ranks_the_fragile_layer_first_in_both_int8_stages
     ncnn_choice = manifest.artifact("visual", "ncnn-int8").mixed_precision
     for choice in (onnx_choice, ncnn_choice):
         assert choice["all_quantized"]["cosine_mean"] < TARGET.cosine_mean, choice["all_quantized"]  # plain int8 misses
-        assert choice["target_met"] and choice["float_layers"][0] == choice["sensitivity"][0]["layer"]
+        assert choice["target_met"] and choice["kept_layers"][0] == choice["sensitivity"][0]["layer"]
     # onnx: the node whose weight carries the huge column; ncnn: the first MultiHeadAttention layer.
     graph = onnx.load(str(bundle / "visual.sim.onnx")).graph
     weights = {tensor.name: np.abs(onnx.numpy_helper.to_array(tensor)).max() for tensor in graph.initializer}
@@ -119,12 +119,12 @@ def test_layers_kept_in_float_are_float_in_the_artifacts(fragile_bundle):
     bundle, _ = fragile_bundle
     manifest = Manifest.load(bundle / "manifest.json")
     written = read_model(bundle / "visual.int8.ncnn.param", bundle / "visual.int8.ncnn.bin")
-    float_layers = set(manifest.artifact("visual", "ncnn-int8").mixed_precision["float_layers"])
-    assert float_layers and all(not is_int8(layer) for layer in written.layers if layer.name in float_layers)
+    kept_layers = set(manifest.artifact("visual", "ncnn-int8").mixed_precision["kept_layers"])
+    assert kept_layers and all(not is_int8(layer) for layer in written.layers if layer.name in kept_layers)
     assert any(is_int8(layer) for layer in written.layers)
     graph = onnx.load(str(bundle / "visual.int8.onnx")).graph
     quantized = {node.name for node in graph.node if node.op_type == "MatMulInteger"}
-    for name in manifest.artifact("visual", "onnx-int8").mixed_precision["float_layers"]:
+    for name in manifest.artifact("visual", "onnx-int8").mixed_precision["kept_layers"]:
         # onnxruntime names a quantized node after the original (a Gemm after its `<name>_MatMul`).
         assert not any(q.startswith(name + "_") or q == name for q in quantized), (name, quantized)
     assert quantized

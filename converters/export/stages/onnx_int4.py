@@ -5,8 +5,9 @@ one scale each along the reduction axis) and the word-embedding `Gather` a
 `GatherBlockQuantized`; activations stay float. It is the stage for a bundle
 that has to be small (an APK's 150 MB base download). Gemm nodes are first
 rewritten as MatMul + Add, which the 4-bit quantizer covers. As for int8, the
-layers that hurt the embedding most keep float weights when the all-4-bit
-tower misses the config's `float_fallback` target (`converters.export.mixed_precision`).
+layers that hurt the embedding most are kept out of 4 bits when the all-4-bit
+tower misses the config's `float_fallback` target (`converters.export.mixed_precision`),
+as int8 by default (`kept_as`), which keeps the bundle small.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.errors import ConversionError
 from converters.export import onnx_io
-from converters.export.config import Int4Options
+from converters.export.config import Int4Options, Int8Options
 from converters.export.mixed_precision import Quantizer, build_with_fallback
 from converters.export.stages import Stage
+from converters.export.stages.onnx_int8 import without_quantizer_advice
 
 INT4_OPSET = 21
 
@@ -50,7 +52,7 @@ def quantizer(parent: Artifact, options: Int4Options) -> Quantizer:
         and (node.input[1] if node.op_type == "MatMul" else node.input[0]) in constants
     }
 
-    def build(float_layers: frozenset[str], folder: Path) -> Artifact:
+    def build(kept_layers: frozenset[str], folder: Path) -> Artifact:
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
         config = nbits.DefaultWeightOnlyQuantConfig(
@@ -61,14 +63,36 @@ def quantizer(parent: Artifact, options: Int4Options) -> Quantizer:
         copy.CopyFrom(model)
         try:
             with _quiet_quantizer():
-                quantized = nbits.MatMulNBitsQuantizer(copy, nodes_to_exclude=sorted(float_layers), algo_config=config)
+                quantized = nbits.MatMulNBitsQuantizer(copy, nodes_to_exclude=sorted(kept_layers), algo_config=config)
                 quantized.process()
         except Exception as exc:  # the quantizer raises whatever its graph walk hits
             raise ConversionError(f"4-bit quantization of {parent.model_file} failed: {exc}") from None
+        result = quantized.model.model
+        if kept_layers and options.kept_as == "int8":
+            result = _int8(result, sorted(kept_layers), folder)
         (path,) = BundleLayout(folder).model_files(parent.tower, STAGE.name)
-        return Artifact(parent.tower, STAGE.name, "int4", tuple(onnx_io.save(quantized.model.model, path)), parent.spec)
+        return Artifact(parent.tower, STAGE.name, "int4", tuple(onnx_io.save(result, path)), parent.spec)
 
-    return Quantizer(layers, build)
+    return Quantizer(layers, build, kept_as=options.kept_as)
+
+
+def _int8(model: onnx.ModelProto, nodes: list[str], folder: Path) -> onnx.ModelProto:
+    """`nodes` of a 4-bit model quantized to int8 as onnx-int8 quantizes (its default settings)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    settings = Int8Options()
+    scratch = folder / "kept-int8.onnx"
+    try:
+        with without_quantizer_advice():
+            quantize_dynamic(
+                model, scratch, op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=nodes,
+                per_channel=settings.per_channel, reduce_range=settings.reduce_range, weight_type=QuantType.QInt8,
+            )
+        return onnx.load(str(scratch))
+    except Exception as exc:  # the quantizer raises whatever its graph walk hits
+        raise ConversionError(f"int8 quantization of the layers kept out of 4 bits failed: {exc}") from None
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ def quantizer(parent: Artifact, options: Int8Options) -> Quantizer:
     def build(float_layers: frozenset[str], folder: Path) -> Artifact:
         quantized = folder / "quantized.onnx"
         try:
-            with _without_quantizer_advice():
+            with without_quantizer_advice():
                 quantize_dynamic(
                     str(parent.model_file),
                     str(quantized),
@@ -76,7 +76,7 @@ class _QuantizerAdvice(logging.Filter):
 
 
 @contextlib.contextmanager
-def _without_quantizer_advice():
+def without_quantizer_advice():
     """Drop the quantizer's warnings for the call: it advises its pre-processing on the root logger at every
     run, and parity, not that advice, decides whether the result is good. Other loggers are untouched."""
     advice = _QuantizerAdvice()

@@ -7,24 +7,29 @@ import pytest
 
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.export.config import INT8_TOLERANCE
-from converters.export.stages.onnx_int4 import INT4_OPSET
+from converters.export.config import INT8_TOLERANCE, Int4Options
+from converters.export.stages.onnx_int4 import INT4_OPSET, quantizer
 
 FOUR_BIT_OPS = {"MatMulNBits", "GatherBlockQuantized"}
 
 
 @pytest.mark.parametrize("tower", ["visual", "text"])
-def test_weights_are_4_bit_except_the_layers_kept_float(tiny_bundle, tower):
+def test_weights_are_4_bit_except_the_layers_kept_as_int8(tiny_bundle, tower):
     layout = BundleLayout(tiny_bundle)
     (path,) = layout.model_files(tower, "onnx-int4")
     model = onnx.load(str(path))
     choice = Manifest.load(layout.manifest).artifact(tower, "onnx-int4").mixed_precision
     four_bit = [node for node in model.graph.node if node.op_type in FOUR_BIT_OPS]
-    assert len(four_bit) == choice["quantizable_layers"] - len(choice["float_layers"]) > 0
+    assert len(four_bit) == choice["quantizable_layers"] - len(choice["kept_layers"]) > 0
     # The quantizer names a 4-bit node after the one it replaces.
-    float_layers = set(choice["float_layers"])
-    assert not any(node.name.removesuffix("_Q4") in float_layers for node in four_bit)
+    kept_layers = set(choice["kept_layers"])
+    assert not any(node.name.removesuffix("_Q4") in kept_layers for node in four_bit)
     assert {o.domain: o.version for o in model.opset_import}[""] == INT4_OPSET
+    layers = quantizer(Manifest.load(layout.manifest).artifact(tower, "onnx-sim"), Int4Options()).layers
+    kept_matmuls = [name for name in kept_layers if layers[name] == "MatMul"]
+    assert choice["kept_as"] == "int8"
+    quantized = {node.name for node in model.graph.node if node.op_type == "MatMulInteger"}
+    assert all(f"{name}_quant" in quantized for name in kept_matmuls), (kept_matmuls, quantized)
     onnx.checker.check_model(model)  # ops converted to opset 21, not only stamped with it
 
 
@@ -34,8 +39,8 @@ def test_the_word_table_is_4_bit_unless_kept_float_and_the_size_follows(tiny_bun
     (sim,) = layout.model_files("text", "onnx-sim")
     names = {node.name for node in onnx.load(str(int4)).graph.node}
     word_table = "/bert/embeddings/word_embeddings/Gather"
-    float_layers = Manifest.load(layout.manifest).artifact("text", "onnx-int4").mixed_precision["float_layers"]
-    if word_table in float_layers:
+    kept_layers = Manifest.load(layout.manifest).artifact("text", "onnx-int4").mixed_precision["kept_layers"]
+    if word_table in kept_layers:
         assert word_table in names and int4.stat().st_size < sim.stat().st_size
     else:
         # The word table is most of a tiny text tower: 4 bits and a scale per 32 values is under a sixth of fp32.
