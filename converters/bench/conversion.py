@@ -37,20 +37,20 @@ def bench_conversion(config: ModelConfig, checkpoint: str, threads: int) -> Conv
 def convert_measured(config: ModelConfig, checkpoint: str, out: Path) -> ConversionRun:
     steps = _StepClock()
     steps.open(START_UP)
-    from converters.export.pipeline import STAGES, ConvertRequest, convert
+    from converters.export.pipeline import DEFAULT_STAGES, ConvertRequest, convert
     from converters.progress import Event, render
 
     def progress(event: Event) -> None:
         print(f"[cnclip] bench convert: {render(event)}", file=sys.stderr)
         steps.open(render(event))
 
-    convert(ConvertRequest(config, out, checkpoint, out / "cache", parity=False), progress)
+    convert(ConvertRequest(config, out, checkpoint, out / "cache", DEFAULT_STAGES, parity=False), progress)
     steps.close()
     # Resetting VmHWM resets getrusage's peak too, so the steps' peaks are the record where there are any.
     peaks = [step.peak_mb for step in steps.steps if step.peak_mb is not None]
     peak = max(peaks) if peaks else round(peak_rss_mb(), 1)
     # `seconds` is replaced by the parent's measurement, which includes the interpreter's start.
-    return ConversionRun(list(STAGES), 0.0, peak, steps.steps)
+    return ConversionRun(list(DEFAULT_STAGES), 0.0, peak, steps.steps)
 
 
 class _StepClock:

@@ -43,7 +43,8 @@ def models_command() -> None:
 @out_option
 @click.option(
     "--stages", default=None, metavar="LIST",
-    help=f"Comma-separated stages to run (default: all, in this order): {','.join(STAGE_NAMES)}.",
+    help=f"Comma-separated stages to run, from: {','.join(STAGE_NAMES)}. Default: all but onnx-int4 (4-bit weights "
+    "for small bundles, whose fallback can take many minutes), in this order.",
 )
 @click.option(
     "--parity/--no-parity", default=True, show_default=True,
@@ -62,11 +63,11 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
     the job. Writes parity.json and parity.md beside the manifest and exits
     with status 3 when a parity tolerance is not met.
     """
-    from converters.export.pipeline import ConvertRequest, convert, parse_stages
+    from converters.export.pipeline import DEFAULT_STAGES, ConvertRequest, convert, parse_stages
 
     config, checkpoint = _config_for(model, checkpoint)
     out = (out or default_bundle_dir(config.name)).absolute()
-    selected = parse_stages(stages) if stages else STAGE_NAMES
+    selected = parse_stages(stages) if stages else DEFAULT_STAGES
     conversion = convert(ConvertRequest(config, out, checkpoint, cache_dir, selected, parity), lambda e: say(render(e)))
     say(f"artifacts in {out}")
     if conversion.parity is not None:

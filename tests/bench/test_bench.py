@@ -18,7 +18,7 @@ from converters.bench.search import CASES
 from converters.bench.timing import Budget, Timing, time_calls
 from converters.bench.tower_speed import image_label, query_label, text_lengths
 from converters.export.config import load_config
-from converters.export.pipeline import STAGES
+from converters.export.pipeline import DEFAULT_STAGES
 
 TOWERS = ("visual", "text")
 
@@ -93,10 +93,10 @@ def test_ratios_are_against_pytorch_and_onnx_and_images_have_a_flop_rate(quick_b
 def test_conversion_is_measured_step_by_step(quick_bench):
     _, data, _ = quick_bench
     conversion = data["conversion"]
-    assert conversion["stages"] == list(STAGES)
+    assert conversion["stages"] == list(DEFAULT_STAGES)
     assert conversion["peak_mb"] > 0 and conversion["seconds"] >= sum(s["seconds"] for s in conversion["steps"]) > 0
     steps = [s["step"] for s in conversion["steps"]]
-    assert all(any(f"{tower}.{stage}" in step for step in steps) for tower in TOWERS for stage in STAGES)
+    assert all(any(f"{tower}.{stage}" in step for step in steps) for tower in TOWERS for stage in DEFAULT_STAGES)
 
 
 @ON_TINY_VIT
