@@ -34,8 +34,8 @@ class Artifact:
     spec: TowerSpec
     # Settings the app must give the runtime to reproduce the parity numbers.
     runtime_options: dict = field(default_factory=dict)
-    # int8 stages: which layers stayed in float, and the measurements that chose them
-    # (converters.export.mixed_precision.FloatChoice.to_json).
+    # Quantized stages: which layers were kept out of the stage's precision, and the measurements that chose them
+    # (converters.export.mixed_precision.KeptLayersChoice.to_json).
     mixed_precision: dict | None = None
 
     @property

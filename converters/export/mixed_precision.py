@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
@@ -34,7 +35,6 @@ from converters.app.runtimes import open_tower
 from converters.app.tokenizer import Tokenizer
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
 from converters.export.config import FloatFallback
-from tqdm import tqdm
 
 # Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
 # onnx-int4: Quantizer.kept_as), into the given folder.
@@ -93,7 +93,7 @@ class LayerSensitivity:
 
 
 @dataclass(frozen=True)
-class FloatChoice:
+class KeptLayersChoice:
     target: FloatFallback
     all_quantized: Fidelity
     sensitivity: tuple[LayerSensitivity, ...]  # most harmful first; empty when the all-quantized tower met the target
@@ -152,11 +152,11 @@ def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[La
     return sorted(rows, key=lambda row: (row.fidelity.cosine_mean, row.fidelity.cosine_min, -row.fidelity.norm_ratio))
 
 
-def choose_kept_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> FloatChoice:
+def choose_kept_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> KeptLayersChoice:
     """The layers to keep out of the stage's precision so that the tower meets `target` (see the module's description)."""
     all_quantized = probe.fidelity(frozenset())
     if all_quantized.meets(target):
-        return FloatChoice(target, all_quantized, (), (), all_quantized, len(layers))
+        return KeptLayersChoice(target, all_quantized, (), (), all_quantized, len(layers))
     ranked = sensitivity(layers, probe, what)
     order = [row.layer for row in ranked]
     measured: dict[int, Fidelity] = {0: all_quantized}
@@ -172,7 +172,7 @@ def choose_kept_layers(layers: dict[str, str], probe: Probe, target: FloatFallba
         # Only all-float meets it, which is no quantized artifact at all: keep the best mix measured, say the
         # target was missed, and let parity judge it by its own (lower) tolerance.
         passing = max(measured, key=lambda k: (measured[k].cosine_mean, measured[k].cosine_min, -measured[k].norm_ratio))
-    return FloatChoice(target, all_quantized, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
+    return KeptLayersChoice(target, all_quantized, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
 
 
 def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, workdir: Path) -> Artifact:
