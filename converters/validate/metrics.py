@@ -59,15 +59,21 @@ def normalized(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64) / _norms(x)[:, None]
 
 
+def per_sample(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's cosine and |norm / the reference's norm - 1| (check `structural_problems` first)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        cosine = np.sum(normalized(reference) * normalized(candidate), axis=1)
+        ratio = np.abs(_norms(candidate) / _norms(reference) - 1)
+    return cosine, ratio
+
+
 def tower_parity(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> TowerParity:
     """Per-sample numbers and every way they miss `tolerance`."""
     problems = structural_problems(reference, candidate)
     if problems:
         nan = float("nan")
         return TowerParity(len(reference), nan, nan, nan, nan, problems)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        cosine = np.sum(normalized(reference) * normalized(candidate), axis=1)
-        ratio = np.abs(_norms(candidate) / _norms(reference) - 1)
+    cosine, ratio = per_sample(reference, candidate)
     measured = TowerParity(
         samples=len(cosine),
         cosine_min=float(cosine.min()),
