@@ -15,6 +15,7 @@ OUT     ?=
 STAGES  ?=
 PYTEST_ARGS ?=
 QUICK   ?=
+ARCH    ?= $(shell uname -m)
 
 # Without MODEL: a Hugging Face folder (or hf:…) names its own architecture; anything else means ViT-B-16.
 HF_CKPT = $(filter hf:%,$(CKPT))$(if $(CKPT),$(wildcard $(CKPT)/config.json))
@@ -25,12 +26,14 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 	$(if $(OUT),--out $(OUT)) \
 	$(if $(STAGES),--stages $(STAGES))
 
-.PHONY: help venv convert parity bench test test-fast clean
+.PHONY: help venv convert parity bench client client-packages parity-client test test-fast clean
 
 help:
 	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random | WEIGHTS=stress] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
 	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]   (or OUT=dir alone: the bundle names its model)"
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
+	@echo "make client  [ARCH=x86_64|aarch64]   (the C++ reference client, build/client/ARCH/cnclip-embed; ncnn built from its sdist once)"
+	@echo "make parity-client OUT=dir [ARCH=aarch64]   (parity plus the client's rows; aarch64 runs under qemu)"
 	@echo "make test    (all tests, full-size ones included)"
 	@echo "make test-fast (tiny architectures only: a few minutes)"
 	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
@@ -55,15 +58,31 @@ bench: $(STAMP)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
 	$(PY) -m converters bench $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
 
+# The C++ client's build tools and libraries, from Debian's packages (arm64 multiarch ones to cross-build).
+CLIENT_PACKAGES_x86_64  := cmake g++ libjpeg62-turbo-dev libpng-dev libssl-dev nlohmann-json3-dev
+CLIENT_PACKAGES_aarch64 := cmake g++-aarch64-linux-gnu qemu-user nlohmann-json3-dev \
+	libjpeg62-turbo-dev:arm64 libpng-dev:arm64 libssl-dev:arm64
+client-packages:
+	@dpkg -s $(CLIENT_PACKAGES_$(ARCH)) >/dev/null 2>&1 || { \
+	  $(if $(filter aarch64,$(ARCH)),dpkg --add-architecture arm64 &&) \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES_$(ARCH)); }
+
+client: $(STAMP) client-packages
+	$(PY) clients/cpp/build.py --arch $(ARCH)
+
+parity-client: client
+	$(PY) -m converters parity $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) --client $(ARCH)
+
 # The browser test drives Debian's Chromium through Selenium: installed on first use, from Debian's packages.
 CHROMEDRIVER := /usr/bin/chromedriver
 $(CHROMEDRIVER):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
-test: $(STAMP) $(CHROMEDRIVER)
+# The tests build the x86 client themselves (tests/clients): they need its packages.
+test: $(STAMP) $(CHROMEDRIVER) client-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) $(CHROMEDRIVER)
+test-fast: $(STAMP) $(CHROMEDRIVER) client-packages
 	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
 
 clean:

@@ -8,7 +8,7 @@ the parity rows. `pip download` cannot fetch that sdist (it stamps its
 version from the build date and pip refuses it as inconsistent), so the file
 is taken from the registry's simple index and checked against the sha256 the
 index gives. The built library is cached outside the checkout, keyed by
-version, architecture and build flags ($CNCLIP_CACHE, default
+version, architecture and build flags ($CNCLIP_BUILD_CACHE, default
 ~/.cache/cnclip), because compiling it takes minutes.
 """
 
@@ -57,6 +57,8 @@ CROSS = {
         "-DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=BOTH",
     ),
 }
+# pkg-config (which FindOpenSSL asks first) must list the arm64 libraries, not this machine's.
+CROSS_ENV = {"aarch64": {"PKG_CONFIG_LIBDIR": "/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig"}}
 APT_HINT = {
     "x86_64": "apt-get install cmake g++ libjpeg62-turbo-dev libpng-dev nlohmann-json3-dev libssl-dev",
     "aarch64": "dpkg --add-architecture arm64 && apt-get update && apt-get install cmake g++-aarch64-linux-gnu "
@@ -76,18 +78,19 @@ def ncnn_version() -> str:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("CNCLIP_CACHE") or Path.home() / ".cache" / "cnclip")
+    return Path(os.environ.get("CNCLIP_BUILD_CACHE") or Path.home() / ".cache" / "cnclip")
 
 
 def _flags(arch: str) -> tuple[str, ...]:
     return NCNN_FLAGS + CROSS.get(arch, ())
 
 
-def _run(command: list[str], log: Path, what: str) -> None:
+def _run(command: list[str], log: Path, what: str, arch: str) -> None:
     with log.open("ab") as out:
         out.write(f"\n$ {' '.join(command)}\n".encode())
         out.flush()
-        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        env = os.environ | CROSS_ENV.get(arch, {})
+        status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     if status != 0:
         tail = log.read_text(errors="replace").splitlines()[-25:]
         raise BuildError(f"{what} failed (exit {status}); the end of {log}:\n" + "\n".join(tail))
@@ -132,9 +135,9 @@ def ensure_ncnn(arch: str, jobs: int) -> Path:
         source = scratch / f"ncnn-{version}"
         staged = scratch / "install"
         _run(["cmake", "-S", str(source), "-B", str(scratch / "build"), f"-DCMAKE_INSTALL_PREFIX={staged}",
-              *_flags(arch)], log, f"Configuring ncnn {version} for {arch}")
+              *_flags(arch)], log, f"Configuring ncnn {version} for {arch}", arch)
         _run(["cmake", "--build", str(scratch / "build"), "-j", str(jobs), "--target", "install"], log,
-             f"Compiling ncnn {version} for {arch}")
+             f"Compiling ncnn {version} for {arch}", arch)
         # Installed in one rename: an interrupted build never leaves a cache entry that looks finished.
         staged.rename(prefix)
     return package
@@ -150,8 +153,8 @@ def build_client(arch: str, out: Path, jobs: int) -> Path:
     log.write_text("")
     _run(["cmake", "-S", str(HERE), "-B", str(out / "cmake"), f"-Dncnn_DIR={package}",
           f"-DCMAKE_RUNTIME_OUTPUT_DIRECTORY={out.resolve()}", *CROSS.get(arch, ())], log,
-         f"Configuring the client for {arch} (missing libraries? {APT_HINT[arch]})")
-    _run(["cmake", "--build", str(out / "cmake"), "-j", str(jobs)], log, f"Compiling the client for {arch}")
+         f"Configuring the client for {arch} (missing libraries? {APT_HINT[arch]})", arch)
+    _run(["cmake", "--build", str(out / "cmake"), "-j", str(jobs)], log, f"Compiling the client for {arch}", arch)
     return out / "cnclip-embed"
 
 

@@ -43,6 +43,11 @@ def _spread(count: int, total: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, total - 1, min(count, total))})
 
 
+def golden_rows(parity_set: ParitySet) -> tuple[list[int], list[int]]:
+    """The parity set's image and caption rows that become golden vectors."""
+    return _spread(IMAGES, len(parity_set.image_files)), _spread(CAPTIONS, len(parity_set.captions))
+
+
 def _rounded(vectors: np.ndarray) -> list[list[float]]:
     return [[float(f"{value:.7g}") for value in row] for row in vectors.astype(np.float32)]
 
@@ -56,8 +61,7 @@ def _lossless(image: Image.Image, path: Path) -> None:
 def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embeddings]) -> None:
     """`embeddings` maps "pytorch" and each stage name to that stage's parity-set embeddings."""
     layout = BundleLayout(manifest.root)
-    image_rows = _spread(IMAGES, len(parity_set.image_files))
-    caption_rows = _spread(CAPTIONS, len(parity_set.captions))
+    image_rows, caption_rows = golden_rows(parity_set)
     own_folder(layout.golden_images)
     images = []
     for row in image_rows:

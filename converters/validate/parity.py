@@ -11,7 +11,7 @@ the cache, a parity check imports neither torch nor cn_clip.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from converters.errors import ArtifactError
 from converters.export.config import ModelConfig
 from converters.progress import Note, Progress
 from converters.validate import golden
+from converters.validate.client import CppClient, client_parity
 from converters.validate.metrics import (
     Embeddings,
     TowerParity,
@@ -108,10 +109,13 @@ class ParityChecker:
         )
         return report, complete
 
-    def finish(self) -> ParityReport:
-        """Write parity.json, parity.md and the golden vectors, and list them in the manifest."""
+    def finish(self, clients: Sequence[CppClient] = ()) -> ParityReport:
+        """Write parity.json, parity.md and the golden vectors, and list them in the manifest;
+        with `clients`, the C++ client's rows too."""
         layout = BundleLayout(self.manifest.root)
         report, complete = self.report()
+        for client in clients:
+            report.clients += client_parity(client, self.config, self.manifest, self.parity_set, self.reference, self.progress)
         write(report, layout.parity_json, layout.parity_md)
         golden.write(self.manifest, self.parity_set, complete)
         self.manifest.save()
@@ -144,7 +148,8 @@ def reference_embeddings(
     return reference
 
 
-def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) -> ParityReport:
+def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress,
+               clients: Sequence[CppClient] = ()) -> ParityReport:
     """Check an existing bundle, holding its lock (a conversion may not write into it meanwhile)."""
     with layout.exclusive():
         manifest = Manifest.load(layout.manifest)
@@ -159,4 +164,4 @@ def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress) ->
 
         parity_set = parity_set_for(config, manifest)
         reference = reference_embeddings(manifest, parity_set, compute, progress)
-        return ParityChecker(config, manifest, parity_set, reference, progress).finish()
+        return ParityChecker(config, manifest, parity_set, reference, progress).finish(clients)

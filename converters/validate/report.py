@@ -40,6 +40,34 @@ class StageParity:
 
 
 @dataclass
+class ClientParity:
+    """One ncnn stage run by the C++ reference client (tokenizer, decoder, resize and ncnn of its own),
+    on every caption and the golden photos, against PyTorch."""
+
+    stage: str
+    platform: str  # the CPU it ran on, "emulated" when under qemu
+    visual: TowerParity
+    text: TowerParity
+    token_ids_identical: int  # captions whose ids equal cn_clip's
+    resized_rgb_identical: int  # photos whose resized RGB equals Pillow's, byte for byte
+    seconds: float
+    tolerance: dict
+
+    @property
+    def failures(self) -> list[str]:
+        found = [f"{tower}: {failure}" for tower in TOWERS for failure in getattr(self, tower).failures]
+        if self.token_ids_identical != self.text.samples:
+            found.append(f"token ids differ from cn_clip's for {self.text.samples - self.token_ids_identical} captions")
+        if self.resized_rgb_identical != self.visual.samples:
+            found.append(f"resized RGB differs from Pillow's for {self.visual.samples - self.resized_rgb_identical} photos")
+        return found
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
 class ParityReport:
     model: str
     weights: str
@@ -47,15 +75,17 @@ class ParityReport:
     stages: list[StageParity]
     # Per int8 artifact ("visual.ncnn-int8"): the manifest's mixed_precision, how its float layers were chosen.
     mixed_precision: dict[str, dict] = field(default_factory=dict)
+    # The C++ client's rows (`parity --client ARCH`), after the Python runtimes' own.
+    clients: list[ClientParity] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(stage.passed for stage in self.stages)
+        return all(row.passed for row in [*self.stages, *self.clients])
 
     def to_json(self) -> str:
         data = asdict(self) | {"passed": self.passed}
-        for stage, raw in zip(self.stages, data["stages"]):
-            raw["passed"], raw["failures"] = stage.passed, stage.failures
+        for row, raw in [*zip(self.stages, data["stages"]), *zip(self.clients, data["clients"])]:
+            raw["passed"], raw["failures"] = row.passed, row.failures
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -82,12 +112,37 @@ def render_markdown(report: ParityReport) -> str:
             )
             result = "pass" if m is not None and m.passed else "FAIL"
             lines.append(f"| {stage.stage} | {stage.runtime} | {tower} | {numbers} | {top1} | {tolerance} | {result} |")
+    if report.clients:
+        lines += _clients(report.clients)
     failures = [f"- {stage.stage}: {failure}" for stage in report.stages for failure in stage.failures]
+    failures += [f"- {row.stage} (C++ client, {row.platform}): {failure}" for row in report.clients for failure in row.failures]
     if failures:
         lines += ["", "## Failures", "", *failures]
     if report.mixed_precision:
         lines += _mixed_precision(report.mixed_precision)
     return "\n".join(lines) + "\n"
+
+
+def _clients(rows: list[ClientParity]) -> list[str]:
+    lines = [
+        "",
+        "## C++ reference client",
+        "",
+        "`clients/cpp` (its own tokenizer, JPEG decoder, Pillow-exact resize and ncnn build) on every caption and the "
+        "golden photos, against PyTorch, under each stage's tolerance.",
+        "",
+        "| stage | platform | tower | samples | cos min | cos mean | norm ratio | identical inputs | seconds | result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for tower, identical, what in (("visual", row.resized_rgb_identical, "resized RGB"), ("text", row.token_ids_identical, "token ids")):
+            m: TowerParity = getattr(row, tower)
+            result = "pass" if m.passed and identical == m.samples else "FAIL"
+            lines.append(
+                f"| {row.stage} | {row.platform} | {tower} | {m.samples} | {m.cosine_min:.6f} | {m.cosine_mean:.6f} | "
+                f"{m.norm_ratio_max:.2e} | {what} {identical}/{m.samples} | {row.seconds:g} | {result} |"
+            )
+    return lines
 
 
 def _mixed_precision(choices: dict[str, dict]) -> list[str]:

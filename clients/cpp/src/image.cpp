@@ -255,10 +255,8 @@ void unpremultiply(Image& image) {
     unsigned alpha = image.data[p + ch - 1];
     for (int band = 0; band < ch - 1; ++band) {
       unsigned value = image.data[p + band];
-      // Pillow's La → LA gives 0 where alpha is 0; its RGBa → RGBA keeps the value there.
-      if (alpha == 0) {
-        image.data[p + band] = ch == 2 ? 0 : value;
-      } else if (alpha != 255) {
+      // Where alpha is 0 or 255 Pillow keeps the value as it is.
+      if (alpha != 0 && alpha != 255) {
         unsigned restored = 255 * value / alpha;
         image.data[p + band] = static_cast<uint8_t>(restored > 255 ? 255 : restored);
       }

@@ -1,0 +1,135 @@
+"""Parity of the C++ reference client (`clients/cpp`), run as an app runs it, on x86_64 or aarch64.
+
+The client reads the bundle, tokenizes the captions and decodes and resizes
+the photos itself, then runs ncnn with the manifest's Options; its
+embeddings are compared with the PyTorch reference under the stage's usual
+tolerance. On an x86 machine an aarch64 client runs under `qemu-aarch64
+-cpu max`, an emulated ARMv8.2 core with fp16 arithmetic, which ncnn's fp16
+Options use there (x86 never computes in fp16). Emulation is slow, so the
+client sees every caption and a few photos (those of the golden vectors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converters.app.manifest import Manifest
+from converters.app.preprocess import load_image
+from converters.data.parity_set import ParitySet
+from converters.errors import ArtifactError, UserError
+from converters.export.config import ModelConfig
+from converters.progress import Note, Progress
+from converters.validate.golden import golden_rows
+from converters.validate.metrics import Embeddings, tower_parity
+from converters.validate.report import ClientParity
+
+ARCHES = ("x86_64", "aarch64")
+CLIENT_STAGES = ("ncnn-fp32", "ncnn-fp16", "ncnn-int8")
+# Debian's qemu-user and the arm64 C library of g++-aarch64-linux-gnu.
+QEMU = ("qemu-aarch64", "-cpu", "max", "-L", "/usr/aarch64-linux-gnu")
+PLATFORM = {
+    "x86_64": "x86_64",
+    "aarch64": "aarch64, emulated (qemu-aarch64 -cpu max: ARMv8.2 with fp16 arithmetic)",
+}
+
+
+class ClientError(UserError):
+    """The C++ client is missing, cannot run, or did not answer for every input."""
+
+
+def default_binary(arch: str) -> Path:
+    return Path("build") / "client" / arch / "cnclip-embed"
+
+
+@dataclass
+class CppClient:
+    binary: Path
+    arch: str
+
+    def __post_init__(self) -> None:
+        if not self.binary.is_file():
+            raise ClientError(
+                f"No C++ client at {self.binary}: build it with `make client ARCH={self.arch}` in the project checkout."
+            )
+        if self.emulated and not shutil.which(QEMU[0]):
+            raise ClientError(f"{QEMU[0]} is not installed, so the {self.arch} client cannot run here: apt-get install qemu-user.")
+
+    @property
+    def emulated(self) -> bool:
+        return self.arch != platform.machine()
+
+    def run(self, bundle: Path, arguments: list[str]) -> list[dict]:
+        """One JSON record per input, in order (`arguments` name the inputs and the stage or --no-embed)."""
+        command = [*(QEMU if self.emulated else ()), str(self.binary), str(bundle), *arguments]
+        done = subprocess.run(command, capture_output=True)
+        if done.returncode not in (0, 1):
+            raise ClientError(f"The C++ client failed (exit {done.returncode}): {done.stderr.decode(errors='replace').strip()}")
+        # Split on \n only: texts may hold U+2028, which str.splitlines would also cut at.
+        records = [json.loads(line) for line in done.stdout.decode().split("\n") if line]
+        failed = [r["error"] for r in records if "error" in r]
+        if failed:
+            raise ClientError(f"The C++ client could not process {len(failed)} input(s), e.g.: {failed[0]}")
+        return records
+
+    def texts(self, bundle: Path, texts: list[str], stage: str | None) -> list[dict]:
+        with tempfile.TemporaryDirectory() as scratch:
+            lines = Path(scratch) / "texts.txt"
+            lines.write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
+            return self.run(bundle, ["--texts", str(lines), *_stage_arguments(stage)])
+
+    def images(self, bundle: Path, files: list[Path], stage: str | None) -> list[dict]:
+        return self.run(bundle, ["--images", *map(str, files), *_stage_arguments(stage)])
+
+
+def _stage_arguments(stage: str | None) -> list[str]:
+    # One thread, as parity runs every runtime: the summation order then does not depend on the core count.
+    return ["--no-embed"] if stage is None else ["--stage", stage, "--threads", "1"]
+
+
+def client_parity(client: CppClient, config: ModelConfig, manifest: Manifest, parity_set: ParitySet,
+                  reference: Embeddings, progress: Progress) -> list[ClientParity]:
+    """Each ncnn stage of the bundle, run by the client on every caption and the golden photos."""
+    stages = [s for s in CLIENT_STAGES if s in manifest.complete_stages()]
+    if not stages:
+        raise ArtifactError(f"{manifest.root} has no complete ncnn stage for the C++ client to run.")
+    image_rows, _ = golden_rows(parity_set)
+    files = [parity_set.image_files[row] for row in image_rows]
+    captions = list(parity_set.captions)
+    rows = []
+    for stage in stages:
+        progress(Note(f"parity: {stage} through the C++ client on {client.arch}"))
+        started = time.monotonic()
+        image_records = client.images(manifest.root, files, stage)
+        text_records = client.texts(manifest.root, captions, stage)
+        seconds = time.monotonic() - started
+        tolerance = config.tolerance(stage)
+        expected_ids = [row[row != 0].tolist() for row in parity_set.token_ids]
+        expected_rgb = [
+            hashlib.sha256(np.asarray(parity_set.transform.resized_rgb(load_image(f))).tobytes()).hexdigest()
+            for f in files
+        ]
+        rows.append(ClientParity(
+            stage=stage,
+            platform=PLATFORM[client.arch] if client.emulated else client.arch,
+            visual=tower_parity(reference.images[image_rows], _embeddings(image_records), tolerance),
+            text=tower_parity(reference.texts, _embeddings(text_records), tolerance),
+            token_ids_identical=sum(r["token_ids"] == e for r, e in zip(text_records, expected_ids)),
+            resized_rgb_identical=sum(r["resized_rgb_sha256"] == e for r, e in zip(image_records, expected_rgb)),
+            seconds=round(seconds, 1),
+            tolerance=tolerance.model_dump(exclude_none=True),
+        ))
+    return rows
+
+
+def _embeddings(records: list[dict]) -> np.ndarray:
+    return np.array([r["embedding"] for r in records], dtype=np.float32)
