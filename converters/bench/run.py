@@ -15,7 +15,8 @@ from converters.bench import goals
 from converters.bench.compare import BASELINE_STAGE, add_comparisons, fastest
 from converters.bench.conversion import bench_conversion
 from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
-from converters.bench.machine import cpu_name, load_average, versions
+from converters.bench.machine import load_average, versions
+from converters.machine import cpu_description
 from converters.bench.markdown import render_markdown
 from converters.bench.processes import run_fresh, usable_cores
 from converters.bench.report import BenchReport, Machine, TowerBench
@@ -83,7 +84,7 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
     conversion = bench_conversion(request.config, bundle.manifest.checkpoint.source, threads)
 
     tokenize = time_calls(lambda: bundle.token_ids([query_text(goals.GOAL_QUERY_CHARS)]), scale.budget)
-    machine = Machine(cpu_name(), usable_cores(), threads, load_at_start, load_average(), peak, versions())
+    machine = Machine(cpu_description(), usable_cores(), threads, load_at_start, load_average(), peak, versions())
     report = BenchReport(
         model=bundle.model,
         weights=bundle.manifest.checkpoint.description,

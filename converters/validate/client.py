@@ -28,6 +28,7 @@ from converters.app.preprocess import load_image
 from converters.data.parity_set import ParitySet
 from converters.errors import ArtifactError, UserError
 from converters.export.config import ModelConfig
+from converters.machine import cpu_description
 from converters.progress import Note, Progress
 from converters.validate.golden import golden_rows
 from converters.validate.metrics import Embeddings, tower_parity
@@ -37,10 +38,7 @@ ARCHES = ("x86_64", "aarch64")
 CLIENT_STAGES = ("ncnn-fp32", "ncnn-fp16", "ncnn-int8")
 # Debian's qemu-user and the arm64 C library of g++-aarch64-linux-gnu.
 QEMU = ("qemu-aarch64", "-cpu", "max", "-L", "/usr/aarch64-linux-gnu")
-PLATFORM = {
-    "x86_64": "x86_64",
-    "aarch64": "aarch64, emulated (qemu-aarch64 -cpu max: ARMv8.2 with fp16 arithmetic)",
-}
+EMULATED = {"aarch64": "aarch64 emulated by qemu -cpu max (ARMv8.2, fp16 arithmetic)"}
 
 
 class ClientError(UserError):
@@ -112,6 +110,7 @@ def client_parity(client: CppClient, config: ModelConfig, manifest: Manifest, pa
         image_records = client.images(manifest.root, files, stage)
         text_records = client.texts(manifest.root, captions, stage)
         seconds = time.monotonic() - started
+        images, texts = _embeddings(image_records), _embeddings(text_records)
         tolerance = config.tolerance(stage)
         expected_ids = [row[row != 0].tolist() for row in parity_set.token_ids]
         expected_rgb = [
@@ -120,15 +119,21 @@ def client_parity(client: CppClient, config: ModelConfig, manifest: Manifest, pa
         ]
         rows.append(ClientParity(
             stage=stage,
-            platform=PLATFORM[client.arch] if client.emulated else client.arch,
-            visual=tower_parity(reference.images[image_rows], _embeddings(image_records), tolerance),
-            text=tower_parity(reference.texts, _embeddings(text_records), tolerance),
+            platform=EMULATED[client.arch] if client.emulated else cpu_description(),
+            visual=tower_parity(reference.images[image_rows], images, tolerance),
+            text=tower_parity(reference.texts, texts, tolerance),
             token_ids_identical=sum(r["token_ids"] == e for r, e in zip(text_records, expected_ids)),
             resized_rgb_identical=sum(r["resized_rgb_sha256"] == e for r, e in zip(image_records, expected_rgb)),
+            outputs_in_fp16=all(_fp16_values(e) for e in (images, texts)),
             seconds=round(seconds, 1),
             tolerance=tolerance.model_dump(exclude_none=True),
         ))
     return rows
+
+
+def _fp16_values(embeddings: np.ndarray) -> bool:
+    """Whether every value is a float16 number: the sign that the last layers computed in fp16."""
+    return bool(np.array_equal(embeddings.astype(np.float16).astype(np.float32), embeddings))
 
 
 def _embeddings(records: list[dict]) -> np.ndarray:

@@ -27,6 +27,7 @@ from converters.data import PARITY_SET_DIR
 from converters.data.parity_set import ParitySet, load_parity_set
 from converters.errors import ArtifactError
 from converters.export.config import ModelConfig
+from converters.machine import cpu_description
 from converters.progress import Note, Progress
 from converters.validate import golden
 from converters.validate.client import CppClient, client_parity
@@ -105,7 +106,8 @@ class ParityChecker:
             if self.manifest.entry(tower, stage.stage) and (artifact := self.manifest.artifact(tower, stage.stage)).mixed_precision
         }
         report = ParityReport(
-            self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages, mixed_precision
+            self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages, cpu_description(),
+            mixed_precision,
         )
         return report, complete
 

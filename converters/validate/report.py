@@ -50,6 +50,8 @@ class ClientParity:
     text: TowerParity
     token_ids_identical: int  # captions whose ids equal cn_clip's
     resized_rgb_identical: int  # photos whose resized RGB equals Pillow's, byte for byte
+    # Every output value a float16 number: fp16 arithmetic ran (ARMv8.2 with fp16 Options; never on x86).
+    outputs_in_fp16: bool
     seconds: float
     tolerance: dict
 
@@ -73,6 +75,7 @@ class ParityReport:
     weights: str
     parity_set: dict
     stages: list[StageParity]
+    cpu: str  # converters.machine.cpu_description() of the machine that ran the runtimes
     # Per int8 artifact ("visual.ncnn-int8"): the manifest's mixed_precision, how its float layers were chosen.
     mixed_precision: dict[str, dict] = field(default_factory=dict)
     # The C++ client's rows (`parity --client ARCH`), after the Python runtimes' own.
@@ -96,7 +99,7 @@ def render_markdown(report: ParityReport) -> str:
         "",
         f"Weights: {report.weights}. Parity set: {report.parity_set['images']} images, "
         f"{report.parity_set['captions']} captions. Reference: PyTorch fp32. Cosine is per sample; "
-        "norm ratio is max |norm / PyTorch's norm - 1|.",
+        f"norm ratio is max |norm / PyTorch's norm - 1|. Runtimes ran on {report.cpu}, one thread.",
         "",
         "| stage | runtime | tower | cos min | cos mean | max abs diff | norm ratio | top-1 agree | tolerance | result |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -129,10 +132,11 @@ def _clients(rows: list[ClientParity]) -> list[str]:
         "## C++ reference client",
         "",
         "`clients/cpp` (its own tokenizer, JPEG decoder, Pillow-exact resize and ncnn build) on every caption and the "
-        "golden photos, against PyTorch, under each stage's tolerance.",
+        "golden photos, against PyTorch, under each stage's tolerance. \"fp16 outputs\": every output value is a "
+        "float16 number, the sign that ncnn computed in fp16 (ARMv8.2 with the fp16 Options; x86 never does).",
         "",
-        "| stage | platform | tower | samples | cos min | cos mean | norm ratio | identical inputs | seconds | result |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | platform | tower | samples | cos min | cos mean | norm ratio | identical inputs | fp16 outputs | seconds | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         for tower, identical, what in (("visual", row.resized_rgb_identical, "resized RGB"), ("text", row.token_ids_identical, "token ids")):
@@ -140,7 +144,8 @@ def _clients(rows: list[ClientParity]) -> list[str]:
             result = "pass" if m.passed and identical == m.samples else "FAIL"
             lines.append(
                 f"| {row.stage} | {row.platform} | {tower} | {m.samples} | {m.cosine_min:.6f} | {m.cosine_mean:.6f} | "
-                f"{m.norm_ratio_max:.2e} | {what} {identical}/{m.samples} | {row.seconds:g} | {result} |"
+                f"{m.norm_ratio_max:.2e} | {what} {identical}/{m.samples} | {'yes' if row.outputs_in_fp16 else 'no'} | "
+                f"{row.seconds:g} | {result} |"
             )
     return lines
 
