@@ -103,7 +103,7 @@ def _sdist(version: str, into: Path) -> Path:
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             files = json.load(response)["files"]
-        (entry,) = [f for f in files if f["filename"] == name] or [None]
+        entry = next((f for f in files if f["filename"] == name), None)
         if entry is None:
             raise BuildError(f"{SIMPLE_INDEX}/ncnn/ lists no {name}: ncnn {version} has no sdist to build from.")
         target = into / name

@@ -80,6 +80,9 @@ class CppClient:
         return records
 
     def texts(self, bundle: Path, texts: list[str], stage: str | None) -> list[dict]:
+        broken = [text for text in texts if "\n" in text]
+        if broken:
+            raise ClientError(f"The client reads one text per line, and {broken[0]!r} holds a line break.")
         with tempfile.TemporaryDirectory() as scratch:
             lines = Path(scratch) / "texts.txt"
             lines.write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")

@@ -368,3 +368,15 @@ def test_help_answers_what_the_outputs_are(client):
 def test_a_missing_client_says_how_to_build_it(tmp_path):
     with pytest.raises(ClientError, match="make client ARCH=aarch64"):
         CppClient(tmp_path / "cnclip-embed", "aarch64")
+
+
+def test_a_text_with_a_line_break_is_refused_before_the_client_runs(client, vocab_bundle):
+    with pytest.raises(ClientError, match="one text per line"):
+        client.texts(vocab_bundle, ["猫\n狗"], None)
+
+
+def test_the_build_names_the_packages_to_install_when_tools_are_missing(tmp_path, monkeypatch):
+    build = _module("build")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(build.BuildError, match="aarch64-linux-gnu-g\\+\\+ not found.*g\\+\\+-aarch64-linux-gnu"):
+        build.build_client("aarch64", tmp_path / "out", 1)

@@ -269,8 +269,6 @@ std::vector<int32_t> Tokenizer::pieces(const std::string& utf8_text) const {
   return ids;
 }
 
-size_t Tokenizer::piece_count(const std::string& utf8_text) const { return pieces(utf8_text).size(); }
-
 std::vector<int32_t> Tokenizer::encode(const std::string& utf8_text) const {
   std::vector<int32_t> all = pieces(utf8_text);
   std::vector<int32_t> ids{cls_};

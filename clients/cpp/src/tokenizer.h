@@ -23,9 +23,6 @@ class Tokenizer {
   // Pad with 0 to context_length for ONNX towers (cn_clip pads with a literal 0).
   std::vector<int32_t> encode(const std::string& utf8_text) const;
 
-  // Word pieces before truncation: 0 means the text has no words.
-  size_t piece_count(const std::string& utf8_text) const;
-
  private:
   std::vector<int32_t> pieces(const std::string& utf8_text) const;
   void wordpiece(const std::u32string& word, std::vector<int32_t>& out) const;
