@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class Artifact:
     # Quantized stages: which layers were kept out of the stage's precision, and the measurements that chose them
     # (converters.export.mixed_precision.KeptLayersChoice.to_json).
     mixed_precision: dict | None = None
+    # The execution providers the files are meant for, when not only the CPU (onnx-fp16: GPUs, CoreML, NNAPI).
+    execution_providers: tuple[str, ...] = ()
 
     @property
     def runtime(self) -> str:
@@ -51,9 +54,7 @@ class Artifact:
         return f"{self.tower}.{self.stage}"
 
     def moved_to(self, files: list[Path]) -> "Artifact":
-        return Artifact(
-            self.tower, self.stage, self.precision, tuple(files), self.spec, self.runtime_options, self.mixed_precision
-        )
+        return dataclasses.replace(self, files=tuple(files))
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,9 @@ class ArtifactEntry:
             "outputs": [t.to_json() for t in artifact.spec.outputs],
             "runtime_options": artifact.runtime_options,
             "inputs_digest": self.inputs_digest,
-        } | ({} if artifact.mixed_precision is None else {"mixed_precision": artifact.mixed_precision})
+        } | ({} if artifact.mixed_precision is None else {"mixed_precision": artifact.mixed_precision}) | (
+            {"execution_providers": list(artifact.execution_providers)} if artifact.execution_providers else {}
+        )
 
     @classmethod
     def from_json(cls, data: dict, root: Path) -> "ArtifactEntry":
@@ -91,5 +94,6 @@ class ArtifactEntry:
         )
         files = tuple(FileRecord(**f) for f in data["files"])
         artifact = Artifact(data["tower"], data["stage"], data["precision"], tuple(root / f.path for f in files), spec,
-                            data["runtime_options"], data.get("mixed_precision"))
+                            data["runtime_options"], data.get("mixed_precision"),
+                            tuple(data.get("execution_providers", ())))
         return cls(artifact, files, data["inputs_digest"])

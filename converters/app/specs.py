@@ -53,7 +53,7 @@ class TowerSpec:
 
 # The artifacts a bundle can hold, in pipeline order. Each name says the runtime and the precision,
 # is the pipeline stage that makes the artifact, and is what an app asks the bundle for.
-STAGE_NAMES = ("onnx-fp32", "onnx-sim", "onnx-int8", "onnx-int4", "ncnn-fp32", "ncnn-fp16", "ncnn-int8")
+STAGE_NAMES = ("onnx-fp32", "onnx-sim", "onnx-fp16", "onnx-int8", "onnx-int4", "ncnn-fp32", "ncnn-fp16", "ncnn-int8")
 
 
 def runtime_of(stage: str) -> str:

@@ -90,6 +90,13 @@ class FloatFallback(_Strict):
     samples: int = Field(default=16, gt=0, le=1000)
 
 
+class Fp16Options(_Strict):
+    """onnxruntime's float16 conversion (converters/export/stages/onnx_fp16.py); inputs and outputs stay float32."""
+
+    # Operator types kept in float32 besides the converter's own list (ops without float16 definitions).
+    keep_fp32_ops: tuple[str, ...] = ()
+
+
 class Int8Options(_Strict):
     """onnxruntime dynamic quantization settings, chosen by measured parity, size and speed.
 
@@ -164,6 +171,7 @@ class Stages(_Strict):
 
     onnx_fp32: OnnxOptions = OnnxOptions()
     onnx_sim: SimplifyOptions = SimplifyOptions()
+    onnx_fp16: Fp16Options = Fp16Options()
     onnx_int8: Int8Options = Int8Options()
     onnx_int4: Int4Options = Int4Options()
     ncnn_fp32: NcnnOptions = NcnnOptions()
@@ -196,6 +204,7 @@ INT8_TOLERANCE = Tolerance(cosine_min=0.98, cosine_mean=0.99, norm_ratio_max=0.1
 class ParityTolerances(_Strict):
     onnx_fp32: Tolerance = FP32_TOLERANCE
     onnx_sim: Tolerance = FP32_TOLERANCE
+    onnx_fp16: Tolerance = FP16_STORAGE_TOLERANCE
     onnx_int8: Tolerance = INT8_TOLERANCE
     onnx_int4: Tolerance = INT8_TOLERANCE
     ncnn_fp32: Tolerance = FP32_TOLERANCE

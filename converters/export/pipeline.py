@@ -36,6 +36,7 @@ from converters.export.stages import (
     Stage,
     ncnn_float,
     ncnn_int8,
+    onnx_fp16,
     onnx_fp32,
     onnx_int4,
     onnx_int8,
@@ -53,7 +54,7 @@ from converters.validate.report import ParityReport
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        onnx_fp32.STAGE, onnx_sim.STAGE, onnx_int8.STAGE, onnx_int4.STAGE,
+        onnx_fp32.STAGE, onnx_sim.STAGE, onnx_fp16.STAGE, onnx_int8.STAGE, onnx_int4.STAGE,
         ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE,
     )
 }

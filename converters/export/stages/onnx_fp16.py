@@ -1,0 +1,47 @@
+"""Stage `onnx-fp16`: one simplified ONNX tower with float16 weights and arithmetic, float32 inputs and outputs.
+
+The form the official Chinese-CLIP deployment ships for GPUs, NNAPI and
+CoreML: half the size of fp32, and fp16 compute where the execution provider
+has fp16 kernels. The conversion is onnxruntime's own float16 converter
+(`onnxruntime.transformers.float16`), with casts at the graph's inputs and
+outputs so that an app feeds and reads float32 as with every other ONNX
+tower. Parity runs it with onnxruntime's CPU provider, which inserts casts
+around the operators it has no fp16 kernel for and computes those in fp32:
+the CPU numbers measure fp16 storage and the fp16 operators the CPU has, not
+a GPU's fp16 arithmetic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from converters.app.artifact import Artifact
+from converters.app.layout import BundleLayout
+from converters.errors import ConversionError
+from converters.export import onnx_io
+from converters.export.config import Fp16Options
+from converters.export.stages import Stage
+
+# What the manifest says the files are for; only the CPU provider is measured here.
+EXECUTION_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "NnapiExecutionProvider")
+
+
+def run(parent: Artifact, options: Fp16Options, workdir: Path) -> Artifact:
+    try:
+        # Weights beyond ±65504 are clipped and activations beyond it become inf: parity refuses both
+        # (a non-finite output fails before any number is compared).
+        converted = convert_float_to_float16(
+            onnx.load(str(parent.model_file)), keep_io_types=True,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *options.keep_fp32_ops],
+        )
+    except Exception as exc:  # the converter raises whatever its graph walk hits
+        raise ConversionError(f"float16 conversion of {parent.model_file} failed: {exc}") from None
+    (path,) = BundleLayout(workdir).model_files(parent.tower, STAGE.name)
+    return Artifact(parent.tower, STAGE.name, "fp16", tuple(onnx_io.save(converted, path)), parent.spec,
+                    execution_providers=EXECUTION_PROVIDERS)
+
+
+STAGE = Stage("onnx-fp16", "onnx-sim", run)
