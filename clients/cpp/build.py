@@ -59,11 +59,8 @@ CROSS = {
 }
 # pkg-config (which FindOpenSSL asks first) must list the arm64 libraries, not this machine's.
 CROSS_ENV = {"aarch64": {"PKG_CONFIG_LIBDIR": "/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig"}}
-APT_HINT = {
-    "x86_64": "apt-get install cmake g++ libjpeg62-turbo-dev libpng-dev nlohmann-json3-dev libssl-dev",
-    "aarch64": "dpkg --add-architecture arm64 && apt-get update && apt-get install cmake g++-aarch64-linux-gnu "
-    "libjpeg62-turbo-dev:arm64 libpng-dev:arm64 libssl-dev:arm64 nlohmann-json3-dev",
-}
+# The Debian packages are listed once, in the Makefile (CLIENT_PACKAGES_<arch>).
+APT_HINT = "make client-packages ARCH={arch} (as root: Debian's packages)"
 
 
 class BuildError(Exception):
@@ -146,14 +143,14 @@ def ensure_ncnn(arch: str, jobs: int) -> Path:
 def build_client(arch: str, out: Path, jobs: int) -> Path:
     missing = [tool for tool in ("cmake", "g++" if arch == "x86_64" else "aarch64-linux-gnu-g++") if not shutil.which(tool)]
     if missing:
-        raise BuildError(f"{', '.join(missing)} not found; install the build tools: {APT_HINT[arch]}")
+        raise BuildError(f"{', '.join(missing)} not found; install the build tools: {APT_HINT.format(arch=arch)}")
     package = ensure_ncnn(arch, jobs)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "build.log"
     log.write_text("")
     _run(["cmake", "-S", str(HERE), "-B", str(out / "cmake"), f"-Dncnn_DIR={package}",
           f"-DCMAKE_RUNTIME_OUTPUT_DIRECTORY={out.resolve()}", *CROSS.get(arch, ())], log,
-         f"Configuring the client for {arch} (missing libraries? {APT_HINT[arch]})", arch)
+         f"Configuring the client for {arch} (missing libraries? {APT_HINT.format(arch=arch)})", arch)
     _run(["cmake", "--build", str(out / "cmake"), "-j", str(jobs)], log, f"Compiling the client for {arch}", arch)
     return out / "cnclip-embed"
 

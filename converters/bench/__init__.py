@@ -11,7 +11,7 @@
     conversion.py  the conversion's wall time and memory, step by step
     search.py      indexing throughput and top-10 latency at scale
     goals.py       the goals, met or missed by how much
-    machine.py     CPU, load and versions
+    machine.py     load and library versions (the CPU: converters/cpu.py)
     report.py      the results as dataclasses (bench.json)
     markdown.py    bench.md
 """

@@ -16,7 +16,6 @@ from converters.bench.compare import BASELINE_STAGE, add_comparisons, fastest
 from converters.bench.conversion import bench_conversion
 from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
 from converters.bench.machine import load_average, versions
-from converters.machine import cpu_description
 from converters.bench.markdown import render_markdown
 from converters.bench.processes import run_fresh, usable_cores
 from converters.bench.report import BenchReport, Machine, TowerBench
@@ -30,6 +29,7 @@ from converters.bench.tower_speed import (
     query_label,
     query_text,
 )
+from converters.cpu import cpu_description
 from converters.export.config import ModelConfig
 
 Progress = Callable[[str], None]

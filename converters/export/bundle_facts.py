@@ -17,7 +17,9 @@ from converters.app.tokenizer import Tokenizer
 from converters.export.config import ModelConfig
 
 # The libraries whose versions decide what the files hold and how parity ran them.
-TOOLS = ("cnclip-converters", "ncnn", "pnnx", "onnxruntime", "onnx", "onnxsim", "torch", "cn_clip", "transformers")
+# Pillow too: its resize decides the golden images (13.0 reordered the two passes for some sizes).
+TOOLS = ("cnclip-converters", "ncnn", "pnnx", "onnxruntime", "onnx", "onnxsim", "torch", "cn_clip", "transformers",
+         "pillow")
 
 
 def _version(name: str) -> str:

@@ -26,12 +26,10 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.data.parity_set import ParitySet
 from converters.validate.metrics import Embeddings
+from converters.validate.report import RESIZED_RGB_TOLERANCE
 
 IMAGES = 4
 CAPTIONS = 6
-# How far an app's resize may be from Pillow's, per uint8 channel value: another antialiased bicubic
-# (fixed-point or float, another rounding) lands within ±1 of it; ±2 leaves room.
-RESIZED_RGB_TOLERANCE = 2
 # Cosine an app's embedding must reach against the golden row of its stage. The rows come from this
 # machine's runtimes; the same files elsewhere differ by summation order, fp16 arithmetic (ARMv8.2
 # computes in fp16 where x86 does not: text cosine 0.99993 measured under qemu) and int8 kernels (ncnn

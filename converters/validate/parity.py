@@ -23,11 +23,11 @@ from converters.app.preprocess import Transform
 from converters.app.runtimes import Embedder, open_tower
 from converters.app.specs import TOWERS, runtime_of
 from converters.app.tokenizer import Tokenizer
+from converters.cpu import cpu_description
 from converters.data import PARITY_SET_DIR
 from converters.data.parity_set import ParitySet, load_parity_set
 from converters.errors import ArtifactError
 from converters.export.config import ModelConfig
-from converters.machine import cpu_description
 from converters.progress import Note, Progress
 from converters.validate import golden
 from converters.validate.client import CppClient, client_parity
@@ -117,7 +117,9 @@ class ParityChecker:
         layout = BundleLayout(self.manifest.root)
         report, complete = self.report()
         for client in clients:
-            report.clients += client_parity(client, self.config, self.manifest, self.parity_set, self.reference, self.progress)
+            report.clients += client_parity(
+                client, self.config, self.manifest, self.parity_set, self.reference, THREADS, self.progress
+            )
         write(report, layout.parity_json, layout.parity_md)
         golden.write(self.manifest, self.parity_set, complete)
         self.manifest.save()

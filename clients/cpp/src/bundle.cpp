@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -52,11 +53,21 @@ FileEntry confined(const fs::path& root, const json& entry) {
 }
 
 const fs::path& verified(const FileEntry& file) {
+  if (!fs::is_regular_file(file.path))
+    throw std::runtime_error(file.path.string() + " is missing or not a regular file; convert again");
   std::string actual = sha256_file(file.path);
   if (actual != file.sha256)
     throw std::runtime_error(file.path.string() + " has sha256 " + actual + ", not the manifest's " + file.sha256 +
                              ": the file changed after conversion; convert again");
   return file.path;
+}
+
+int integer(const json& parent, const std::string& key, int low, int high) {
+  const json& value = parent.at(key.substr(key.find('.') + 1));
+  if (!value.is_number_integer() || value.get<int64_t>() < low || value.get<int64_t>() > high)
+    throw std::runtime_error(key + " is " + value.dump() + "; it must be a whole number from " + std::to_string(low) +
+                             " to " + std::to_string(high));
+  return value.get<int>();
 }
 
 std::vector<TensorSpec> tensors(const json& list) {
@@ -78,7 +89,7 @@ std::string sha256_hex(const void* data, size_t size) {
   return hex(digest, length);
 }
 
-const TensorSpec& TowerArtifact::input(const std::string& role) const {
+const TensorSpec& Artifact::input(const std::string& role) const {
   for (const TensorSpec& spec : inputs)
     if (spec.role == role) return spec;
   throw std::runtime_error(key + " has no input with role " + role);
@@ -93,20 +104,27 @@ Bundle Bundle::open(const fs::path& root) {
   try {
     json manifest = json::parse(in);
     const json& pre = manifest.at("preprocess");
-    bundle.preprocess.resolution = pre.at("resolution");
+    Preprocess& spec = bundle.preprocess;
+    spec.resolution = integer(pre, "preprocess.resolution", 1, 8192);
     for (int band = 0; band < 3; ++band) {
       // Read as double, stored as float32: what numpy's float32 arrays of the same JSON numbers hold.
-      bundle.preprocess.mean[band] = static_cast<float>(pre.at("mean").at(band).get<double>());
-      bundle.preprocess.std[band] = static_cast<float>(pre.at("std").at(band).get<double>());
+      spec.mean[band] = static_cast<float>(pre.at("mean").at(band).get<double>());
+      spec.std[band] = static_cast<float>(pre.at("std").at(band).get<double>());
+      if (!(spec.std[band] > 0) || !std::isfinite(spec.std[band]) || !std::isfinite(spec.mean[band]))
+        throw std::runtime_error("preprocess.mean and preprocess.std must be finite, std above 0");
     }
-    bundle.preprocess.center_crop = pre.value("resize_mode", "square") == "shortest_edge_center_crop";
-    if (bundle.preprocess.center_crop) bundle.preprocess.shortest_edge = pre.at("shortest_edge");
+    const std::string mode = pre.value("resize_mode", "square");
+    if (mode != "square" && mode != "shortest_edge_center_crop")
+      throw std::runtime_error("preprocess.resize_mode is '" + mode + "'; this client knows square and shortest_edge_center_crop");
+    spec.center_crop = mode == "shortest_edge_center_crop";
+    if (spec.center_crop) spec.shortest_edge = integer(pre, "preprocess.shortest_edge", spec.resolution, 8192);
     const json& tokenizer = manifest.at("tokenizer");
-    bundle.context_length = tokenizer.at("context_length");
-    bundle.max_chars_per_word = tokenizer.at("max_chars_per_word");
+    bundle.context_length = integer(tokenizer, "tokenizer.context_length", 2, 4096);
+    bundle.max_chars_per_word = integer(tokenizer, "tokenizer.max_chars_per_word", 1, 100000);
+    bundle.unicode_version = tokenizer.value("unicode_version", "");
     bundle.vocab = verified(confined(root, manifest.at("files").at("vocab")));
     for (const auto& [key, entry] : manifest.at("artifacts").items()) {
-      TowerArtifact artifact{key, entry.at("runtime"), {}, tensors(entry.at("inputs")), tensors(entry.at("outputs")), {}};
+      Artifact artifact{key, entry.at("runtime"), {}, tensors(entry.at("inputs")), tensors(entry.at("outputs")), {}};
       if (artifact.runtime != "ncnn") continue;
       for (const json& file : entry.at("files")) artifact.files.push_back(confined(root, file));
       const json options = entry.value("runtime_options", json::object());
@@ -114,13 +132,14 @@ Bundle Bundle::open(const fs::path& root) {
         artifact.runtime_options[name] = value.get<bool>();
       bundle.artifacts[key] = artifact;
     }
-  } catch (const json::exception& error) {
-    throw std::runtime_error(manifest_path.string() + " is not a manifest this client reads: " + error.what());
+  } catch (const std::exception& error) {
+    throw std::runtime_error(manifest_path.string() + " is not a manifest this client reads: " + error.what() +
+                             "; convert the bundle again");
   }
   return bundle;
 }
 
-const TowerArtifact& Bundle::artifact(const std::string& tower, const std::string& stage) const {
+const Artifact& Bundle::artifact(const std::string& tower, const std::string& stage) const {
   auto found = artifacts.find(tower + "." + stage);
   if (found == artifacts.end()) {
     std::string stages;

@@ -20,7 +20,7 @@ struct FileEntry {
   std::string sha256;
 };
 
-struct TowerArtifact {
+struct Artifact {
   std::string key;  // e.g. "text.ncnn-fp16"
   std::string runtime;
   std::vector<FileEntry> files;
@@ -36,12 +36,13 @@ struct Bundle {
   std::filesystem::path vocab;
   int context_length = 0;
   int max_chars_per_word = 0;
-  std::map<std::string, TowerArtifact> artifacts;  // by "tower.stage"
+  std::string unicode_version;  // of the tables the bundle's tokenizer was checked with
+  std::map<std::string, Artifact> artifacts;  // by "tower.stage"
 
   // Reads manifest.json and checks the vocabulary's sha256.
   static Bundle open(const std::filesystem::path& root);
   // One tower of one stage, its files' sha256 checked (hashing every artifact up front would read the whole bundle).
-  const TowerArtifact& artifact(const std::string& tower, const std::string& stage) const;
+  const Artifact& artifact(const std::string& tower, const std::string& stage) const;
 };
 
 std::string sha256_hex(const void* data, size_t size);

@@ -4,6 +4,7 @@
 #include <jerror.h>
 #include <png.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
@@ -27,10 +28,12 @@ void check_size(const std::string& path, int64_t width, int64_t height) {
                              " pixels, above the limit of " + std::to_string(kMaxPixels) + "; downscale it first");
 }
 
+// libjpeg and libpng report errors by longjmp. Each call that may jump runs in a small function of its
+// own whose frame holds no C++ object, so a jump never skips a destructor or leaves one half-updated.
 struct JpegErrors {
   jpeg_error_mgr base;
   std::jmp_buf jump;
-  bool truncated = false;
+  bool truncated;
   char message[JMSG_LENGTH_MAX];
 };
 
@@ -45,63 +48,71 @@ void jpeg_warn(j_common_ptr info, int level) {
   if (level < 0 && info->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(info->err)->truncated = true;
 }
 
-Image decode_jpeg(const std::string& path, FILE* file) {
-  jpeg_decompress_struct info;
-  JpegErrors errors;
-  info.err = jpeg_std_error(&errors.base);
-  errors.base.error_exit = jpeg_fail;
-  errors.base.emit_message = jpeg_warn;
-  Image image;
-  if (setjmp(errors.jump)) {
-    jpeg_destroy_decompress(&info);
-    throw std::runtime_error(path + " is not a JPEG libjpeg can decode: " + errors.message);
-  }
-  jpeg_create_decompress(&info);
-  jpeg_stdio_src(&info, file);
-  jpeg_read_header(&info, TRUE);
-  if (info.jpeg_color_space == JCS_CMYK || info.jpeg_color_space == JCS_YCCK) {
-    jpeg_destroy_decompress(&info);
-    throw std::runtime_error(path + " is a CMYK JPEG, which this client does not convert; save it as RGB");
-  }
-  check_size(path, info.image_width, info.image_height);
+bool jpeg_header(jpeg_decompress_struct* info, JpegErrors* errors, FILE* file) {
+  if (setjmp(errors->jump)) return false;
+  jpeg_stdio_src(info, file);
+  jpeg_read_header(info, TRUE);
+  return true;
+}
+
+bool jpeg_pixels(jpeg_decompress_struct* info, JpegErrors* errors, uint8_t* data, size_t stride) {
+  if (setjmp(errors->jump)) return false;
   // Pillow opens one-component JPEGs as L and the rest as RGB, with libjpeg's default (islow) IDCT and
   // fancy upsampling, which are left as they are.
-  info.out_color_space = info.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
-  jpeg_start_decompress(&info);
-  image.width = info.output_width;
-  image.height = info.output_height;
-  image.channels = info.output_components;
-  image.data.resize(static_cast<size_t>(image.width) * image.height * image.channels);
-  while (info.output_scanline < info.output_height) {
-    JSAMPROW row = image.data.data() + static_cast<size_t>(info.output_scanline) * image.width * image.channels;
-    jpeg_read_scanlines(&info, &row, 1);
+  info->out_color_space = info->num_components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(info);
+  while (info->output_scanline < info->output_height) {
+    JSAMPROW row = data + static_cast<size_t>(info->output_scanline) * stride;
+    jpeg_read_scanlines(info, &row, 1);
   }
-  jpeg_finish_decompress(&info);
-  jpeg_destroy_decompress(&info);
-  if (errors.truncated) throw std::runtime_error(path + " is truncated (the JPEG data ends early)");
+  jpeg_finish_decompress(info);
+  return true;
+}
+
+struct JpegReader {
+  jpeg_decompress_struct info;
+  JpegErrors errors{};
+  JpegReader() {
+    info.err = jpeg_std_error(&errors.base);
+    errors.base.error_exit = jpeg_fail;
+    errors.base.emit_message = jpeg_warn;
+    jpeg_create_decompress(&info);
+  }
+  ~JpegReader() { jpeg_destroy_decompress(&info); }
+};
+
+Image decode_jpeg(const std::string& path, FILE* file) {
+  JpegReader reader;
+  auto fail = [&] { return std::runtime_error(path + " is not a JPEG libjpeg can decode: " + reader.errors.message); };
+  if (!jpeg_header(&reader.info, &reader.errors, file)) throw fail();
+  if (reader.info.jpeg_color_space == JCS_CMYK || reader.info.jpeg_color_space == JCS_YCCK)
+    throw std::runtime_error(path + " is a CMYK JPEG, which this client does not convert; save it as RGB");
+  check_size(path, reader.info.image_width, reader.info.image_height);
+  Image image;
+  image.width = reader.info.image_width;
+  image.height = reader.info.image_height;
+  image.channels = reader.info.num_components == 1 ? 1 : 3;
+  image.data.resize(static_cast<size_t>(image.width) * image.height * image.channels);
+  if (!jpeg_pixels(&reader.info, &reader.errors, image.data.data(), static_cast<size_t>(image.width) * image.channels))
+    throw fail();
+  if (reader.errors.truncated) throw std::runtime_error(path + " is truncated (the JPEG data ends early)");
   return image;
 }
 
-Image decode_png(const std::string& path, FILE* file) {
+struct PngReader {
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!info) throw std::runtime_error("out of memory reading " + path);
-  Image image;
-  std::vector<png_bytep> rows;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw std::runtime_error(path + " is truncated or not a PNG libpng can decode");
-  }
+  ~PngReader() { png_destroy_read_struct(&png, &info, nullptr); }
+};
+
+// Reads the header and sets Pillow's transformations; `depth` and `type` are the file's own.
+bool png_header(png_structp png, png_infop info, FILE* file, int* depth_out, int* type_out) {
+  if (setjmp(png_jmpbuf(png))) return false;
+  // libpng's default caps width and height at 1,000,000 each; the pixel count is capped by check_size instead.
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   png_init_io(png, file);
   png_read_info(png, info);
-  png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
-  int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
-  check_size(path, width, height);
-  if (type == PNG_COLOR_TYPE_GRAY && depth == 16) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    throw std::runtime_error(path + " is a 16-bit grayscale PNG, which Pillow opens as I;16 and this client does not "
-                                    "handle; save it as 8-bit");
-  }
+  int depth = *depth_out = png_get_bit_depth(png, info), type = *type_out = png_get_color_type(png, info);
   // The modes Pillow opens PNGs in: 16-bit samples keep their high byte, 1/2/4-bit gray is scaled to 8 bits
   // (1-bit as mode '1', resized with nearest), palette images stay indices ('P', nearest), and tRNS stays
   // metadata (no alpha channel is made from it).
@@ -110,14 +121,37 @@ Image decode_png(const std::string& path, FILE* file) {
   if (type == PNG_COLOR_TYPE_PALETTE) png_set_packing(png);
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
+  return true;
+}
+
+bool png_pixels(png_structp png, png_bytepp rows) {
+  if (setjmp(png_jmpbuf(png))) return false;
+  png_read_image(png, rows);
+  return true;
+}
+
+Image decode_png(const std::string& path, FILE* file) {
+  PngReader reader;
+  if (!reader.info) throw std::runtime_error("out of memory reading " + path);
+  auto fail = [&] { return std::runtime_error(path + " is truncated or not a PNG libpng can decode"); };
+  png_structp png = reader.png;
+  png_infop info = reader.info;
+  int depth = 0, type = 0;
+  if (!png_header(png, info, file, &depth, &type)) throw fail();
+  png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
+  check_size(path, width, height);
+  if (type == PNG_COLOR_TYPE_GRAY && depth == 16)
+    throw std::runtime_error(path + " is a 16-bit grayscale PNG, which Pillow opens as I;16 and this client does "
+                                    "not handle; save it as 8-bit");
+  Image image;
   image.width = width;
   image.height = height;
   image.channels = png_get_channels(png, info);
   image.nearest = type == PNG_COLOR_TYPE_PALETTE || (type == PNG_COLOR_TYPE_GRAY && depth == 1);
   image.data.resize(static_cast<size_t>(width) * height * image.channels);
-  rows.resize(height);
+  std::vector<png_bytep> rows(height);
   for (png_uint_32 y = 0; y < height; ++y) rows[y] = image.data.data() + static_cast<size_t>(y) * width * image.channels;
-  png_read_image(png, rows.data());
+  if (!png_pixels(png, rows.data())) throw fail();
   if (type == PNG_COLOR_TYPE_PALETTE) {
     png_colorp palette = nullptr;
     int entries = 0;
@@ -132,7 +166,6 @@ Image decode_png(const std::string& path, FILE* file) {
     image.data = std::move(rgb);
     image.channels = 3;
   }
-  png_destroy_read_struct(&png, &info, nullptr);
   return image;
 }
 
@@ -218,17 +251,20 @@ Image resample_pass(const Image& in, int out_size, bool horizontal) {
   return out;
 }
 
-// Pillow's affine nearest: the input pixel under each output pixel's centre.
+// Pillow's affine nearest: the input pixel under each output pixel's centre, the position advanced by
+// adding the step once per pixel (multiplying instead rounds differently at some exact boundaries).
 Image resize_nearest(const Image& in, int width, int height) {
   Image out = in;
   out.width = width;
   out.height = height;
   out.data.resize(static_cast<size_t>(width) * height * in.channels);
-  double xscale = static_cast<double>(in.width) / width, yscale = static_cast<double>(in.height) / height;
-  for (int y = 0; y < height; ++y) {
-    int sy = static_cast<int>((y + 0.5) * yscale);
-    for (int x = 0; x < width; ++x) {
-      int sx = static_cast<int>((x + 0.5) * xscale);
+  const double xscale = static_cast<double>(in.width) / width, yscale = static_cast<double>(in.height) / height;
+  double ypos = yscale * 0.5;
+  for (int y = 0; y < height; ++y, ypos += yscale) {
+    const int sy = std::min(static_cast<int>(ypos), in.height - 1);
+    double xpos = xscale * 0.5;
+    for (int x = 0; x < width; ++x, xpos += xscale) {
+      const int sx = std::min(static_cast<int>(xpos), in.width - 1);
       for (int band = 0; band < in.channels; ++band)
         out.data[(static_cast<size_t>(y) * width + x) * in.channels + band] =
             in.data[(static_cast<size_t>(sy) * in.width + sx) * in.channels + band];
@@ -282,7 +318,11 @@ Image resize(const Image& image, int width, int height) {
   Image work = image;
   bool alpha = image.channels == 2 || image.channels == 4;
   if (alpha) premultiply(work);
-  // Pillow resamples rows first, then columns, through an 8-bit intermediate image.
+  // Two passes through an 8-bit intermediate image, which rounds and clips, so their order shows. Pillow
+  // runs rows first, except (since 13.0, python-pillow/Pillow#9549) when the height shrinks by more than
+  // twice as many pixels as the width: then columns first.
+  const bool columns_first = height < work.height && work.height - height > 2 * (work.width - width);
+  if (columns_first && work.height != height) work = resample_pass(work, height, false);
   if (work.width != width) work = resample_pass(work, width, true);
   if (work.height != height) work = resample_pass(work, height, false);
   if (alpha) unpremultiply(work);
@@ -311,6 +351,8 @@ Image resized_rgb(const Image& image, const Preprocess& spec) {
   int scaled = static_cast<int>(static_cast<double>(spec.shortest_edge) * longer / shorter);
   rgb = portrait ? resize(rgb, spec.shortest_edge, scaled) : resize(rgb, scaled, spec.shortest_edge);
   int left = (rgb.width - spec.resolution) / 2, top = (rgb.height - spec.resolution) / 2;
+  // Bundle::open requires shortest_edge >= resolution, so the crop lies inside the resized image.
+  if (left < 0 || top < 0) throw std::logic_error("centre crop larger than the resized image");
   Image crop;
   crop.width = crop.height = spec.resolution;
   crop.channels = 3;
@@ -320,6 +362,16 @@ Image resized_rgb(const Image& image, const Preprocess& spec) {
       crop.data[(static_cast<size_t>(y) * spec.resolution) * 3 + x] =
           rgb.data[(static_cast<size_t>(y + top) * rgb.width + left) * 3 + x];
   return crop;
+}
+
+void save_png(const Image& rgb, const std::string& path) {
+  png_image out{};
+  out.version = PNG_IMAGE_VERSION;
+  out.width = rgb.width;
+  out.height = rgb.height;
+  out.format = PNG_FORMAT_RGB;
+  if (!png_image_write_to_file(&out, path.c_str(), 0, rgb.data.data(), 0, nullptr))
+    throw std::runtime_error("cannot write " + path + ": " + out.message);
 }
 
 std::vector<float> normalized_pixels(const Image& rgb, const Preprocess& spec) {

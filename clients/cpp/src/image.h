@@ -23,7 +23,8 @@ constexpr int64_t kMaxPixels = 89478485;
 Image decode_image(const std::string& path);
 
 // Pillow's Image.resize(size, BICUBIC) in the image's own mode (premultiplied alpha for LA/RGBA, nearest
-// for '1' and 'P'), bit for bit.
+// for '1' and 'P'), bit for bit with Pillow 13 (which orders its two passes differently from Pillow 12 for
+// images whose height shrinks much more than their width).
 Image resize(const Image& image, int width, int height);
 
 // Image.convert("RGB"): gray replicated, alpha dropped without compositing.
@@ -38,6 +39,9 @@ struct Preprocess {
 
 // The uint8 RGB image the model sees: resolution × resolution, interleaved.
 Image resized_rgb(const Image& image, const Preprocess& spec);
+
+// A uint8 RGB image as a PNG file (for comparing with golden.json's resized_rgb_file).
+void save_png(const Image& rgb, const std::string& path);
 
 // (uint8 / 255 - mean) / std in float32, planar [3, resolution, resolution].
 std::vector<float> normalized_pixels(const Image& rgb, const Preprocess& spec);

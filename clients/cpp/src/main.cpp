@@ -1,12 +1,11 @@
 // cnclip-embed: embeddings of texts or images from a converted bundle's ncnn artifacts, as JSON Lines.
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -20,7 +19,7 @@ namespace {
 
 const char kUsage[] =
     "usage: cnclip-embed BUNDLE_DIR --stage STAGE (--texts FILE | --images FILE...) [--threads N]\n"
-    "       cnclip-embed BUNDLE_DIR --no-embed (--texts FILE | --images FILE...)\n"
+    "       cnclip-embed BUNDLE_DIR --no-embed (--texts FILE | --images FILE...) [--save-resized DIR]\n"
     "\n"
     "Embeds each text or image with the bundle's ncnn artifacts, checked against manifest.json's sha256 first.\n"
     "\n"
@@ -30,14 +29,16 @@ const char kUsage[] =
     "  --images FILE…  JPEG or PNG files\n"
     "  --threads N     ncnn threads (default: ncnn's, the big cores)\n"
     "  --no-embed      tokenize or preprocess only: token ids and pixel checksums, no model\n"
+    "  --save-resized DIR  also write each resized RGB image as DIR/N.png (N: its position, from 0)\n"
     "\n"
     "Prints one JSON object per input, in order: {\"text\", \"token_ids\", \"embedding\"} or\n"
     "{\"image\", \"pixels_sha256\", \"resized_rgb_sha256\", \"embedding\"}; token_ids are unpadded\n"
     "([CLS] … [SEP], what ncnn's text tower takes), embeddings unnormalized. An input that fails gives\n"
-    "{\"text\"|\"image\", \"error\"} and the exit status 1; a bad bundle or command line, 2.\n";
+    "{\"text\"|\"image\", \"error\"} and the exit status 1 (a non-finite embedding is such an error);\n"
+    "a bad bundle or command line, 2.\n";
 
 struct Arguments {
-  std::string bundle, stage, texts;
+  std::string bundle, stage, texts, resized_dir;
   std::vector<std::string> images;
   int threads = 0;
   bool embed = true;
@@ -67,12 +68,16 @@ Arguments parse(int argc, char** argv) {
       while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) args.images.push_back(argv[++i]);
       if (args.images.empty()) usage_error("--images needs at least one file");
     } else if (arg == "--threads") {
+      const std::string text = value("a number");
+      size_t used = 0;
       try {
-        args.threads = std::stoi(value("a number"));
+        args.threads = std::stoi(text, &used);
       } catch (const std::exception&) {
-        usage_error("--threads takes a whole number");
+        used = 0;
       }
-      if (args.threads < 1) usage_error("--threads takes a number of at least 1");
+      if (used != text.size() || args.threads < 1) usage_error("--threads takes a whole number of at least 1");
+    } else if (arg == "--save-resized") {
+      args.resized_dir = value("a folder");
     } else if (arg == "--no-embed") {
       args.embed = false;
     } else if (arg.rfind("--", 0) == 0) {
@@ -105,6 +110,13 @@ std::vector<std::string> read_lines(const std::string& file) {
   return lines;
 }
 
+// nlohmann writes NaN and inf as null; an embedding holding one is an error, not a vector.
+std::vector<float> finite(std::vector<float> embedding) {
+  for (float value : embedding)
+    if (!std::isfinite(value)) throw std::runtime_error("the embedding is not finite (NaN or inf): the model is broken");
+  return embedding;
+}
+
 void print(const nlohmann::ordered_json& record) {
   std::cout << record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << '\n';
 }
@@ -114,6 +126,10 @@ int run(const Arguments& args) {
   const std::string tower_name = args.texts.empty() ? "visual" : "text";
   std::unique_ptr<cnclip::Tower> tower;
   if (args.embed) tower = std::make_unique<cnclip::Tower>(bundle.artifact(tower_name, args.stage), args.threads);
+  if (!args.texts.empty() && bundle.unicode_version != cnclip::kUnicodeVersion)
+    std::cerr << "warning: the bundle's tokenizer was checked with Unicode " << bundle.unicode_version
+              << ", this client's tables are Unicode " << cnclip::kUnicodeVersion
+              << ": characters new in between may tokenize differently\n";
   int failures = 0;
   if (!args.texts.empty()) {
     cnclip::Tokenizer tokenizer(bundle.vocab.string(), bundle.context_length, bundle.max_chars_per_word);
@@ -123,23 +139,25 @@ int run(const Arguments& args) {
       try {
         std::vector<int32_t> ids = tokenizer.encode(lines[n]);
         record["token_ids"] = ids;
-        if (tower) record["embedding"] = tower->embed_ids(ids);
-      } catch (const std::runtime_error& error) {
+        if (tower) record["embedding"] = finite(tower->embed_text(ids));
+      } catch (const std::exception& error) {
         record["error"] = std::string(args.texts) + " line " + std::to_string(n + 1) + ": " + error.what();
         ++failures;
       }
       print(record);
     }
   }
-  for (const std::string& path : args.images) {
+  for (size_t n = 0; n < args.images.size(); ++n) {
+    const std::string& path = args.images[n];
     nlohmann::ordered_json record = {{"image", path}};
     try {
       cnclip::Image rgb = cnclip::resized_rgb(cnclip::decode_image(path), bundle.preprocess);
+      if (!args.resized_dir.empty()) cnclip::save_png(rgb, args.resized_dir + "/" + std::to_string(n) + ".png");
       std::vector<float> pixels = cnclip::normalized_pixels(rgb, bundle.preprocess);
       record["pixels_sha256"] = cnclip::sha256_hex(pixels.data(), pixels.size() * sizeof(float));
       record["resized_rgb_sha256"] = cnclip::sha256_hex(rgb.data.data(), rgb.data.size());
-      if (tower) record["embedding"] = tower->embed_pixels(pixels, bundle.preprocess.resolution);
-    } catch (const std::runtime_error& error) {
+      if (tower) record["embedding"] = finite(tower->embed_image(pixels, bundle.preprocess.resolution));
+    } catch (const std::exception& error) {
       record["error"] = error.what();
       ++failures;
     }

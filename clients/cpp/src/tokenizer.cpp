@@ -19,6 +19,7 @@ struct CharMapping {
   char32_t mapped[4];
 };
 #include "unicode_tables.inc"
+static_assert(CNCLIP_MAPPING_WIDTH <= 4, "CharMapping::mapped is too short for the generated tables");
 
 // Flag bits as gen_unicode_tables.py writes them.
 enum : uint8_t {
@@ -124,8 +125,7 @@ std::u32string strip_spaces(const std::u32string& text) {
   return text.substr(first, last - first);
 }
 
-}  // namespace
-
+// UTF-8 → code points; malformed input throws (Python would not decode it either).
 std::u32string decode_utf8(const std::string& text) {
   std::u32string out;
   size_t i = 0;
@@ -170,6 +170,7 @@ std::string encode_utf8(const std::u32string& text) {
   return out;
 }
 
+// BERT's basic step as cn_clip runs it: the words WordPiece sees, in order.
 std::vector<std::u32string> split_words(const std::u32string& text) {
   // _clean_text, then _tokenize_chinese_chars: each CJK ideograph becomes its own token.
   std::u32string spaced;
@@ -200,6 +201,10 @@ std::vector<std::u32string> split_words(const std::u32string& text) {
   flush();
   return words;
 }
+
+}  // namespace
+
+const char kUnicodeVersion[] = CNCLIP_UNICODE_VERSION;
 
 Tokenizer::Tokenizer(const std::string& vocab_file, int context_length, int max_chars_per_word)
     : context_length_(context_length), max_chars_per_word_(max_chars_per_word) {

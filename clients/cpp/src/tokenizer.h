@@ -8,19 +8,16 @@
 
 namespace cnclip {
 
-// UTF-8 → code points; throws std::runtime_error on malformed input (Python would not decode it either).
-std::u32string decode_utf8(const std::string& text);
-std::string encode_utf8(const std::u32string& text);
-
-// BERT's basic step as cn_clip runs it: the words WordPiece sees, in order.
-std::vector<std::u32string> split_words(const std::u32string& text);
+// The Unicode version of the character tables (that of the Python unicodedata they were generated from).
+extern const char kUnicodeVersion[];
 
 class Tokenizer {
  public:
   Tokenizer(const std::string& vocab_file, int context_length, int max_chars_per_word);
 
   // [CLS], the first context_length - 2 word pieces, [SEP]: unpadded, as ncnn's text towers take them.
-  // Pad with 0 to context_length for ONNX towers (cn_clip pads with a literal 0).
+  // Pad with 0 to context_length for ONNX towers (cn_clip pads with a literal 0). Throws
+  // std::runtime_error for text that is not valid UTF-8.
   std::vector<int32_t> encode(const std::string& utf8_text) const;
 
  private:

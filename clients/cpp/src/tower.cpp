@@ -30,10 +30,12 @@ bool ncnn::Option::*option_member(const std::string& name) {
 
 }  // namespace
 
-Tower::Tower(const TowerArtifact& artifact, int threads) : artifact_(artifact) {
+Tower::Tower(const Artifact& artifact, int threads) : artifact_(artifact) {
   for (const auto& [name, value] : artifact.runtime_options) {
     bool ncnn::Option::*member = option_member(name);
-    if (!member) throw std::runtime_error(artifact.key + ": this client sets no ncnn Option named " + name);
+    if (!member)
+      throw std::runtime_error(artifact.key + ": this client sets no ncnn Option named " + name +
+                               " (its runtime_options in manifest.json); add it to option_member in tower.cpp");
     net_.opt.*member = value;
   }
   if (threads > 0) net_.opt.num_threads = threads;
@@ -42,19 +44,32 @@ Tower::Tower(const TowerArtifact& artifact, int threads) : artifact_(artifact) {
                              std::to_string(artifact.files.size()) + " files are listed");
   const std::string param = artifact.files[0].path.string(), bin = artifact.files[1].path.string();
   if (net_.load_param(param.c_str()) != 0 || net_.load_model(bin.c_str()) != 0)
-    throw std::runtime_error("ncnn cannot load " + param + " with " + bin);
+    throw std::runtime_error("ncnn cannot load " + param + " with " + bin +
+                             ": built with an older ncnn than the manifest's tools.ncnn? Rebuild the client");
+  if (artifact.outputs.empty()) throw std::runtime_error(artifact.key + " lists no output in manifest.json");
+  // What this client feeds; a manifest that says otherwise describes another kind of model.
+  for (const TensorSpec& input : artifact.inputs) {
+    const char* expected = input.role == "pixels" ? "float32" : "int32";
+    if (input.dtype != expected)
+      throw std::runtime_error(artifact.key + " input " + input.name + " is " + input.dtype + "; this client feeds " +
+                               expected + " " + input.role);
+  }
 }
 
 std::vector<float> Tower::extract(ncnn::Extractor& extractor) {
   ncnn::Mat out;
   const std::string& name = artifact_.outputs.at(0).name;
-  if (extractor.extract(name.c_str(), out) != 0) throw std::runtime_error(artifact_.key + ": ncnn failed to compute " + name);
+  if (extractor.extract(name.c_str(), out) != 0)
+    throw std::runtime_error(artifact_.key + ": ncnn failed to compute " + name + " (a blob name the model lacks?)");
   ncnn::Mat flat = out.reshape(out.w * out.h * out.d * out.c);
   return std::vector<float>(static_cast<const float*>(flat.data), static_cast<const float*>(flat.data) + flat.w);
 }
 
-std::vector<float> Tower::embed_pixels(const std::vector<float>& pixels, int resolution) {
+std::vector<float> Tower::embed_image(const std::vector<float>& pixels, int resolution) {
   const TensorSpec& spec = artifact_.input("pixels");
+  if (spec.shape != std::vector<int>{3, resolution, resolution})
+    throw std::runtime_error(artifact_.key + " takes pixels of another shape than preprocess.resolution " +
+                             std::to_string(resolution) + " gives");
   ncnn::Mat input(resolution, resolution, 3);
   const size_t plane = static_cast<size_t>(resolution) * resolution;
   // ncnn pads each channel to an aligned stride, so planes are copied one by one.
@@ -64,7 +79,7 @@ std::vector<float> Tower::embed_pixels(const std::vector<float>& pixels, int res
   return extract(extractor);
 }
 
-std::vector<float> Tower::embed_ids(const std::vector<int32_t>& ids) {
+std::vector<float> Tower::embed_text(const std::vector<int32_t>& ids) {
   const TensorSpec& id_spec = artifact_.input("token_ids");
   const TensorSpec& position_spec = artifact_.input("position_ids");
   const int count = static_cast<int>(ids.size());

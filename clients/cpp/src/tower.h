@@ -13,17 +13,17 @@ namespace cnclip {
 class Tower {
  public:
   // threads 0: ncnn's default (the big cores).
-  Tower(const TowerArtifact& artifact, int threads);
+  Tower(const Artifact& artifact, int threads);
 
   // Planar float32 [3, R, R] → the unnormalized embedding.
-  std::vector<float> embed_pixels(const std::vector<float>& pixels, int resolution);
+  std::vector<float> embed_image(const std::vector<float>& pixels, int resolution);
   // Unpadded ids ([CLS] … [SEP]); positions are 0, 1, 2, … as cn_clip's mask gives them.
-  std::vector<float> embed_ids(const std::vector<int32_t>& ids);
+  std::vector<float> embed_text(const std::vector<int32_t>& ids);
 
  private:
   std::vector<float> extract(ncnn::Extractor& extractor);
 
-  const TowerArtifact& artifact_;
+  const Artifact& artifact_;
   ncnn::Net net_;
 };
 
