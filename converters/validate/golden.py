@@ -42,8 +42,12 @@ def _spread(count: int, total: int) -> list[int]:
 
 
 def golden_rows(parity_set: ParitySet) -> tuple[list[int], list[int]]:
-    """The parity set's image and caption rows that become golden vectors."""
-    return _spread(IMAGES, len(parity_set.image_files)), _spread(CAPTIONS, len(parity_set.captions))
+    """The parity set's image and caption rows that become golden vectors: photos spread over the set, and the
+    tallest one, on which Pillow 13 resizes columns first (a port that always goes rows first misses it)."""
+    sizes = [Image.open(f).size for f in parity_set.image_files]
+    tallest = max(range(len(sizes)), key=lambda row: sizes[row][1] / sizes[row][0])
+    images = sorted({*_spread(IMAGES - 1, len(sizes)), tallest})
+    return images, _spread(CAPTIONS, len(parity_set.captions))
 
 
 def _rounded(vectors: np.ndarray) -> list[list[float]]:

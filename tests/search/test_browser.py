@@ -86,7 +86,7 @@ def test_search_more_like_this_and_a_date_filter_in_chromium(server, browser, tm
     browser.get(base + "/")
     browser.find_element(By.ID, "q").send_keys("海边的日落")
     browser.find_element(By.ID, "go").click()
-    wait_for(browser, lambda d: len(hits(d)) == 14, "14 thumbnails after a text search")
+    wait_for(browser, lambda d: len(hits(d)) == 15, "15 thumbnails after a text search")
     wait_for(browser, lambda d: d.execute_script(
         "return [...document.querySelectorAll('figure.hit img')].every(img => img.complete && img.naturalWidth > 0)"
     ), "every thumbnail loaded")

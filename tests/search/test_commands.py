@@ -45,8 +45,8 @@ def test_index_reports_what_it_did_and_lists_skipped_files(indexed):
     photos, index_dir = indexed
     again = invoke("index", photos, "--index", index_dir)  # the index remembers its bundle and stage
     assert again.exit_code == 0, again.output
-    assert "1 to embed, 14 unchanged, 0 gone" in again.stderr  # unreadable files are tried again
-    assert "14 photos (0 added, 0 updated, 0 removed, 14 unchanged, 1 skipped)" in again.stderr
+    assert "1 to embed, 15 unchanged, 0 gone" in again.stderr  # unreadable files are tried again
+    assert "15 photos (0 added, 0 updated, 0 removed, 15 unchanged, 1 skipped)" in again.stderr
     assert f"skipped: {photos.resolve() / 'broken.jpg'}" in again.stderr
 
 

@@ -135,7 +135,7 @@ def test_a_stop_signal_saves_the_progress_made(tiny_bundle, tmp_path, signum):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr
     saved = load_index(index)
-    assert not saved.complete and 0 < len(saved) < 40 * 14, "the run was not stopped mid-way; nothing to test"
+    assert not saved.complete and 0 < len(saved) < 40 * len(list(PHOTOS.iterdir())), "the run was not stopped mid-way; nothing to test"
     assert "interrupted" in stderr and "Traceback" not in stderr and integrity(index) == "ok"
 
 

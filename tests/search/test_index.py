@@ -28,6 +28,7 @@ from converters.search.vectors import normalize_rows
 from tests.search.helpers import indexed_rows, integrity
 
 PHOTOS = PARITY_SET_DIR / "images"
+PHOTO_COUNT = len(list(PHOTOS.iterdir()))
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 
 
@@ -56,7 +57,7 @@ def test_index_holds_every_photo_and_lists_the_unreadable_ones(tiny_bundle, phot
     (photos / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
     report = update(tmp_path / "index", photos, bundle)
 
-    assert (report.added, report.total) == (14, 14)
+    assert (report.added, report.total) == (PHOTO_COUNT, PHOTO_COUNT)
     assert len(report.skipped) == 3
     for name in ("empty.jpg", "notes.png", "truncated.jpg"):
         assert sum(name in reason for reason in report.skipped) == 1
@@ -82,7 +83,7 @@ def test_reindex_embeds_only_new_and_changed_files_and_drops_deleted_ones(tiny_b
 
     report = update(tmp_path / "index", photos, bundle)
 
-    assert (report.added, report.updated, report.removed, report.unchanged, report.total) == (1, 1, 1, 12, 14)
+    assert (report.added, report.updated, report.removed, report.unchanged, report.total) == (1, 1, 1, PHOTO_COUNT - 2, PHOTO_COUNT)
     index = load_index(tmp_path / "index")
     paths = [Path(p).name for p in index.photos.paths]
     assert "gravel.jpg" not in paths and paths.count("cat_chelsea.jpg") == 1 and "new.jpg" in paths
@@ -90,7 +91,7 @@ def test_reindex_embeds_only_new_and_changed_files_and_drops_deleted_ones(tiny_b
     np.testing.assert_allclose(changed, embed_file(bundle, PHOTOS / "rocket_launch.jpg"), atol=1e-3)
 
     again = update(tmp_path / "index", photos, bundle)
-    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 14)
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, PHOTO_COUNT)
 
 
 @ON_TINY_VIT
@@ -197,7 +198,7 @@ def test_an_interrupted_run_keeps_its_checkpoints_and_a_rerun_finishes(tiny_bund
     partial = load_index(tmp_path / "index")
     assert len(partial) == 8 and not partial.complete
     report = update(tmp_path / "index", photos, bundle, batch_size=4)
-    assert (report.added, report.unchanged, report.total) == (6, 8, 14)
+    assert (report.added, report.unchanged, report.total) == (PHOTO_COUNT - 8, 8, PHOTO_COUNT)
     assert load_index(tmp_path / "index").complete
 
 
@@ -244,9 +245,9 @@ def test_a_process_killed_at_any_moment_leaves_a_whole_database_and_a_rerun_fini
     process.wait()
     assert integrity(tmp_path / "index") == "ok"
     kept = len(load_index(tmp_path / "index"))
-    assert 10 <= kept < 20 * 14, "the run was not killed mid-way; nothing to test"
+    assert 10 <= kept < 20 * PHOTO_COUNT, "the run was not killed mid-way; nothing to test"
     report = update(tmp_path / "index", photos, Bundle.open(tiny_bundle))
-    assert (report.unchanged, report.total) == (kept, 20 * 14) and load_index(tmp_path / "index").complete
+    assert (report.unchanged, report.total) == (kept, 20 * PHOTO_COUNT) and load_index(tmp_path / "index").complete
 
 
 @pytest.fixture

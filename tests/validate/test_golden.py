@@ -46,6 +46,22 @@ def test_the_resized_image_is_given_and_a_near_miss_is_within_its_tolerance(tiny
         assert np.abs(off_by_one - expected).max() <= image["resized_rgb_tolerance"] < 3
 
 
+def test_a_golden_photo_catches_a_resize_that_always_goes_rows_first(tiny_bundle):
+    """Pillow 13 resizes a photo whose height shrinks by more than twice the width's pixels columns first.
+    A port that resizes rows first (Pillow 12 and before, and most ports) misses the golden image's sha256,
+    and at ViT's 224 misses its ±2 tolerance too."""
+    photos = [tiny_bundle / image["file"] for image in golden(tiny_bundle)["images"]]
+    tall = [p for p in photos if Image.open(p).height > 2 * Image.open(p).width]
+    assert tall, "the golden photos need a portrait one"
+    photo = Image.open(tall[0]).convert("RGB")
+    for size in (Bundle.open(tiny_bundle).resolution, 224):
+        pillow = np.asarray(photo.resize((size, size), Image.Resampling.BICUBIC), np.int16)
+        # One-axis resizes are one pass each: this is the rows-first two-pass resize.
+        rows_first = photo.resize((size, photo.height), Image.Resampling.BICUBIC).resize((size, size), Image.Resampling.BICUBIC)
+        difference = np.abs(np.asarray(rows_first, np.int16) - pillow).max()
+        assert difference > (0 if size != 224 else golden(tiny_bundle)["images"][0]["resized_rgb_tolerance"])
+
+
 @pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 def test_ncnn_text_towers_reproduce_their_rows_from_the_unpadded_int32_form(tiny_bundle):
     data = golden(tiny_bundle)
