@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from converters.app.manifest import Manifest
-from converters.app.preprocess import load_image
+from converters.app.preprocess import Transform, load_image
 from converters.cpu import cpu_description
 from converters.data.parity_set import ParitySet
 from converters.errors import ArtifactError, UserError
@@ -105,7 +105,7 @@ def _stage_arguments(stage: str | None, threads: int) -> list[str]:
     return ["--no-embed"] if stage is None else ["--stage", stage, "--threads", str(threads)]
 
 
-def resized_rgb_differences(client: CppClient, bundle: Path, files: list[Path], transform) -> list[int]:
+def resized_rgb_differences(client: CppClient, bundle: Path, files: list[Path], transform: Transform) -> list[int]:
     """Per photo: the largest difference between the client's resized image and Pillow's, per channel value."""
     with tempfile.TemporaryDirectory() as scratch:
         client.images(bundle, files, None, resized_dir=Path(scratch))
