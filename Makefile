@@ -63,6 +63,7 @@ CLIENT_PACKAGES_x86_64  := cmake g++ libjpeg62-turbo-dev libpng-dev libssl-dev n
 CLIENT_PACKAGES_aarch64 := cmake g++-aarch64-linux-gnu qemu-user nlohmann-json3-dev \
 	libjpeg62-turbo-dev:arm64 libpng-dev:arm64 libssl-dev:arm64
 client-packages:
+	$(if $(CLIENT_PACKAGES_$(ARCH)),,$(error ARCH=$(ARCH): the client builds for x86_64 or aarch64))
 	@dpkg -s $(CLIENT_PACKAGES_$(ARCH)) >/dev/null 2>&1 || { \
 	  $(if $(filter aarch64,$(ARCH)),dpkg --add-architecture arm64 &&) \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES_$(ARCH)); }
