@@ -235,6 +235,12 @@ def test_preprocessing_the_client_cannot_do_is_refused_naming_the_key(client, ti
     assert done.returncode == 2 and message in done.stderr
 
 
+def test_a_resolution_the_visual_tower_does_not_take_is_refused_before_any_photo(client, tiny_bundle, tmp_path):
+    bundle = _with_preprocess(tiny_bundle, tmp_path / "bundle", resolution=40)
+    done = run(client, bundle, "--stage", "ncnn-fp32", "--images", str(PARITY_SET_DIR / "images" / "cat_chelsea.jpg"))
+    assert done.returncode == 2 and not done.stdout and "another size than preprocess.resolution 40" in done.stderr
+
+
 def test_a_non_finite_embedding_is_an_error_not_a_vector(client, tiny_bundle, tmp_path):
     """NaN weights at the end of the text tower's .bin (the output projection), the manifest's sha256 updated
     to match: ncnn computes, and the client must refuse to print the result as an embedding."""
@@ -252,6 +258,30 @@ def test_a_non_finite_embedding_is_an_error_not_a_vector(client, tiny_bundle, tm
                           input="海边的日落\n", capture_output=True, text=True)
     (record,) = records(done)
     assert done.returncode == 1 and "not finite" in record["error"] and "embedding" not in record
+
+
+def test_unusable_images_are_errors_and_the_rest_still_embed(client, tiny_bundle, tmp_path):
+    good = PARITY_SET_DIR / "images" / "cat_chelsea.jpg"
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(gray16)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (8, 8)).save(cmyk)
+    header_only = tmp_path / "header.png"
+    header_only.write_bytes((tmp_path / "gray16.png").read_bytes()[:40])
+    files = [truncated, empty, text, gray16, cmyk, good, tmp_path / "missing.jpg", header_only]
+    done = run(client, tiny_bundle, "--stage", "ncnn-fp32", "--images", *map(str, files))
+    out = records(done)
+    assert done.returncode == 1 and len(out) == len(files)
+    errors = [r.get("error", "") for r in out]
+    for expected, error in zip(["truncated", "empty", "neither a JPEG nor a PNG", "16-bit grayscale", "CMYK", "", "cannot open", "truncated"], errors):
+        assert expected in error if expected else not error
+    assert len(out[5]["embedding"]) == Bundle.open(tiny_bundle).embedding_dim
 
 
 # --- embeddings ------------------------------------------------------------------------------------------

@@ -132,9 +132,11 @@ Bundle Bundle::open(const fs::path& root) {
         artifact.runtime_options[name] = value.get<bool>();
       bundle.artifacts[key] = artifact;
     }
-  } catch (const std::exception& error) {
+  } catch (const nlohmann::json::exception& error) {
     throw std::runtime_error(manifest_path.string() + " is not a manifest this client reads: " + error.what() +
                              "; convert the bundle again");
+  } catch (const std::runtime_error& error) {
+    throw std::runtime_error(manifest_path.string() + ": " + error.what());
   }
   return bundle;
 }
@@ -148,8 +150,13 @@ const Artifact& Bundle::artifact(const std::string& tower, const std::string& st
     throw std::runtime_error("the bundle " + root.string() + " has no ncnn artifact for " + tower + " " + stage +
                              "; it has:" + (stages.empty() ? " none" : stages));
   }
-  for (const FileEntry& file : found->second.files) verified(file);
-  return found->second;
+  const Artifact& artifact = found->second;
+  for (const TensorSpec& input : artifact.inputs)
+    if (input.role == "pixels" && input.shape != std::vector<int>{3, preprocess.resolution, preprocess.resolution})
+      throw std::runtime_error(artifact.key + " takes pixels of another size than preprocess.resolution " +
+                               std::to_string(preprocess.resolution) + " in " + (root / "manifest.json").string());
+  for (const FileEntry& file : artifact.files) verified(file);
+  return artifact;
 }
 
 }  // namespace cnclip

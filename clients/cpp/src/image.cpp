@@ -69,21 +69,31 @@ bool jpeg_pixels(jpeg_decompress_struct* info, JpegErrors* errors, uint8_t* data
   return true;
 }
 
+// jpeg_create_decompress itself can fail (out of memory), so it too runs where a jump can land.
+bool jpeg_create(jpeg_decompress_struct* info, JpegErrors* errors) {
+  if (setjmp(errors->jump)) return false;
+  jpeg_create_decompress(info);
+  return true;
+}
+
 struct JpegReader {
-  jpeg_decompress_struct info;
+  jpeg_decompress_struct info{};
   JpegErrors errors{};
+  bool created = false;
   JpegReader() {
     info.err = jpeg_std_error(&errors.base);
     errors.base.error_exit = jpeg_fail;
     errors.base.emit_message = jpeg_warn;
-    jpeg_create_decompress(&info);
   }
-  ~JpegReader() { jpeg_destroy_decompress(&info); }
+  ~JpegReader() {
+    if (created) jpeg_destroy_decompress(&info);
+  }
 };
 
 Image decode_jpeg(const std::string& path, FILE* file) {
   JpegReader reader;
   auto fail = [&] { return std::runtime_error(path + " is not a JPEG libjpeg can decode: " + reader.errors.message); };
+  if (!(reader.created = jpeg_create(&reader.info, &reader.errors))) throw fail();
   if (!jpeg_header(&reader.info, &reader.errors, file)) throw fail();
   if (reader.info.jpeg_color_space == JCS_CMYK || reader.info.jpeg_color_space == JCS_YCCK)
     throw std::runtime_error(path + " is a CMYK JPEG, which this client does not convert; save it as RGB");
@@ -348,7 +358,10 @@ Image resized_rgb(const Image& image, const Preprocess& spec) {
   rgb.nearest = false;
   bool portrait = rgb.width <= rgb.height;
   int shorter = portrait ? rgb.width : rgb.height, longer = portrait ? rgb.height : rgb.width;
-  int scaled = static_cast<int>(static_cast<double>(spec.shortest_edge) * longer / shorter);
+  const double scaled_size = static_cast<double>(spec.shortest_edge) * longer / shorter;
+  if (scaled_size > kMaxPixels) throw std::runtime_error("the image is too elongated to scale its shorter side to " +
+                                                         std::to_string(spec.shortest_edge));
+  const int scaled = static_cast<int>(scaled_size);
   rgb = portrait ? resize(rgb, spec.shortest_edge, scaled) : resize(rgb, scaled, spec.shortest_edge);
   int left = (rgb.width - spec.resolution) / 2, top = (rgb.height - spec.resolution) / 2;
   // Bundle::open requires shortest_edge >= resolution, so the crop lies inside the resized image.

@@ -67,9 +67,6 @@ std::vector<float> Tower::extract(ncnn::Extractor& extractor) {
 
 std::vector<float> Tower::embed_image(const std::vector<float>& pixels, int resolution) {
   const TensorSpec& spec = artifact_.input("pixels");
-  if (spec.shape != std::vector<int>{3, resolution, resolution})
-    throw std::runtime_error(artifact_.key + " takes pixels of another shape than preprocess.resolution " +
-                             std::to_string(resolution) + " gives");
   ncnn::Mat input(resolution, resolution, 3);
   const size_t plane = static_cast<size_t>(resolution) * resolution;
   // ncnn pads each channel to an aligned stride, so planes are copied one by one.
