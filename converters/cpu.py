@@ -14,26 +14,15 @@ ISA_FLAGS = (("avx512_vnni", "AVX-512 VNNI"), ("avx512f", "AVX-512"), ("avx_vnni
              ("asimdhp", "ARMv8.2 fp16"), ("asimd", "NEON"))
 
 
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-
-
-def cpu_name() -> str:
-    for line in _cpuinfo():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def cpu_description() -> str:
     """E.g. "AMD EPYC (x86_64, AVX-512 VNNI)"."""
-    flags = set()
-    for line in _cpuinfo():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-            break
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    # The first core's flags ("Features" on ARM) stand for all of them.
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), [])
     best = next((name for flag, name in ISA_FLAGS if flag in flags), None)
-    return f"{cpu_name()} ({platform.machine()}{', ' + best if best else ''})"
+    name = names[0] if names else platform.processor() or platform.machine()
+    return f"{name} ({platform.machine()}{', ' + best if best else ''})"
