@@ -26,7 +26,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 	$(if $(OUT),--out $(OUT)) \
 	$(if $(STAGES),--stages $(STAGES))
 
-.PHONY: help venv convert parity bench client client-packages parity-client test test-fast clean
+.PHONY: help venv convert parity bench client client-packages parity-client sophgo-env test test-fast test-sophgo clean
 
 help:
 	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random | WEIGHTS=stress] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
@@ -34,8 +34,10 @@ help:
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
 	@echo "make client  [ARCH=x86_64|aarch64]   (the C++ reference client, build/client/ARCH/cnclip-embed; ncnn built from its sdist once)"
 	@echo "make parity-client OUT=dir [ARCH=aarch64]   (parity plus the client's rows; aarch64 runs under qemu)"
+	@echo "make sophgo-env   (tpu-mlir's own Python 3.10 environment for the bm1684x-* stages; made on first use, ~7 GB)"
 	@echo "make test    (all tests, full-size ones included)"
 	@echo "make test-fast (tiny architectures only: a few minutes)"
+	@echo "make test-sophgo (the BM1684X stages and simulator runtime alone)"
 	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
 
 $(STAMP): pyproject.toml
@@ -46,7 +48,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-convert: $(STAMP)
+# The bm1684x stages run tpu-mlir from its own environment, made the first time they are asked for.
+NEEDS_SOPHGO_ENV = $(if $(findstring bm1684x,$(STAGES)),sophgo-env)
+
+convert: $(STAMP) $(NEEDS_SOPHGO_ENV)
 	$(PY) -m converters convert $(CONVERT_ARGS)
 
 parity: $(STAMP)
@@ -54,7 +59,7 @@ parity: $(STAMP)
 
 # Converting first skips every stage already done and writes parity.json, which the goals read.
 # A parity failure (exit 3) still gets benchmarked: the goals count passing artifacts only.
-bench: $(STAMP)
+bench: $(STAMP) $(NEEDS_SOPHGO_ENV)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
 	$(PY) -m converters bench $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
 
@@ -74,17 +79,25 @@ client: $(STAMP) client-packages
 parity-client: client
 	$(PY) -m converters parity $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) --client $(ARCH)
 
+# tpu-mlir (the BM1684X compiler and simulators) needs Python 3.10 and pins of its own: a venv outside the
+# clone, keyed by version (converters/app/runtimes/bm1684x/env.py says what the recipe fixes).
+sophgo-env: $(STAMP)
+	$(PY) -m converters.app.runtimes.bm1684x.env
+
 # The browser test drives Debian's Chromium through Selenium: installed on first use, from Debian's packages.
 CHROMEDRIVER := /usr/bin/chromedriver
 $(CHROMEDRIVER):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 # The tests build the x86 client themselves (tests/clients): they need its packages.
-test: $(STAMP) $(CHROMEDRIVER) client-packages
+test: $(STAMP) $(CHROMEDRIVER) client-packages sophgo-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) $(CHROMEDRIVER) client-packages
+test-fast: $(STAMP) $(CHROMEDRIVER) client-packages sophgo-env
 	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
+
+test-sophgo: $(STAMP) sophgo-env
+	$(PY) -m pytest tests/app/runtimes/test_bm1684x.py tests/export/stages/test_bm1684x.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf artifacts

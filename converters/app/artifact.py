@@ -40,6 +40,9 @@ class Artifact:
     mixed_precision: dict | None = None
     # The execution providers the files are meant for, when not only the CPU (onnx-fp16: GPUs, CoreML, NNAPI).
     execution_providers: tuple[str, ...] = ()
+    # bm1684x stages: chip, quantization, the lowered graph and one net per batch size (file, tensors, the
+    # compiler's time estimate); see converters.export.stages.bm1684x.
+    bmodel: dict | None = None
 
     @property
     def runtime(self) -> str:
@@ -83,7 +86,7 @@ class ArtifactEntry:
             "inputs_digest": self.inputs_digest,
         } | ({} if artifact.mixed_precision is None else {"mixed_precision": artifact.mixed_precision}) | (
             {"execution_providers": list(artifact.execution_providers)} if artifact.execution_providers else {}
-        )
+        ) | ({} if artifact.bmodel is None else {"bmodel": artifact.bmodel})
 
     @classmethod
     def from_json(cls, data: dict, root: Path) -> "ArtifactEntry":
@@ -95,5 +98,5 @@ class ArtifactEntry:
         files = tuple(FileRecord(**f) for f in data["files"])
         artifact = Artifact(data["tower"], data["stage"], data["precision"], tuple(root / f.path for f in files), spec,
                             data["runtime_options"], data.get("mixed_precision"),
-                            tuple(data.get("execution_providers", ())))
+                            tuple(data.get("execution_providers", ())), data.get("bmodel"))
         return cls(artifact, files, data["inputs_digest"])

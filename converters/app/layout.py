@@ -103,6 +103,16 @@ class BundleLayout:
             return (self.root / f"{tower}.{tag}.onnx",)
         return self.root / f"{tower}.{tag}.ncnn.param", self.root / f"{tower}.{tag}.ncnn.bin"
 
+    def bmodel(self, tower: str, stage: str, batch: int) -> Path:
+        """A bm1684x stage's model for one batch size: `visual.bm1684x.f16.b8.bmodel`."""
+        chip, tag = stage.split("-", 1)
+        return self.root / f"{tower}.{chip}.{tag}.b{batch}.bmodel"
+
+    def lowered_graph(self, tower: str, stage: str) -> tuple[Path, Path]:
+        """The graph a bmodel is compiled from, as tpu-mlir's interpreter runs it, and its weights."""
+        chip, tag = stage.split("-", 1)
+        return self.root / f"{tower}.{chip}.{tag}.tpu.mlir", self.root / f"{tower}.{chip}.{tag}.tpu_weights.npz"
+
     @staticmethod
     def external_data_name(model_file: Path) -> str:
         return f"{model_file.name}.data"

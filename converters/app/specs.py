@@ -53,9 +53,11 @@ class TowerSpec:
 
 # The artifacts a bundle can hold, in pipeline order. Each name says the runtime and the precision,
 # is the pipeline stage that makes the artifact, and is what an app asks the bundle for.
-STAGE_NAMES = ("onnx-fp32", "onnx-sim", "onnx-fp16", "onnx-int8", "onnx-int4", "ncnn-fp32", "ncnn-fp16", "ncnn-int8")
+STAGE_NAMES = ("onnx-fp32", "onnx-sim", "onnx-fp16", "onnx-int8", "onnx-int4", "ncnn-fp32", "ncnn-fp16", "ncnn-int8",
+               "bm1684x-f16", "bm1684x-int8")
 
 
 def runtime_of(stage: str) -> str:
-    """The runtime that runs a stage's artifacts: "onnxruntime" or "ncnn"."""
-    return {"onnx": "onnxruntime", "ncnn": "ncnn"}[stage.split("-")[0]]
+    """The runtime that runs a stage's artifacts: "onnxruntime", "ncnn", or "bmruntime" (Sophgo's, on the chip;
+    tpu-mlir's simulators here)."""
+    return {"onnx": "onnxruntime", "ncnn": "ncnn", "bm1684x": "bmruntime"}[stage.split("-")[0]]

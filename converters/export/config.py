@@ -166,6 +166,39 @@ class NcnnInt8Options(_Strict):
     float_fallback: FloatFallback = FloatFallback()
 
 
+BatchSizes = tuple[Annotated[int, Field(gt=0, le=256)], ...]
+
+
+class Bm1684xOptions(_Strict):
+    """tpu-mlir compilation for the Sophgo BM1684X (converters/export/stages/bm1684x.py), F16 weights and arithmetic.
+
+    The device runs fixed shapes: one bmodel per batch size, the text tower on ids padded to the context length.
+    """
+
+    # Sophgo's CLIP example ships images at 1, 8, 16, 32 and text at 4; a search app embeds a library in batches
+    # and one query at a time.
+    image_batch_sizes: BatchSizes = Field(default=(1, 8), min_length=1)
+    text_batch_sizes: BatchSizes = Field(default=(1, 4), min_length=1)
+    # Towers compiled with --high_precision (some ops kept in fp32). tpu-mlir 1.30.2's codegen stops on an
+    # assertion for the plain F16 text tower (ViT-B-16: ArrayRef.h "Invalid index" in the attention fusion;
+    # tiny-vit: a GDMA "src_H>0" check); with --high_precision both compile.
+    high_precision_towers: tuple[Literal["visual", "text"], ...] = ("text",)
+
+
+class Bm1684xInt8Options(Bm1684xOptions):
+    """As bm1684x-f16, with INT8 weights and activations calibrated by tpu-mlir's run_calibration.
+
+    The float fallback keeps whole op types (LayerNorm, Softmax, …) in F16 through a quantize table,
+    chosen by measurement on calibration samples; its target sits above parity's INT8 tolerance
+    (0.98 / 0.99) because calibration samples are not the parity set.
+    """
+
+    # Calibration samples the activation thresholds are fitted to (the first of the calibration set).
+    calibration_samples: int = Field(default=16, gt=0, le=1000)
+    method: Literal["kl", "mse", "max", "percentile9999"] = "kl"
+    float_fallback: FloatFallback = FloatFallback(cosine_min=0.985, cosine_mean=0.993, samples=8)
+
+
 class Stages(_Strict):
     """Options per stage, under the stage's name with '_' for '-' (`onnx_int8` for stage `onnx-int8`)."""
 
@@ -177,6 +210,8 @@ class Stages(_Strict):
     ncnn_fp32: NcnnOptions = NcnnOptions()
     ncnn_fp16: NcnnOptions = NcnnOptions()
     ncnn_int8: NcnnInt8Options = NcnnInt8Options()
+    bm1684x_f16: Bm1684xOptions = Bm1684xOptions()
+    bm1684x_int8: Bm1684xInt8Options = Bm1684xInt8Options()
 
 
 class Tolerance(_Strict):
@@ -210,6 +245,19 @@ class ParityTolerances(_Strict):
     ncnn_fp32: Tolerance = FP32_TOLERANCE
     ncnn_fp16: Tolerance = FP16_STORAGE_TOLERANCE
     ncnn_int8: Tolerance = INT8_TOLERANCE
+    bm1684x_f16: Tolerance = FP16_STORAGE_TOLERANCE
+    bm1684x_int8: Tolerance = INT8_TOLERANCE
+
+
+class CmodelParity(_Strict):
+    """The bit-accurate layer of the bm1684x stages' parity: each bmodel on tpu-mlir's cmodel simulator, on a
+    sample (minutes per ViT-B-16 sample); the lowered-graph layer runs the whole parity set."""
+
+    images: int = Field(default=1, ge=1, le=64)  # the first photos of the parity set
+    captions: int = Field(default=2, ge=1, le=64)  # the first captions
+    # The bmodels (by batch size) it runs; None: every one. A batch-8 bmodel simulates 8 samples whatever
+    # the sample: about an hour for ViT-B-16's visual tower on a 2-core x86.
+    batch_sizes: BatchSizes | None = None
 
 
 class StressOptions(_Strict):
@@ -245,6 +293,7 @@ class ModelConfig(_Strict):
     stress: StressOptions = StressOptions()
     stages: Stages = Stages()
     parity: ParityTolerances = ParityTolerances()
+    cmodel_parity: CmodelParity = CmodelParity()
     source: Path | None = Field(default=None, exclude=True)
 
     def stage_options(self, stage: str) -> BaseModel:

@@ -34,6 +34,7 @@ from converters.export import bundle_facts, checkpoint
 from converters.export.config import ModelConfig
 from converters.export.stages import (
     Stage,
+    bm1684x,
     ncnn_float,
     ncnn_int8,
     onnx_fp16,
@@ -55,13 +56,15 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         onnx_fp32.STAGE, onnx_sim.STAGE, onnx_fp16.STAGE, onnx_int8.STAGE, onnx_int4.STAGE,
-        ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE,
+        ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE, bm1684x.BM1684X_F16, bm1684x.BM1684X_INT8,
     )
 }
 assert tuple(STAGES) == STAGE_NAMES, "the pipeline's stages and the bundle's stage names must agree"
 # What `convert` builds unless --stages says otherwise. onnx-int4 is asked for by name: its fallback's
 # sensitivity pass took 13 of the 14.5 minutes of ViT-B-16 with stress weights, on two cores (README "onnx-int4").
-DEFAULT_STAGES = tuple(name for name in STAGES if name != onnx_int4.STAGE.name)
+# The bm1684x stages too: they need tpu-mlir's own environment (`make sophgo-env`, about 7 GB).
+ASKED_FOR_BY_NAME = (onnx_int4.STAGE.name, bm1684x.BM1684X_F16.name, bm1684x.BM1684X_INT8.name)
+DEFAULT_STAGES = tuple(name for name in STAGES if name not in ASKED_FOR_BY_NAME)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ the cache, a parity check imports neither torch nor cn_clip.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ from converters.validate.metrics import (
     top1_agreement,
     tower_parity,
 )
-from converters.validate.report import ParityReport, StageParity, write
+from converters.validate.report import CmodelParity, ParityReport, StageParity, write
 
 # One sample per call: dynamic int8 quantizes activations over the whole call, so a sample's
 # embedding would depend on its batch mates. Batch 1 is what an app runs for a query, and it makes
@@ -109,7 +110,42 @@ class ParityChecker:
             self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages, cpu_description(),
             mixed_precision,
         )
+        report.cmodel = [
+            row for stage in stages for tower in TOWERS
+            if runtime_of(stage.stage) == "bmruntime" and self.manifest.entry(tower, stage.stage)
+            for row in self.cmodel_rows(self.manifest.artifact(tower, stage.stage))
+        ]
         return report, complete
+
+    def cmodel_rows(self, artifact: Artifact) -> list[CmodelParity]:
+        """Each bmodel of a bm1684x artifact on the bit-accurate simulator, on the first samples of the parity set."""
+        from converters.app.runtimes.bm1684x import BmTower
+
+        sample = self.config.cmodel_parity
+        if artifact.tower == "visual":
+            count = sample.images
+            inputs, reference = self.parity_set.pixels[:count], self.reference.images[:count]
+        else:
+            count = sample.captions
+            inputs, reference = self.parity_set.token_ids[:count], self.reference.texts[:count]
+        rows = []
+        for net in artifact.bmodel["nets"]:
+            if sample.batch_sizes is not None and net["batch"] not in sample.batch_sizes:
+                continue
+            what = "photo" if artifact.tower == "visual" else "caption"
+            self.progress(Note(f"parity: {artifact.key}, batch-{net['batch']} bmodel on the bit-accurate cmodel "
+                               f"({count} {what}{'s' if count > 1 else ''})"))
+            started = time.perf_counter()
+            runner = BmTower(artifact, THREADS, layer="cmodel", batch=net["batch"])
+            try:
+                embeddings = runner.embed(inputs)
+            finally:
+                runner.close()
+            seconds = round(time.perf_counter() - started, 1)
+            measured = tower_parity(reference, embeddings, self.config.tolerance(artifact.stage))
+            rows.append(CmodelParity(artifact.stage, artifact.tower, net["batch"], measured, seconds,
+                                     self.config.tolerance(artifact.stage).model_dump(exclude_none=True)))
+        return rows
 
     def finish(self, clients: Sequence[CppClient] = ()) -> ParityReport:
         """Write parity.json, parity.md and the golden vectors, and list them in the manifest;

@@ -9,10 +9,10 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.errors import UserError
 from converters.export import onnx_io, pipeline
-from converters.export.pipeline import STAGES, parse_stages
+from converters.export.pipeline import DEFAULT_STAGES, parse_stages
 from converters.export.stages import onnx_int8
 from converters.progress import StageStep
-from tests.conftest import convert_random
+from tests.conftest import TINY_BUNDLE_STAGES, convert_random
 
 
 def steps(events: list, state: str) -> list[str]:
@@ -26,7 +26,7 @@ ONNX_STAGES = ("onnx-fp32", "onnx-sim", "onnx-int8")
 
 def test_every_stage_writes_both_towers(tiny_bundle):
     manifest = Manifest.load(BundleLayout(tiny_bundle).manifest)
-    assert sorted(manifest.artifacts) == sorted(f"{t}.{s}" for t in ("visual", "text") for s in STAGES)
+    assert sorted(manifest.artifacts) == sorted(f"{t}.{s}" for t in ("visual", "text") for s in TINY_BUNDLE_STAGES)
     for entry in manifest.artifacts.values():
         manifest.verify(entry.files)
 
@@ -151,14 +151,14 @@ def test_killed_conversion_is_finished_by_a_rerun(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     listed = set(Manifest.load(manifest_path).artifacts)
-    assert "visual.onnx-fp32" in listed and len(listed) < 2 * len(STAGES), "the run was not killed mid-way; nothing to test"
+    assert "visual.onnx-fp32" in listed and len(listed) < 2 * len(DEFAULT_STAGES), "the run was not killed mid-way; nothing to test"
 
     messages = []
-    convert_random("tiny-rn", out, messages)
+    convert_random("tiny-rn", out, messages, stages=DEFAULT_STAGES)
     assert "visual.onnx-fp32" in steps(messages, "up to date")
     assert not BundleLayout(out).staging.exists()
     manifest = Manifest.load(manifest_path)
-    assert len(manifest.artifacts) == 2 * len(STAGES)
+    assert len(manifest.artifacts) == 2 * len(DEFAULT_STAGES)
     for entry in manifest.artifacts.values():
         manifest.verify(entry.files)
 

@@ -2,7 +2,8 @@
 
 An `Embedder` turns preprocessed pixels and padded token ids into
 unnormalized embeddings. The parity checker, the search engine and the
-benchmark use this interface and nothing else. Torch-free: the PyTorch
+benchmark use this interface and nothing else. bm1684x artifacts run in
+tpu-mlir's simulators (`bm1684x/`), in a worker of their own environment. Torch-free: the PyTorch
 reference lives in `converters.export.torch_reference` and is imported only by the converter.
 """
 
@@ -51,4 +52,8 @@ def open_tower(artifact: Artifact, threads: int = 0) -> TowerRunner:
         from converters.app.runtimes.ncnn_runtime import NcnnTower
 
         return NcnnTower(artifact, threads)
+    if artifact.runtime == "bmruntime":
+        from converters.app.runtimes.bm1684x import BmTower
+
+        return BmTower(artifact, threads)
     raise ValueError(f"unknown runtime {artifact.runtime!r} for {artifact.key}")

@@ -1,0 +1,133 @@
+"""The BM1684X runtime on a machine without the chip: tpu-mlir's simulators, behind the runner interface. Torch-free.
+
+A `bm1684x-*` artifact is one `.bmodel` per batch size (what the device
+loads with bmruntime or sail) and the lowered graph it was compiled from
+(`.tpu.mlir` and its weights). Two layers check it:
+- `layer="lowered"` (the default, what parity runs on the whole parity set and
+  the search engine uses): tpu-mlir's interpreter of the lowered graph, the
+  compiler's numeric model of the chip, seconds per ViT-B-16 sample;
+- `layer="cmodel"`: the `.bmodel` itself on bmruntime over the cmodel,
+  tpu-mlir's bit-accurate simulator of the chip, minutes per ViT-B-16 sample;
+  parity runs it on a sample.
+Both run in a worker process of the tpu-mlir tool environment (`env.py`,
+`worker.py`), which speaks numpy arrays over a pipe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import os
+import subprocess
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from converters.app.artifact import Artifact
+from converters.app.runtimes.bm1684x.env import tool_python
+from converters.errors import ArtifactError
+
+WORKER = Path(__file__).resolve().parent / "worker.py"
+# The lowered graph is compiled for one sample at a time; the bmodels for the batch sizes the manifest lists.
+LOWERED_BATCH = 1
+
+
+class ToolWorker:
+    """One worker process of the tool environment; requests and answers are .npz messages (see worker.py)."""
+
+    def __init__(self, threads: int = 0):
+        env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+        # tpu-mlir's chatter goes to a file: a pipe nobody reads would fill and stall the worker.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [str(tool_python()), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, env={**_inherited_env(), **env},
+        )
+        # Stopped when the runner is dropped (the float fallback opens one per trial) or at exit.
+        self._stop = weakref.finalize(self, _stop, self.process)
+
+    def ask(self, request: dict, **arrays: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+        buffer = io.BytesIO()
+        np.savez(buffer, request=np.array(json.dumps(request)), **arrays)
+        payload = buffer.getvalue()
+        try:
+            self.process.stdin.write(struct.pack("<Q", len(payload)) + payload)
+            self.process.stdin.flush()
+            header = self.process.stdout.read(8)
+            (size,) = struct.unpack("<Q", header)
+            with np.load(io.BytesIO(self.process.stdout.read(size)), allow_pickle=False) as data:
+                answer = {key: data[key] for key in data.files}
+        except (OSError, struct.error):
+            raise ArtifactError(f"the tpu-mlir worker died on {request}; its last words:\n{self._stderr_tail()}") from None
+        response = json.loads(str(answer.pop("response")))
+        if "error" in response:
+            raise ArtifactError(f"tpu-mlir failed on {request}: {response['error']}")
+        return response, answer
+
+    def _stderr_tail(self) -> str:
+        self.close()
+        self.log.seek(0)
+        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-15:])
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _inherited_env() -> dict[str, str]:
+    # The worker must not see this project's Python path.
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+class BmTower:
+    """Runs a bm1684x artifact in one of the two simulator layers; `batch` picks the .bmodel for `layer="cmodel"`."""
+
+    def __init__(self, artifact: Artifact, threads: int = 0, layer: str = "lowered", batch: int = 1):
+        description = artifact.bmodel
+        if description is None:
+            raise ArtifactError(f"{artifact.key}: the manifest does not describe its bmodels; convert again.")
+        self.artifact, self.layer = artifact, layer
+        if layer == "lowered":
+            path, self.batch = _file_named(artifact, description["lowered_graph"]), LOWERED_BATCH
+        else:
+            nets = {net["batch"]: net for net in description["nets"]}
+            if batch not in nets:
+                raise ArtifactError(f"{artifact.key} has bmodels for batch sizes {sorted(nets)}, not {batch}.")
+            path, self.batch = _file_named(artifact, nets[batch]["file"]), batch
+        self.input = artifact.spec.inputs[0]
+        self.is_text = self.input.role == "token_ids"
+        self.worker = ToolWorker(threads)
+        self.worker.ask({"load": str(path), "layer": layer})
+
+    def embed(self, inputs: np.ndarray) -> np.ndarray:
+        """[N, 3, R, R] pixels, or [N, L] token ids padded with 0 (to the context length, the fixed shape the
+        device runs) → [N, D]. Batches of the bmodel's size; a short last batch is filled with its last sample."""
+        fixed = tuple(dim for dim in self.input.shape[1:])
+        if tuple(inputs.shape[1:]) != fixed:
+            raise ValueError(f"{self.artifact.key} takes [N, {', '.join(map(str, fixed))}], got {list(inputs.shape)}")
+        rows = []
+        for start in range(0, len(inputs), self.batch):
+            chunk = inputs[start : start + self.batch]
+            filler = np.repeat(chunk[-1:], self.batch - len(chunk), axis=0)
+            batch = np.ascontiguousarray(np.concatenate([chunk, filler]), dtype=self.input.dtype)
+            _, arrays = self.worker.ask({"run": True}, input=batch)
+            rows.append(arrays["output"].reshape(self.batch, -1)[: len(chunk)])
+        return np.concatenate(rows)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _file_named(artifact: Artifact, name: str) -> Path:
+    for path in artifact.files:
+        if path.name == name:
+            return path
+    raise ArtifactError(f"{artifact.key}: the manifest's bmodel description names {name}, which is not one of its files.")

@@ -1,0 +1,123 @@
+"""tpu-mlir's command-line tools (model_transform, run_calibration, model_deploy), run in their own environment.
+
+Each tool runs as a subprocess of the tpu-mlir environment
+(`converters.app.runtimes.bm1684x.env`) in a scratch folder; a failure
+becomes a `ConversionError` naming the tool, with the tail of its output,
+and the whole output is kept as the bundle's log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from converters.app.runtimes.bm1684x.env import tool_python
+from converters.errors import ConversionError
+
+CHIP = "bm1684x"
+LOG_TAIL_LINES = 12
+# Ops that only move data: nothing to keep in F16. The fallback chooses among the rest.
+DATA_MOVEMENT_OPS = frozenset({
+    "top.Input", "top.Weight", "top.None", "top.Reshape", "top.Permute", "top.Squeeze", "top.Unsqueeze",
+    "top.Slice", "top.Concat", "top.Gather", "top.Tile", "top.Expand", "top.Flatten",
+})
+
+
+def run_tool(tool: str, arguments: list[str], cwd: Path) -> str:
+    """Run one tpu-mlir command in `cwd`; its output, or a ConversionError with the tail of it."""
+    command = [str(tool_python().parent / tool), *arguments]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    done = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output = done.stdout.decode(errors="replace")
+    if done.returncode != 0:
+        # Progress bars redraw with carriage returns; the last few lines are what says what went wrong.
+        lines = [line.split("\r")[-1] for line in output.splitlines() if not line.startswith("[0] [DBG]")]
+        tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        raise ConversionError(
+            f"tpu-mlir's {tool} failed (exit {done.returncode}) in {cwd}. The end of its output:\n{tail}",
+            log=(f"{cwd.name}-{tool}.log", output),
+        )
+    return output
+
+
+def transform(onnx_file: Path, name: str, input_shape: list[int], folder: Path) -> Path:
+    """ONNX → tpu-mlir's top-level graph for one fixed input shape."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mlir = folder / f"{name}.mlir"
+    run_tool("model_transform", ["--model_name", name, "--model_def", str(onnx_file),
+                                 "--input_shapes", str([input_shape]).replace(" ", ""), "--mlir", mlir.name], folder)
+    return mlir
+
+
+def calibrate(top_mlir: Path, input_name: str, samples: np.ndarray, batch: int, method: str) -> Path:
+    """run_calibration on `samples` in inputs of `batch` (one .npz each, the last filled with the first samples);
+    the calibration table's path."""
+    dataset = top_mlir.parent / "calibration"
+    dataset.mkdir(exist_ok=True)
+    count = -(-len(samples) // batch)
+    filled = np.resize(samples, (count * batch, *samples.shape[1:]))
+    for index in range(count):
+        np.savez(dataset / f"{index:04d}.npz", **{input_name: filled[index * batch : (index + 1) * batch]})
+    table = top_mlir.parent / "calibration_table"
+    run_tool("run_calibration", [top_mlir.name, "--dataset", dataset.name, "--input_num", str(count),
+                                 "--cali_method", method, "-o", table.name], top_mlir.parent)
+    return table
+
+
+def top_ops(top_mlir: Path) -> list[tuple[str, str]]:
+    """(name, type) of every op of a top-level graph, in order."""
+    from converters.app.runtimes.bm1684x import ToolWorker
+
+    worker = ToolWorker()
+    try:
+        response, _ = worker.ask({"ops": str(top_mlir)})
+    finally:
+        worker.close()
+    return [tuple(op) for op in response["ops"]]
+
+
+def deploy(top_mlir: Path, quantize: str, model: Path, *, high_precision: bool, calibration_table: Path | None,
+           quantize_table: Path | None, lowered_only: bool) -> Path:
+    """model_deploy for the BM1684X: the bmodel, or with `lowered_only` the lowered graph (`*_tpu.mlir` and weights,
+    which a full deploy deletes afterwards). Returns the bmodel or the lowered graph."""
+    arguments = ["--mlir", top_mlir.name, "--quantize", quantize, "--chip", CHIP, "--model", model.name]
+    if high_precision:
+        arguments.append("--high_precision")
+    if calibration_table:
+        arguments += ["--calibration_table", str(calibration_table)]
+    if quantize_table:
+        arguments += ["--quantize_table", str(quantize_table)]
+    arguments.append("--not_gen_bmodel" if lowered_only else "--skip_validation")
+    run_tool("model_deploy", arguments, top_mlir.parent)
+    if not lowered_only:
+        return top_mlir.parent / model.name
+    (lowered,) = [p for p in top_mlir.parent.glob(f"{top_mlir.stem}_{CHIP}_*_tpu.mlir")]
+    return lowered
+
+
+def weight_file_of(lowered: Path) -> Path:
+    """The weights a lowered graph names (module.weight_file), beside it."""
+    match = re.search(r'module\.weight_file = "([^"]+)"', lowered.read_text(encoding="utf-8"))
+    if not match:
+        raise ConversionError(f"{lowered} names no weight file; tpu-mlir's output format changed?")
+    return lowered.parent / match.group(1)
+
+
+def rename_weight_file(lowered: Path, weights_name: str) -> None:
+    """Point the lowered graph at its weights under their bundle name."""
+    text = lowered.read_text(encoding="utf-8")
+    lowered.write_text(re.sub(r'module\.weight_file = "[^"]+"', f'module.weight_file = "{weights_name}"', text, count=1),
+                       encoding="utf-8")
+
+
+def estimated_ms(folder: Path) -> float | None:
+    """The compiler's estimate of one inference on the chip (its profile's `runtime: … ms`), when it wrote one."""
+    profile = folder / "compiler_profile_0.txt"
+    if not profile.is_file():
+        return None
+    match = re.search(r"runtime: ([0-9.]+)ms", profile.read_text(encoding="utf-8", errors="replace"))
+    return float(match.group(1)) if match else None

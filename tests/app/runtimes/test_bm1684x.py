@@ -1,0 +1,53 @@
+"""The BM1684X runtime's plumbing: its tool environment and the worker that runs tpu-mlir (needs `make sophgo-env`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from converters.app.runtimes.bm1684x import ToolWorker
+from converters.app.runtimes.bm1684x.env import find_python310, tool_python
+from converters.errors import ArtifactError, UserError
+
+
+def test_a_missing_tool_environment_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"make sophgo-env.*CNCLIP_TPU_MLIR_ENV"):
+        tool_python()
+
+
+def test_a_half_built_tool_environment_is_not_used(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir(parents=True)
+    (tmp_path / "bin" / "python").write_text("")
+    monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path))
+    with pytest.raises(UserError, match="not installed"):
+        tool_python()
+
+
+def test_no_python_310_is_named_with_what_to_install(tmp_path, monkeypatch):
+    fake = tmp_path / "python3.10"
+    fake.write_text("#!/bin/sh\necho False\n")  # a python3.10 on PATH that is not 3.10
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CNCLIP_PYTHON310", raising=False)
+    with pytest.raises(UserError, match=r"Python 3\.10 exactly.*pyenv install 3\.10.*CNCLIP_PYTHON310"):
+        find_python310()
+
+
+def test_the_worker_reports_a_failed_request_and_answers_the_next():
+    worker = ToolWorker(threads=1)
+    try:
+        with pytest.raises(ArtifactError, match="unknown request"):
+            worker.ask({"reload": "x"})
+        with pytest.raises(ArtifactError, match="No such file"):
+            worker.ask({"load": "/nonexistent/graph.tpu.mlir", "layer": "lowered"})
+        assert worker.process.poll() is None
+    finally:
+        worker.close()
+
+
+def test_a_worker_that_dies_is_an_error_with_its_last_words():
+    worker = ToolWorker(threads=1)
+    # bmruntime aborts the process on a file it cannot open.
+    with pytest.raises(ArtifactError, match=r"worker died(.|\n)*open failed"):
+        worker.ask({"load": "/nonexistent/model.bmodel", "layer": "cmodel"})
