@@ -48,6 +48,7 @@ def render_markdown(report: BenchReport) -> str:
     lines += _towers(report, "visual")
     lines += _towers(report, "text")
     lines += _memory(report)
+    lines += _device_estimates(report)
     lines += _conversion(report)
     lines += _search(report)
     lines += _method(report)
@@ -137,6 +138,25 @@ def _memory(report: BenchReport) -> list[str]:
             f"{mem.imports_mb:.0f} | {mem.loaded_mb:.0f} | {mem.peak_mb:.0f} |"
         )
     return lines + [""]
+
+
+def _device_estimates(report: BenchReport) -> list[str]:
+    if not report.device_estimates:
+        return []
+    lines = [
+        "## Sophgo BM1684X: the compiler's estimates",
+        "",
+        "tpu-mlir's own estimate of one inference of each bmodel on the chip (its compiler profile), **not a "
+        "measurement**: no BM1684X was at hand, and the simulators that check these files run at simulator speed.",
+        "",
+        "| artifact | tower | batch | bmodel MiB | estimated ms per batch | per sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report.device_estimates:
+        per_sample = None if row.estimated_ms is None else row.estimated_ms / row.batch
+        lines.append(f"| {row.artifact} | {row.tower} | {row.batch} | {row.model_mb:.1f} | "
+                     f"{_num(row.estimated_ms, '.3g')} | {_num(per_sample, '.3g')} |")
+    return [*lines, ""]
 
 
 def _conversion(report: BenchReport) -> list[str]:

@@ -107,6 +107,18 @@ class Machine:
 
 
 @dataclass
+class DeviceEstimate:
+    """A bm1684x bmodel: the compiler's estimate of one inference on the chip. An estimate, not a measurement;
+    the simulators that check these files here take seconds to minutes and say nothing about the chip's speed."""
+
+    artifact: str
+    tower: str
+    batch: int
+    model_mb: float
+    estimated_ms: float | None  # per inference of the whole batch; None when tpu-mlir wrote no profile
+
+
+@dataclass
 class BenchReport:
     model: str
     weights: str
@@ -122,6 +134,7 @@ class BenchReport:
     search: list[TopkRow]
     goals: list[Goal]
     notes: list[str] = field(default_factory=list)
+    device_estimates: list[DeviceEstimate] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"

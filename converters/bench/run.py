@@ -10,7 +10,7 @@ from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.app.specs import TOWERS
+from converters.app.specs import TOWERS, runtime_of
 from converters.bench import goals
 from converters.bench.compare import BASELINE_STAGE, add_comparisons, fastest
 from converters.bench.conversion import bench_conversion
@@ -18,7 +18,7 @@ from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
 from converters.bench.machine import load_average, versions
 from converters.bench.markdown import render_markdown
 from converters.bench.processes import run_fresh, usable_cores
-from converters.bench.report import BenchReport, Machine, TowerBench
+from converters.bench.report import BenchReport, DeviceEstimate, Machine, TowerBench
 from converters.bench.search import bench_indexing, bench_topk
 from converters.bench.timing import FULL, QUICK, Budget, time_calls
 from converters.bench.tower_speed import (
@@ -102,6 +102,7 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
             towers, image_input, query_label(goals.GOAL_QUERY_CHARS), tokenize.median_ms, passed, conversion
         ),
         notes=_notes(machine, layout),
+        device_estimates=device_estimates(bundle),
     )
     atomic_write_text(layout.bench_json, report.to_json())
     atomic_write_text(layout.bench_md, render_markdown(report))
@@ -110,12 +111,25 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
 
 def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: Budget, progress: Progress) -> list[TowerBench]:
     towers = []
-    for artifact in (PYTORCH, *bundle.stages()):
+    # A simulator's speed says nothing about the chip's: bm1684x artifacts get the compiler's estimate instead.
+    for artifact in (PYTORCH, *(s for s in bundle.stages() if runtime_of(s) != "bmruntime")):
         for tower in TOWERS:
             progress(f"{artifact}: {tower} tower, {threads} threads")
             job = TowerJob(request.bundle, request.config, artifact, tower, threads, budget)
             towers.append(run_fresh(measure_tower, job, threads=threads))
     return towers
+
+
+def device_estimates(bundle: Bundle) -> list[DeviceEstimate]:
+    rows = []
+    for stage in (s for s in bundle.stages() if runtime_of(s) == "bmruntime"):
+        for tower in TOWERS:
+            entry = bundle.manifest.entry(tower, stage)
+            sizes = {record.path: record.bytes for record in entry.files}
+            for net in entry.artifact.bmodel["nets"]:
+                rows.append(DeviceEstimate(stage, tower, net["batch"], round(sizes[net["file"]] / 2**20, 2),
+                                           net["estimated_ms"]))
+    return rows
 
 
 def _image_gflop(manifest: Manifest) -> float | None:

@@ -163,19 +163,20 @@ def render_markdown(report: ParityReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table_section(title: str, text: str, columns: list[str]) -> list[str]:
+    """A section's heading, its explanation and the head of its table."""
+    return ["", f"## {title}", "", text, "", f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+
+
 def _cmodel(rows: list[CmodelParity]) -> list[str]:
-    lines = [
-        "",
-        "## BM1684X: bit-accurate simulator",
-        "",
+    lines = _table_section(
+        "BM1684X: bit-accurate simulator",
         "The bm1684x rows above run the lowered graph in tpu-mlir's interpreter (the compiler's numeric model of the "
         "chip, not bit-accurate) on the whole parity set. Here each .bmodel itself runs on bmruntime over tpu-mlir's "
         "cmodel, the bit-accurate simulator of the chip, on a sample (the first photos and captions of the parity set; "
         "a batch larger than the sample is filled with its last input), under the stage's tolerance.",
-        "",
-        "| stage | tower | bmodel batch | samples | cos min | cos mean | norm ratio | seconds | result |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        ["stage", "tower", "bmodel batch", "samples", "cos min", "cos mean", "norm ratio", "seconds", "result"],
+    )
     for row in rows:
         m = row.measured
         lines.append(f"| {row.stage} | {row.tower} | {row.batch} | {m.samples} | {m.cosine_min:.6f} | {m.cosine_mean:.6f} | "
@@ -184,18 +185,15 @@ def _cmodel(rows: list[CmodelParity]) -> list[str]:
 
 
 def _clients(rows: list[ClientParity]) -> list[str]:
-    lines = [
-        "",
-        "## C++ reference client",
-        "",
+    lines = _table_section(
+        "C++ reference client",
         "`clients/cpp` (its own tokenizer, JPEG decoder, Pillow-exact resize and ncnn build) on every caption and the "
         "golden photos, against PyTorch, under each stage's tolerance; its token ids must equal cn_clip's and its "
         f"resized images Pillow's within ±{RESIZED_RGB_TOLERANCE}. \"fp16 outputs\": every output value is a float16 "
         "number, the sign that ncnn ran its fp16 kernels (ARM with the fp16 Options; x86 never does).",
-        "",
-        "| stage | platform | tower | samples | cos min | cos mean | norm ratio | identical inputs | fp16 outputs | seconds | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        ["stage", "platform", "tower", "samples", "cos min", "cos mean", "norm ratio", "identical inputs",
+         "fp16 outputs", "seconds", "result"],
+    )
     for row in rows:
         for tower in TOWERS:
             m: TowerParity = getattr(row, tower)
@@ -215,16 +213,13 @@ def _clients(rows: list[ClientParity]) -> list[str]:
 
 
 def _mixed_precision(choices: dict[str, dict]) -> list[str]:
-    lines = [
-        "",
-        "## Quantized layers kept in float",
-        "",
+    lines = _table_section(
+        "Quantized layers kept in float",
         "Measured against each stage's float parent on calibration samples (not the parity set): the all-quantized "
-        "tower, and the tower with the most harmful layers back in float (cosine min / mean, norm ratio).",
-        "",
-        "| artifact | samples | all quantized | target | float layers | with them | most harmful (cos mean alone) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        "tower, and the tower with the most harmful layers back in float (cosine min / mean, norm ratio). "
+        "bm1684x-int8 keeps whole op types, in F16.",
+        ["artifact", "samples", "all quantized", "target", "float layers", "with them", "most harmful (cos mean alone)"],
+    )
     for key, choice in choices.items():
         harmful = ", ".join(f"{row['layer']} ({row['cosine_mean']:.5f})" for row in choice["sensitivity"][:3]) or "—"
         met = "met" if choice["target_met"] else "**missed**"

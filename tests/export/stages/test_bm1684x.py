@@ -12,9 +12,12 @@ import jsonschema
 import numpy as np
 import pytest
 
+from converters.app.bundle import Bundle
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.runtimes.bm1684x import BmTower
+from converters.bench.run import device_estimates
+from converters.data import PARITY_SET_DIR
 from converters.errors import ConversionError
 from converters.export import tpu_mlir
 from converters.export.config import load_config
@@ -23,6 +26,7 @@ from converters.progress import ignore
 from converters.validate.parity import run_parity
 from converters.validate.report import render_markdown
 from tests.conftest import TINY_MODELS, convert_random
+from tests.search.test_commands import invoke
 
 BM_STAGES = ("bm1684x-f16", "bm1684x-int8")
 STAGES = ("onnx-fp32", "onnx-sim", *BM_STAGES)
@@ -149,6 +153,30 @@ def test_int8_keeps_op_types_in_f16_when_all_int8_misses_the_target(tmp_path):
     kept = choice["kept_layers"][0].replace("top.", "tpu.")
     results = [line.rsplit("->", 1)[-1] for line in lowered.splitlines() if f'"{kept}"' in line]
     assert results and all("f16" in out and "i8" not in out for out in results), results[:2]
+
+
+@pytest.mark.parametrize("bm_bundle", ["tiny-vit"], indirect=True)
+@pytest.mark.parametrize("stage", BM_STAGES)
+def test_the_search_engine_indexes_and_searches_with_a_bmodel_stage(bm_bundle, tmp_path, stage):
+    _, bundle = bm_bundle
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat_chelsea.jpg", "grass.jpg", "coffee_cup.jpg"):
+        shutil.copy(PARITY_SET_DIR / "images" / name, photos / name)
+    made = invoke("index", photos, "--artifacts", bundle, "--stage", stage, "--index", tmp_path / "index")
+    assert made.exit_code == 0, made.output
+    found = invoke("search", "--image", photos / "grass.jpg", "--index", tmp_path / "index", "--json")
+    assert found.exit_code == 0, found.output
+    data = json.loads(found.stdout)
+    assert data["stage"] == stage and Path(data["hits"][0]["path"]).name == "grass.jpg"
+    assert invoke("search", "海边的日落", "--index", tmp_path / "index").exit_code == 0
+
+
+def test_bench_gives_each_bmodel_the_compilers_estimate_labelled_as_one(bm_bundle):
+    _, bundle = bm_bundle
+    rows = device_estimates(Bundle.open(bundle))
+    assert {(r.artifact, r.tower) for r in rows} == {(s, t) for s in BM_STAGES for t in ("visual", "text")}
+    assert all(r.estimated_ms > 0 and r.model_mb > 0 for r in rows)
 
 
 def test_a_failing_tpu_mlir_tool_is_one_error_with_its_log(tmp_path):
