@@ -34,9 +34,9 @@ help:
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
 	@echo "make client  [ARCH=x86_64|aarch64]   (the C++ reference client, build/client/ARCH/cnclip-embed; ncnn built from its sdist once)"
 	@echo "make parity-client OUT=dir [ARCH=aarch64]   (parity plus the client's rows; aarch64 runs under qemu)"
-	@echo "make sophgo-env   (tpu-mlir's own Python 3.10 environment for the bm1684x-* stages; made on first use, ~7 GB)"
+	@echo "make sophgo-env   (tpu-mlir's own Python 3.10 environment for the bm1684x-* stages; made on first use, 6.4 GB)"
 	@echo "make test    (all tests, full-size ones included)"
-	@echo "make test-fast (tiny architectures only: a few minutes)"
+	@echo "make test-fast (tiny architectures only, the BM1684X simulators included)"
 	@echo "make test-sophgo (the BM1684X stages and simulator runtime alone)"
 	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
 

@@ -249,7 +249,7 @@ class ParityTolerances(_Strict):
     bm1684x_int8: Tolerance = INT8_TOLERANCE
 
 
-class CmodelParity(_Strict):
+class CmodelSample(_Strict):
     """The bit-accurate layer of the bm1684x stages' parity: each bmodel on tpu-mlir's cmodel simulator, on a
     sample (minutes per ViT-B-16 sample); the lowered-graph layer runs the whole parity set."""
 
@@ -293,7 +293,7 @@ class ModelConfig(_Strict):
     stress: StressOptions = StressOptions()
     stages: Stages = Stages()
     parity: ParityTolerances = ParityTolerances()
-    cmodel_parity: CmodelParity = CmodelParity()
+    cmodel_parity: CmodelSample = CmodelSample()
     source: Path | None = Field(default=None, exclude=True)
 
     def stage_options(self, stage: str) -> BaseModel:

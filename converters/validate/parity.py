@@ -67,6 +67,7 @@ class ParityChecker:
         self.config, self.manifest, self.parity_set = config, manifest, parity_set
         self.reference, self.progress = reference, progress
         self._checked: dict[str, tuple[np.ndarray, TowerParity]] = {}
+        self._cmodel_checked: dict[str, list[CmodelParity]] = {}
 
     def check(self, artifact: Artifact) -> TowerParity:
         """The artifact's parity on its tower of the parity set, measured once per content."""
@@ -118,7 +119,14 @@ class ParityChecker:
         return report, complete
 
     def cmodel_rows(self, artifact: Artifact) -> list[CmodelParity]:
-        """Each bmodel of a bm1684x artifact on the bit-accurate simulator, on the first samples of the parity set."""
+        """Each bmodel of a bm1684x artifact on the bit-accurate simulator, on the first samples of the parity set;
+        measured once per content (minutes per ViT-B-16 sample)."""
+        key = sha256_text("cmodel", artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
+        if key not in self._cmodel_checked:
+            self._cmodel_checked[key] = self._cmodel_rows(artifact)
+        return self._cmodel_checked[key]
+
+    def _cmodel_rows(self, artifact: Artifact) -> list[CmodelParity]:
         from converters.app.runtimes.bm1684x import BmTower
 
         sample = self.config.cmodel_parity
@@ -128,15 +136,20 @@ class ParityChecker:
         else:
             count = sample.captions
             inputs, reference = self.parity_set.token_ids[:count], self.reference.texts[:count]
+        nets = [net for net in artifact.bmodel["nets"] if sample.batch_sizes is None or net["batch"] in sample.batch_sizes]
+        if not nets:
+            raise ArtifactError(
+                f"cmodel_parity.batch_sizes {list(sample.batch_sizes)} in {self.config.source} matches none of "
+                f"{artifact.key}'s bmodels (batch sizes {[net['batch'] for net in artifact.bmodel['nets']]}): "
+                "its bit-accurate check would be empty."
+            )
         rows = []
-        for net in artifact.bmodel["nets"]:
-            if sample.batch_sizes is not None and net["batch"] not in sample.batch_sizes:
-                continue
+        for net in nets:
             what = "photo" if artifact.tower == "visual" else "caption"
             self.progress(Note(f"parity: {artifact.key}, batch-{net['batch']} bmodel on the bit-accurate cmodel "
                                f"({count} {what}{'s' if count > 1 else ''})"))
             started = time.perf_counter()
-            runner = BmTower(artifact, THREADS, layer="cmodel", batch=net["batch"])
+            runner = BmTower(artifact, THREADS, simulator="cmodel", batch=net["batch"])
             try:
                 embeddings = runner.embed(inputs)
             finally:

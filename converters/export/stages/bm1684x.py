@@ -23,6 +23,7 @@ go back to F16 through a quantize table, most harmful first, as
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import Counter
 from functools import cache, partial
@@ -31,6 +32,7 @@ from pathlib import Path
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
+from converters.app.runtimes.bm1684x import ToolWorker
 from converters.app.runtimes.bm1684x.env import TPU_MLIR_VERSION
 from converters.app.specs import TensorSpec, TowerSpec
 from converters.export import tpu_mlir
@@ -50,9 +52,12 @@ def run(parent: Artifact, options: Bm1684xOptions, workdir: Path, *, stage: str)
         if not isinstance(options, Bm1684xInt8Options):
             return compiler.build(frozenset(), workdir)
         op_types = Counter(kind for _, kind in compiler.ops(1) if kind not in tpu_mlir.DATA_MOVEMENT_OPS)
-        quantizer = Quantizer({kind: f"{count} ops" for kind, count in op_types.items()}, compiler.build,
+        # The fallback grades lowered graphs alone (what the interpreter runs); the bmodels are made once, after.
+        quantizer = Quantizer({kind: f"{count} ops" for kind, count in op_types.items()}, compiler.lowered_trial,
                               fitted=options.calibration_samples, kept_as="F16")
-        return build_with_fallback(parent, quantizer, options.float_fallback, workdir)
+        chosen = build_with_fallback(parent, quantizer, options.float_fallback, compiler.scratch / "fallback")
+        kept = frozenset(chosen.mixed_precision["kept_layers"]) if chosen.mixed_precision else frozenset()
+        return dataclasses.replace(compiler.build(kept, workdir), mixed_precision=chosen.mixed_precision)
     finally:
         shutil.rmtree(compiler.scratch, ignore_errors=True)
 
@@ -80,7 +85,7 @@ class _Compiler:
     def top_mlir(self, batch: int) -> Path:
         """The top-level graph at one batch size."""
         return tpu_mlir.transform(self.parent.model_file, self.tower, [batch, *self.sample_shape],
-                                  self.scratch / f"b{batch}")
+                                  self.scratch / f"b{batch}", self._what(batch))
 
     @cache
     def ops(self, batch: int) -> list[tuple[str, str]]:
@@ -91,17 +96,13 @@ class _Compiler:
         """INT8 thresholds from the first calibration samples, fed in batches of `batch`."""
         options: Bm1684xInt8Options = self.options
         samples = calibration_inputs(self.parent, options.calibration_samples)
-        return tpu_mlir.calibrate(self.top_mlir(batch), self.parent.spec.inputs[0].name, samples, batch, options.method)
+        return tpu_mlir.calibrate(self.top_mlir(batch), self.parent.spec.inputs[0].name, samples, batch, options.method,
+                                  self._what(batch))
 
     def build(self, f16_types: frozenset[str], folder: Path) -> Artifact:
-        """The lowered graph and every batch size's bmodel, with the ops of `f16_types` kept in F16, into `folder`."""
+        """Every batch size's bmodel and the lowered graph, with the ops of `f16_types` kept in F16, into `folder`."""
         self.builds += 1
         layout = BundleLayout(folder)
-        lowered_path, weights_path = layout.lowered_graph(self.tower, self.stage)
-        lowered = self._deploy(1, f16_types, lowered_only=True)
-        shutil.move(tpu_mlir.weight_file_of(lowered), weights_path)
-        shutil.move(lowered, lowered_path)
-        tpu_mlir.rename_weight_file(lowered_path, weights_path.name)
         nets, bmodels = [], []
         for batch in self.batch_sizes:
             for stale in self.top_mlir(batch).parent.glob("compiler_profile_*.txt"):
@@ -111,9 +112,30 @@ class _Compiler:
             bmodels.append(bmodel)
             nets.append({"batch": batch, "file": bmodel.name,
                          "estimated_ms": tpu_mlir.estimated_ms(self.top_mlir(batch).parent)})
-        description = self._describe(bmodels[0], lowered_path.name, nets)
-        return Artifact(self.tower, self.stage, PRECISIONS[self.quantize], (*bmodels, lowered_path, weights_path),
+        lowered, weights = self._lowered(f16_types, layout)
+        description = self._describe(bmodels[0], lowered.name, nets)
+        return Artifact(self.tower, self.stage, PRECISIONS[self.quantize], (*bmodels, lowered, weights),
                         self._spec(description), bmodel=description)
+
+    def lowered_trial(self, f16_types: frozenset[str], folder: Path) -> Artifact:
+        """The lowered graph alone, as the interpreter runs it: what the float fallback grades."""
+        self.builds += 1
+        lowered, weights = self._lowered(f16_types, BundleLayout(folder))
+        (onnx_input,) = self.parent.spec.inputs
+        dtype = "int32" if self.tower == "text" else onnx_input.dtype
+        spec = TowerSpec(self.tower, (TensorSpec(onnx_input.name, dtype, ("batch", *self.sample_shape), onnx_input.role),),
+                         self.parent.spec.outputs)
+        return Artifact(self.tower, self.stage, PRECISIONS[self.quantize], (lowered, weights), spec,
+                        bmodel={"lowered_graph": lowered.name, "nets": []})
+
+    def _lowered(self, f16_types: frozenset[str], layout: BundleLayout) -> tuple[Path, Path]:
+        """The lowered graph at batch 1 and its weights, under their bundle names in `layout`."""
+        lowered_path, weights_path = layout.lowered_graph(self.tower, self.stage)
+        lowered = self._deploy(1, f16_types, lowered_only=True)
+        shutil.move(tpu_mlir.weight_file_of(lowered), weights_path)
+        shutil.move(lowered, lowered_path)
+        tpu_mlir.rename_weight_file(lowered_path, weights_path.name)
+        return lowered_path, weights_path
 
     def _deploy(self, batch: int, f16_types: frozenset[str], lowered_only: bool) -> Path:
         top = self.top_mlir(batch)
@@ -123,19 +145,17 @@ class _Compiler:
             table.write_text("".join(f"{name} F16\n" for name, kind in self.ops(batch) if kind in f16_types),
                              encoding="utf-8")
         return tpu_mlir.deploy(
-            top, self.quantize, Path(f"{self.tower}_{self.builds}.bmodel"), high_precision=self.high_precision,
-            calibration_table=self.calibration_table(batch) if self.int8 else None, quantize_table=table,
-            lowered_only=lowered_only,
+            top, self.quantize, f"{self.tower}_{self.builds}.bmodel", self._what(batch),
+            high_precision=self.high_precision, calibration_table=self.calibration_table(batch) if self.int8 else None,
+            quantize_table=table, lowered_only=lowered_only,
         )
 
-    def _describe(self, first: Path, lowered: str, nets: list[dict]) -> dict:
-        from converters.app.runtimes.bm1684x import ToolWorker
+    def _what(self, batch: int) -> str:
+        return f"{self.tower} {self.stage} batch {batch}"
 
-        worker = ToolWorker(threads=1)
-        try:
-            tensors, _ = worker.ask({"load": str(first), "layer": "cmodel"})
-        finally:
-            worker.close()
+    def _describe(self, first: Path, lowered: str, nets: list[dict]) -> dict:
+        with ToolWorker(threads=1) as worker:
+            tensors, _ = worker.ask({"load": str(first), "simulator": "cmodel"})
         (tensor_in,), (tensor_out, *_) = tensors["inputs"], tensors["outputs"]
         return {
             "chip": tpu_mlir.CHIP,

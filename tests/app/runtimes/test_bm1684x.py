@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from converters.app.runtimes.bm1684x import ToolWorker
-from converters.app.runtimes.bm1684x.env import find_python310, tool_python
+from converters.app.runtimes.bm1684x.env import create, find_python310, tool_python
 from converters.errors import ArtifactError, UserError
 
 
@@ -40,14 +40,31 @@ def test_the_worker_reports_a_failed_request_and_answers_the_next():
         with pytest.raises(ArtifactError, match="unknown request"):
             worker.ask({"reload": "x"})
         with pytest.raises(ArtifactError, match="No such file"):
-            worker.ask({"load": "/nonexistent/graph.tpu.mlir", "layer": "lowered"})
+            worker.ask({"load": "/nonexistent/graph.tpu.mlir", "simulator": "interpreter"})
         assert worker.process.poll() is None
     finally:
         worker.close()
 
 
-def test_a_worker_that_dies_is_an_error_with_its_last_words():
+def test_a_worker_that_dies_is_an_error_with_its_last_words_and_is_never_asked_again():
     worker = ToolWorker(threads=1)
     # bmruntime aborts the process on a file it cannot open.
-    with pytest.raises(ArtifactError, match=r"worker died(.|\n)*open failed"):
-        worker.ask({"load": "/nonexistent/model.bmodel", "layer": "cmodel"})
+    with pytest.raises(ArtifactError, match=r"stopped while loading /nonexistent/model.bmodel(.|\n)*open failed"):
+        worker.ask({"load": "/nonexistent/model.bmodel", "simulator": "cmodel"})
+    with pytest.raises(ArtifactError, match="stopped"):
+        worker.ask({"ops": "/nonexistent/graph.mlir"})
+
+
+def test_create_leaves_a_folder_it_did_not_make_alone(tmp_path, monkeypatch):
+    foreign = tmp_path / "someone-elses-env"
+    (foreign / "bin").mkdir(parents=True)
+    monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(foreign))
+    with pytest.raises(UserError, match="not made by `make sophgo-env`"):
+        create()
+    assert (foreign / "bin").is_dir()
+
+
+def test_an_environment_path_with_a_space_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path / "my envs" / "tpu"))
+    with pytest.raises(UserError, match="spaces"):
+        tool_python()

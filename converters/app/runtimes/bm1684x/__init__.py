@@ -3,10 +3,10 @@
 A `bm1684x-*` artifact is one `.bmodel` per batch size (what the device
 loads with bmruntime or sail) and the lowered graph it was compiled from
 (`.tpu.mlir` and its weights). Two layers check it:
-- `layer="lowered"` (the default, what parity runs on the whole parity set and
-  the search engine uses): tpu-mlir's interpreter of the lowered graph, the
+- `simulator="interpreter"` (the default, what parity runs on the whole parity set
+  and the search engine uses): tpu-mlir's interpreter of the lowered graph, the
   compiler's numeric model of the chip, seconds per ViT-B-16 sample;
-- `layer="cmodel"`: the `.bmodel` itself on bmruntime over the cmodel,
+- `simulator="cmodel"`: the `.bmodel` itself on bmruntime over the cmodel,
   tpu-mlir's bit-accurate simulator of the chip, minutes per ViT-B-16 sample;
   parity runs it on a sample.
 Both run in a worker process of the tpu-mlir tool environment (`env.py`,
@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import os
 import subprocess
 import tempfile
 import weakref
@@ -27,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.app.artifact import Artifact
-from converters.app.runtimes.bm1684x.env import tool_python
-from converters.errors import ArtifactError
+from converters.app.runtimes.bm1684x.env import REBUILD_HINT, tool_env, tool_python
+from converters.errors import ArtifactError, UserError
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 # The lowered graph is compiled for one sample at a time; the bmodels for the batch sizes the manifest lists.
@@ -36,44 +35,70 @@ LOWERED_BATCH = 1
 
 
 class ToolWorker:
-    """One worker process of the tool environment; requests and answers are .npz messages (see worker.py)."""
+    """One worker process of the tool environment; requests and answers are .npz messages (see worker.py).
+    A context manager; also stopped when dropped (the float fallback opens one per trial) or at exit."""
 
     def __init__(self, threads: int = 0):
         env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+        python = tool_python()
         # tpu-mlir's chatter goes to a file: a pipe nobody reads would fill and stall the worker.
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [str(tool_python()), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.log, env={**_inherited_env(), **env},
-        )
-        # Stopped when the runner is dropped (the float fallback opens one per trial) or at exit.
+        try:
+            self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=self.log, env={**tool_env(), **env})
+        except OSError as error:
+            raise UserError(f"Cannot start the tpu-mlir environment's Python {python} ({error}). "
+                            f"{REBUILD_HINT.format(root=python.parent.parent)}") from None
         self._stop = weakref.finalize(self, _stop, self.process)
 
     def ask(self, request: dict, **arrays: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+        """The worker's answer to one request; an ArtifactError if it reports a failure or dies."""
         buffer = io.BytesIO()
         np.savez(buffer, request=np.array(json.dumps(request)), **arrays)
         payload = buffer.getvalue()
         try:
             self.process.stdin.write(struct.pack("<Q", len(payload)) + payload)
             self.process.stdin.flush()
-            header = self.process.stdout.read(8)
-            (size,) = struct.unpack("<Q", header)
+            (size,) = struct.unpack("<Q", self.process.stdout.read(8))
             with np.load(io.BytesIO(self.process.stdout.read(size)), allow_pickle=False) as data:
                 answer = {key: data[key] for key in data.files}
-        except (OSError, struct.error):
-            raise ArtifactError(f"the tpu-mlir worker died on {request}; its last words:\n{self._stderr_tail()}") from None
+        except BaseException as error:
+            # Whatever broke the exchange (a dead worker, a cut message, Ctrl-C), its answer can no longer be
+            # told from the next one's: the worker is stopped, never asked again.
+            self.close()
+            if not isinstance(error, Exception):
+                raise
+            raise ArtifactError(
+                f"The tpu-mlir worker stopped while {_describe(request)}. Its last output:\n{self._output_tail()}\n"
+                f"If tpu-mlir itself fails to start, {REBUILD_HINT.format(root=tool_python().parent.parent)}"
+            ) from None
         response = json.loads(str(answer.pop("response")))
         if "error" in response:
-            raise ArtifactError(f"tpu-mlir failed on {request}: {response['error']}")
+            raise ArtifactError(f"tpu-mlir failed while {_describe(request)}: {response['error']}")
         return response, answer
 
-    def _stderr_tail(self) -> str:
-        self.close()
+    def _output_tail(self) -> str:
         self.log.seek(0)
         return "\n".join(self.log.read().decode(errors="replace").splitlines()[-15:])
 
     def close(self) -> None:
         self._stop()
+
+    def __enter__(self) -> "ToolWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _describe(request: dict) -> str:
+    if "load" in request:
+        return f"loading {request['load']} into the {request['simulator']}"
+    if "ops" in request:
+        return f"reading the ops of {request['ops']}"
+    if "run" in request:
+        return "running a model"
+    return f"answering {request}"
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -82,20 +107,16 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _inherited_env() -> dict[str, str]:
-    # The worker must not see this project's Python path.
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-
-
 class BmTower:
-    """Runs a bm1684x artifact in one of the two simulator layers; `batch` picks the .bmodel for `layer="cmodel"`."""
+    """Runs a bm1684x artifact in one of tpu-mlir's two simulators: the interpreter of the lowered graph, or the
+    bit-accurate cmodel running the .bmodel of batch size `batch`."""
 
-    def __init__(self, artifact: Artifact, threads: int = 0, layer: str = "lowered", batch: int = 1):
+    def __init__(self, artifact: Artifact, threads: int = 0, simulator: str = "interpreter", batch: int = 1):
         description = artifact.bmodel
         if description is None:
             raise ArtifactError(f"{artifact.key}: the manifest does not describe its bmodels; convert again.")
-        self.artifact, self.layer = artifact, layer
-        if layer == "lowered":
+        self.artifact = artifact
+        if simulator == "interpreter":
             path, self.batch = _file_named(artifact, description["lowered_graph"]), LOWERED_BATCH
         else:
             nets = {net["batch"]: net for net in description["nets"]}
@@ -105,12 +126,12 @@ class BmTower:
         self.input = artifact.spec.inputs[0]
         self.is_text = self.input.role == "token_ids"
         self.worker = ToolWorker(threads)
-        self.worker.ask({"load": str(path), "layer": layer})
+        self.worker.ask({"load": str(path), "simulator": simulator})
 
     def embed(self, inputs: np.ndarray) -> np.ndarray:
         """[N, 3, R, R] pixels, or [N, L] token ids padded with 0 (to the context length, the fixed shape the
         device runs) → [N, D]. Batches of the bmodel's size; a short last batch is filled with its last sample."""
-        fixed = tuple(dim for dim in self.input.shape[1:])
+        fixed = tuple(self.input.shape[1:])
         if tuple(inputs.shape[1:]) != fixed:
             raise ValueError(f"{self.artifact.key} takes [N, {', '.join(map(str, fixed))}], got {list(inputs.shape)}")
         rows = []

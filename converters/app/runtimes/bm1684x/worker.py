@@ -7,9 +7,9 @@ It reads requests from stdin and answers on stdout, each message one `.npz`
 8-byte little-endian length: a JSON `request`/`response` string and arrays.
 
 Requests:
-- {"load": PATH, "layer": "lowered"} — a lowered graph (`*.tpu.mlir`, its weights beside it), run by
+- {"load": PATH, "simulator": "interpreter"} — a lowered graph (`*.tpu.mlir`, its weights beside it), run by
   tpu-mlir's interpreter: the compiler's numeric model of the chip, not bit-accurate.
-- {"load": PATH, "layer": "cmodel"} — a `.bmodel`, run by bmruntime on the cmodel, tpu-mlir's bit-accurate
+- {"load": PATH, "simulator": "cmodel"} — a `.bmodel`, run by bmruntime on the cmodel, tpu-mlir's bit-accurate
   simulator of the chip (minutes per ViT-B-16 sample on a 2-core x86).
 - {"run": true} with array `input` — the loaded model's first output for that input.
 - {"ops": PATH} — the (name, type) of every op of a top-level MLIR file, for quantize tables.
@@ -129,7 +129,7 @@ def main():
         request = json.loads(str(message["request"]))
         try:
             if "load" in request:
-                model = (LoweredGraph if request["layer"] == "lowered" else CmodelBmodel)(request["load"])
+                model = (LoweredGraph if request["simulator"] == "interpreter" else CmodelBmodel)(request["load"])
                 write_message(responses, model.describe())
             elif "run" in request:
                 write_message(responses, {}, output=model.run(message["input"]))
