@@ -82,7 +82,7 @@ parity-client: client
 # tpu-mlir (the BM1684X compiler and simulators) needs Python 3.10 and pins of its own: a venv outside the
 # clone, keyed by version (converters/app/runtimes/bm1684x/env.py says what the recipe fixes).
 sophgo-env: $(STAMP)
-	$(PY) -m converters.app.runtimes.bm1684x.env
+	$(PY) -m converters.app.runtimes.bm1684x
 
 # The browser test drives Debian's Chromium through Selenium: installed on first use, from Debian's packages.
 CHROMEDRIVER := /usr/bin/chromedriver

@@ -27,6 +27,7 @@ from converters.export.config import load_config
 from converters.export.pipeline import ConvertRequest, convert
 from converters.progress import ignore
 from converters.validate.report import render_markdown
+from tests.conftest import TINY_BUNDLE_STAGES
 
 # The tiny-vit architecture (converters/export/configs/tiny-vit.yaml) in transformers' terms.
 TINY = ChineseCLIPConfig(
@@ -57,7 +58,8 @@ def test_a_saved_chinese_clip_model_converts_through_every_stage_with_parity_aga
     folder = save_tiny(tmp_path / "hf", safe_serialization)
     config = huggingface.infer_config(folder)
     assert config.name == "tiny-vit"  # the folder's architecture is a known model's
-    conversion = convert(ConvertRequest(config, tmp_path / "bundle", str(folder), tmp_path / "cache"), ignore)
+    request = ConvertRequest(config, tmp_path / "bundle", str(folder), tmp_path / "cache", stages=TINY_BUNDLE_STAGES)
+    conversion = convert(request, ignore)
     assert conversion.parity.passed, render_markdown(conversion.parity)
     assert [s.stage for s in conversion.parity.stages][-1] == "ncnn-int8"
     manifest = conversion.manifest

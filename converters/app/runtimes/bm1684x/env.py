@@ -23,7 +23,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from converters.app.fsutil import exclusive
@@ -123,9 +122,3 @@ def _run(command: list[str], what: str) -> None:
         raise UserError(f"Making the tpu-mlir environment failed at {what}: {error}. {REBUILD_HINT.format(root=env_dir())}"
                         ) from None
 
-
-if __name__ == "__main__":
-    try:
-        print(create())
-    except UserError as error:
-        sys.exit(f"error: {error}")
