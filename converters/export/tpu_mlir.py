@@ -110,9 +110,13 @@ def deploy(top_mlir: Path, quantize: str, model: str, what: str, *, high_precisi
     return lowered[-1]
 
 
+# How a tpu-mlir graph names its weights file, relative to the directory it is run from.
+WEIGHT_FILE_ATTRIBUTE = re.compile(r'module\.weight_file = "([^"]+)"')
+
+
 def weight_file_of(lowered: Path) -> Path:
     """The weights a lowered graph names (module.weight_file), beside it."""
-    match = re.search(r'module\.weight_file = "([^"]+)"', lowered.read_text(encoding="utf-8"))
+    match = WEIGHT_FILE_ATTRIBUTE.search(lowered.read_text(encoding="utf-8"))
     if not match:
         raise ConversionError(f"{lowered} names no weight file; tpu-mlir's output format changed?")
     return lowered.parent / match.group(1)
@@ -121,8 +125,7 @@ def weight_file_of(lowered: Path) -> Path:
 def rename_weight_file(lowered: Path, weights_name: str) -> None:
     """Point the lowered graph at its weights under their bundle name."""
     text = lowered.read_text(encoding="utf-8")
-    lowered.write_text(re.sub(r'module\.weight_file = "[^"]+"', f'module.weight_file = "{weights_name}"', text, count=1),
-                       encoding="utf-8")
+    lowered.write_text(WEIGHT_FILE_ATTRIBUTE.sub(f'module.weight_file = "{weights_name}"', text, count=1), encoding="utf-8")
 
 
 def estimated_ms(folder: Path) -> float | None:
