@@ -73,14 +73,20 @@ class ParityChecker:
         """The artifact's parity on its tower of the parity set, measured once per content."""
         return self._measured(artifact)[1]
 
+    def _content_key(self, artifact: Artifact) -> str:
+        return sha256_text(artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
+
+    def _tower_set(self, tower: str) -> tuple[np.ndarray, np.ndarray]:
+        """The tower's inputs of the parity set and PyTorch's embeddings of them."""
+        if tower == "visual":
+            return self.parity_set.pixels, self.reference.images
+        return self.parity_set.token_ids, self.reference.texts
+
     def _measured(self, artifact: Artifact) -> tuple[np.ndarray, TowerParity]:
-        key = sha256_text(artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
+        key = self._content_key(artifact)
         if key not in self._checked:
             runner = open_tower(artifact, THREADS)
-            if artifact.tower == "visual":
-                inputs, reference = self.parity_set.pixels, self.reference.images
-            else:
-                inputs, reference = self.parity_set.token_ids, self.reference.texts
+            inputs, reference = self._tower_set(artifact.tower)
             embeddings = batched(runner.embed, inputs)
             measured = tower_parity(reference, embeddings, self.config.tolerance(artifact.stage))
             if measured.failures:
@@ -121,7 +127,7 @@ class ParityChecker:
     def cmodel_rows(self, artifact: Artifact) -> list[CmodelParity]:
         """Each bmodel of a bm1684x artifact on the bit-accurate simulator, on the first samples of the parity set;
         measured once per content (minutes per ViT-B-16 sample)."""
-        key = sha256_text("cmodel", artifact.key, *(f.sha256 for f in self.manifest.entry(artifact.tower, artifact.stage).files))
+        key = self._content_key(artifact)
         if key not in self._cmodel_checked:
             self._cmodel_checked[key] = self._cmodel_rows(artifact)
         return self._cmodel_checked[key]
@@ -130,12 +136,8 @@ class ParityChecker:
         from converters.app.runtimes.bm1684x import BmTower
 
         sample = self.config.cmodel_parity
-        if artifact.tower == "visual":
-            count = sample.images
-            inputs, reference = self.parity_set.pixels[:count], self.reference.images[:count]
-        else:
-            count = sample.captions
-            inputs, reference = self.parity_set.token_ids[:count], self.reference.texts[:count]
+        count = sample.images if artifact.tower == "visual" else sample.captions
+        inputs, reference = (values[:count] for values in self._tower_set(artifact.tower))
         nets = [net for net in artifact.bmodel["nets"] if sample.batch_sizes is None or net["batch"] in sample.batch_sizes]
         if not nets:
             raise ArtifactError(

@@ -124,7 +124,6 @@ class BmTower:
                 raise ArtifactError(f"{artifact.key} has bmodels for batch sizes {sorted(nets)}, not {batch}.")
             path, self.batch = _file_named(artifact, nets[batch]["file"]), batch
         self.input = artifact.spec.inputs[0]
-        self.is_text = self.input.role == "token_ids"
         self.worker = ToolWorker(threads)
         self.worker.ask({"load": str(path), "simulator": simulator})
 
