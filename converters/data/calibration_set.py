@@ -25,9 +25,18 @@ SEED = 0
 MIN_CROP_SIDE = 0.5
 
 
+def calibration_photos(transform: Transform, directory: Path = CALIBRATION_SET_DIR) -> np.ndarray:
+    """The photos whole, as the model's pixels: the first samples of `calibration_pixels`."""
+    return transform.batch(_photos(directory))
+
+
+def _photos(directory: Path) -> list[Image.Image]:
+    return [load_image(p) for p in sorted((directory / "images").iterdir()) if p.suffix.lower() in DATA_IMAGE_SUFFIXES]
+
+
 def calibration_pixels(count: int, transform: Transform, directory: Path = CALIBRATION_SET_DIR) -> np.ndarray:
     """`count` images as the model's pixels [count, 3, R, R]: the photos whole, then crops of them."""
-    photos = [load_image(p) for p in sorted((directory / "images").iterdir()) if p.suffix.lower() in DATA_IMAGE_SUFFIXES]
+    photos = _photos(directory)
     rng = np.random.default_rng(SEED)
     samples = []
     for index in range(count):

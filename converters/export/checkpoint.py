@@ -23,7 +23,7 @@ from converters.errors import ArtifactError, CheckpointError
 from converters.export import huggingface
 from converters.export.config import ModelConfig, known_models, load_config
 from converters.export.download import DOWNLOAD_HINT, fetch_release
-from converters.export.stress import stress_model
+from converters.export.stress import GENERATOR_VERSION, stress_model
 from converters.validate.metrics import Embeddings
 
 RANDOM = "random"
@@ -121,8 +121,8 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
     if checkpoint in (RANDOM, STRESS):
         stress = checkpoint == STRESS
         digest = sha256_text(checkpoint, str(config.seed), config.architecture.model_dump_json(), str(config.image_resolution),
-                             *([config.stress.model_dump_json()] if stress else []))
-        description = (f"stress weights (seed {config.seed}, stress {config.stress.model_dump()})" if stress
+                             *([config.stress.model_dump_json(), str(GENERATOR_VERSION)] if stress else []))
+        description = (f"stress weights (generator {GENERATOR_VERSION}, seed {config.seed}, stress {config.stress.model_dump()})" if stress
                        else f"random weights (seed {config.seed})")
         return CheckpointSource(None, digest, description, default, cn_clip_vocab().read_bytes(), stress=stress)
     if isinstance(checkpoint, str) and checkpoint.startswith(huggingface.PREFIX):

@@ -273,6 +273,9 @@ class StressOptions(_Strict):
     residual: float = Field(default=30.0, ge=0.0, le=10000.0)
     # Student-t degrees of freedom of the weight matrices: lower is heavier-tailed (kurtosis 6/(df-4)+3 for df > 4).
     tail_df: float = Field(default=5.0, gt=2.0, le=1000.0)
+    # ModifiedResNet: gain and bias of each bottleneck's last BatchNorm, times this. Trained ResNets keep their
+    # residual branches small; at 1 the random trunk is chaotic (stress.py says what was measured).
+    branch_gain: float = Field(default=0.25, gt=0.0, le=1.0)
 
 
 class Checkpoint(_Strict):
