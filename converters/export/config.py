@@ -278,6 +278,15 @@ class StressOptions(_Strict):
     branch_gain: float = Field(default=0.25, gt=0.0, le=1.0)
 
 
+class Smoothing(_Strict):
+    """Activation smoothing (converters/export/smoothing.py): an exact rescaling of the visual tower before export
+    that moves activation outliers from a normalization's output into the next layer's weights (SmoothQuant)."""
+
+    enabled: bool = False
+    # SmoothQuant's migration strength: 0 leaves the activations as they are, 1 moves all their range into the weights.
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 class Checkpoint(_Strict):
     # Name of the official release in cn_clip's download table; None for
     # architectures that only exist here (the tiny test models).
@@ -294,6 +303,7 @@ class ModelConfig(_Strict):
     seed: int = 0
     checkpoint: Checkpoint = Checkpoint()
     stress: StressOptions = StressOptions()
+    smoothing: Smoothing = Smoothing()
     stages: Stages = Stages()
     parity: ParityTolerances = ParityTolerances()
     cmodel_parity: CmodelSample = CmodelSample()

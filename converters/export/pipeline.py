@@ -30,7 +30,7 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.specs import STAGE_NAMES, TOWERS
 from converters.errors import ConversionError, UserError
-from converters.export import bundle_facts, checkpoint
+from converters.export import bundle_facts, checkpoint, smoothing
 from converters.export.config import ModelConfig
 from converters.export.stages import (
     Stage,
@@ -135,6 +135,12 @@ class _Conversion:
         self.progress(Note(f"loading {self.source.description}"))
         return checkpoint.run(self.config, self.source)
 
+    @functools.cache
+    def exported_model(self):
+        """What the export stages read: the checkpoint's model, smoothed when the config asks (parity's reference
+        stays the checkpoint's own, so the fp32 stages check that smoothing changed nothing)."""
+        return smoothing.smooth(self.loaded().model, self.config.image_resolution, self.config.smoothing)
+
     def _checker(self) -> ParityChecker:
         parity_set = parity_set_for(self.config, self.manifest)
         reference = reference_embeddings(
@@ -162,7 +168,7 @@ class _Conversion:
     def _parent(self, stage: Stage, tower: str) -> Artifact | ModelTower | str:
         """What the stage consumes, or why it cannot be built (a parent missing or failing parity)."""
         if stage.parent is None:
-            return ModelTower(self.loaded().model, self.config, tower)
+            return ModelTower(self.exported_model(), self.config, tower)
         artifact = self.manifest.artifact(tower, stage.parent)
         if self.checker and not self.checker.check(artifact).passed:
             return f"its parent {artifact.key} fails parity"
@@ -170,7 +176,7 @@ class _Conversion:
 
     def _digest(self, stage: Stage, tower: str, options) -> str:
         if stage.parent is None:
-            parent_digest = sha256_text(self.source.digest, tower)
+            parent_digest = sha256_text(self.source.digest, tower, self.config.smoothing.model_dump_json())
         elif (entry := self.manifest.entry(tower, stage.parent)) is None:
             raise UserError(
                 f"Stage '{stage.name}' needs the '{stage.parent}' artifact of the {tower} tower first; "

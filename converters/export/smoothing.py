@@ -1,0 +1,101 @@
+"""Activation smoothing: an exact rescaling at export time that moves activation outliers into the weights.
+
+Per-tensor int8 activations share one scale across channels, so a few huge
+channels leave the others a handful of levels. Where a normalization feeds
+only linear maps, channel j of its gain and bias can be divided by s_j and
+input channel j of the next weight multiplied by s_j: the tower computes the
+same function (ReLU and average pooling commute with a positive scale), but
+the activation is s_j times smaller where it was largest. SmoothQuant (Xiao
+et al., 2023) picks s_j = max|X_j|^α / max|W_j|^(1-α), the migration strength
+α balancing activation and weight ranges; X is measured on calibration photos,
+never on the parity set.
+
+The sites (visual towers only):
+- pre-LN ViT: ln_1 → attention in-projection, ln_2 → MLP c_fc;
+- ModifiedResNet: the stem's bn1 → conv2 and bn2 → conv3, each bottleneck's
+  bn1 → conv2 and bn2 → conv3 (their outputs stay inside the branch).
+The post-LN BERT text tower has none: each LayerNorm's output is also the
+residual stream, which a rescaling would change.
+
+`smooth` works on a copy of the model: parity still compares every artifact
+with the unsmoothed checkpoint, so the fp32 stages' tolerance (1e-5) checks
+that the rescaling is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from cn_clip.clip.model import CLIP
+from torch import nn
+
+from converters.app.preprocess import Transform
+from converters.data.calibration_set import calibration_pixels
+from converters.export.config import Smoothing
+
+# Calibration samples the activation ranges are measured on (photos, then crops of them).
+SAMPLES = 16
+# Floors for the ranges: a dead channel (all zeros) gets s = 1 instead of 0 or infinity.
+EPSILON = 1e-5
+
+
+@dataclass(frozen=True)
+class Site:
+    """A normalization whose output reaches only `consumer`'s input: `weight` is the consumer's, input channels on dim 1."""
+
+    norm: nn.Module  # LayerNorm or BatchNorm2d: weight and bias per channel
+    consumer: nn.Module  # the module whose input is measured
+    weight: nn.Parameter  # [out, in, ...]
+
+
+def smooth(model: CLIP, resolution: int, options: Smoothing) -> CLIP:
+    """A copy of `model` with its visual tower's activation outliers migrated into the weights (or `model` itself
+    when smoothing is off or the tower has no site)."""
+    if not options.enabled or not sites(model.visual):
+        return model
+    smoothed = copy.deepcopy(model).eval()
+    chosen = sites(smoothed.visual)
+    ranges = _input_ranges(smoothed.visual, [site.consumer for site in chosen], resolution)
+    with torch.no_grad():
+        for site, activation in zip(chosen, ranges):
+            weight = site.weight.abs().transpose(0, 1).flatten(1).amax(dim=1).clamp_min(EPSILON)
+            scale = activation.clamp_min(EPSILON) ** options.alpha / weight ** (1 - options.alpha)
+            site.norm.weight.div_(scale)
+            site.norm.bias.div_(scale)
+            site.weight.mul_(scale.reshape(1, -1, *([1] * (site.weight.dim() - 2))))
+    return smoothed
+
+
+def sites(visual: nn.Module) -> list[Site]:
+    found = []
+    if hasattr(visual, "transformer"):
+        for block in visual.transformer.resblocks:
+            found.append(Site(block.ln_1, block.attn, block.attn.in_proj_weight))
+            found.append(Site(block.ln_2, block.mlp.c_fc, block.mlp.c_fc.weight))
+    if hasattr(visual, "layer1"):
+        for owner in (visual, *(b for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in layer)):
+            found.append(Site(owner.bn1, owner.conv2, owner.conv2.weight))
+            found.append(Site(owner.bn2, owner.conv3, owner.conv3.weight))
+    return found
+
+
+def _input_ranges(visual: nn.Module, consumers: list[nn.Module], resolution: int) -> list[torch.Tensor]:
+    """Per input channel of each consumer, the largest absolute value it sees over the calibration samples."""
+    ranges: dict[nn.Module, torch.Tensor] = {}
+
+    def record(module, inputs):
+        x = inputs[0].detach()
+        # Convolutions take [N, C, H, W], attention and linear layers [..., C].
+        channels = x.transpose(0, 1).flatten(1) if isinstance(module, nn.Conv2d) else x.reshape(-1, x.shape[-1]).T
+        ranges[module] = channels.abs().amax(dim=1)
+
+    hooks = [consumer.register_forward_pre_hook(record) for consumer in consumers]
+    try:
+        with torch.no_grad():
+            visual(torch.from_numpy(calibration_pixels(SAMPLES, Transform(resolution))))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [ranges[consumer] for consumer in consumers]
