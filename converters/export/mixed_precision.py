@@ -36,6 +36,7 @@ from converters.app.tokenizer import Tokenizer
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
 from converters.export.config import FloatFallback
 from converters.validate.metrics import per_sample, structural_problems
+from converters.validate.parity import batched
 
 # Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
 # onnx-int4: Quantizer.kept_as), into the given folder.
@@ -126,16 +127,21 @@ class Probe:
         # on the data the scales were fitted to.
         fitted = quantizer.fitted
         self.inputs = calibration_inputs(parent, fitted + samples)[fitted:]
-        self.reference = open_tower(parent, threads=PROBE_THREADS).embed(self.inputs)
+        self.reference = self.embed(parent)
         self.build, self.workdir = quantizer.build, workdir
         self.trials = 0
+
+    def embed(self, artifact: Artifact) -> np.ndarray:
+        """The artifact's embeddings of the inputs, one sample per call as parity runs it: dynamic int8 scales
+        activations over the whole call, so a batch of 16 would grade another computation than the one shipped."""
+        return batched(open_tower(artifact, threads=PROBE_THREADS).embed, self.inputs)
 
     def fidelity(self, kept_layers: frozenset[str]) -> Fidelity:
         self.trials += 1
         folder = self.workdir / f"trial-{self.trials}"
         folder.mkdir(parents=True)
         candidate = self.build(kept_layers, folder)
-        embeddings = open_tower(candidate, threads=PROBE_THREADS).embed(self.inputs)
+        embeddings = self.embed(candidate)
         for file in candidate.files:
             file.unlink()  # a full-size tower per trial: do not keep them
         return Fidelity.between(self.reference, embeddings)
