@@ -22,6 +22,7 @@ COMMANDS = {
     "models": "converters.export.commands:models_command",
     "convert": "converters.export.commands:convert_command",
     "sensitivity": "converters.export.commands:sensitivity_command",
+    "levers": "converters.export.commands:levers_command",
     "parity": "converters.validate.commands:parity_command",
     "bench": "converters.bench.command:bench_command",
     "index": "converters.search.commands:index_command",

@@ -35,6 +35,10 @@ class BundleLayout:
         return self.root / "sensitivity.json"
 
     @property
+    def levers_json(self) -> Path:
+        return self.root / "levers.json"
+
+    @property
     def bench_json(self) -> Path:
         return self.root / "bench.json"
 

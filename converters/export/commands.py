@@ -106,6 +106,38 @@ def sensitivity_command(model: str | None, out: Path | None, stage: str, samples
     say(f"wrote {layout.sensitivity_json}")
 
 
+@click.command("levers")
+@optional_model_argument
+@out_option
+@click.option(
+    "--stages", "stages", default="onnx-int8,ncnn-int8,onnx-int4", show_default=True,
+    help="The quantized stages whose settings to compare (comma-separated: onnx-int8, ncnn-int8, onnx-int4).",
+)
+def levers_command(model: str | None, out: Path | None, stages: str) -> None:
+    """Measure what each quantization setting does to the bundle's all-quantized towers.
+
+    For onnx-int8: per-tensor weights, 8-bit weights, static QDQ, activation
+    smoothing; for ncnn-int8: aciq thresholds, the first layer in float,
+    smoothing; for onnx-int4: block sizes 32, 64, 128. Each variant is compared
+    with its float parent on held-out calibration samples and with PyTorch on
+    the parity set. Needs the bundle's float parents (onnx-sim, ncnn-fp32) and
+    its parity reference; writes levers.json and prints the table. Minutes on
+    full-size towers.
+    """
+    from converters.app.layout import BundleLayout
+    from converters.export.levers import LEVERS, measure_levers, render_table
+
+    known = sorted({lever.stage for lever in LEVERS})
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    if not chosen or set(chosen) - set(known):
+        raise click.BadParameter(f"choose among {', '.join(known)}", param_hint="--stages")
+    config, out = bundle_config(model, out)
+    layout = BundleLayout(out)
+    rows = measure_levers(config, layout, lambda event: say(render(event)), chosen)
+    click.echo(render_table(rows))
+    say(f"wrote {layout.levers_json}")
+
+
 def _config_for(model: str | None, checkpoint: str | None):
     """The model's config, and the checkpoint argument (an `hf:` reference becomes its folder in the hub's cache)."""
     from converters.export import huggingface

@@ -1,0 +1,228 @@
+"""`levers`: what each int8 and int4 setting does to a bundle's towers, measured, so that defaults are chosen by numbers.
+
+Every variant is the all-quantized tower (no layer kept in float: the levers
+are compared before the float fallback repairs anything), built from the
+bundle's own float parents with one setting changed from the config's:
+
+- onnx-int8: per-tensor instead of per-channel weight scales; 8-bit instead of
+  7-bit (`reduce_range`) weights; static QDQ with activation scales calibrated
+  by min/max on the calibration set instead of dynamic per-call scales;
+  activation smoothing (`converters.export.smoothing`, visual tower).
+- ncnn-int8: aciq instead of kl thresholds; the first layer (patch embedding
+  or stem convolution) kept float; activation smoothing.
+- onnx-int4: block sizes 32, 64 and 128 (the size/fidelity curve).
+
+onnx-int8 quantizes MatMul, Gemm and Gather only, so its patch embedding
+(a Conv) is float already and that lever does not apply to it.
+
+Two numbers per variant: against the float parent on the held-out calibration
+samples the float fallback grades on (what a default may be chosen by), and
+against PyTorch on the parity set (the held-out check, reported, never used
+to choose). Written to `levers.json` beside the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from converters.app.artifact import Artifact
+from converters.app.fsutil import atomic_write_text, staging_dir
+from converters.app.layout import BundleLayout
+from converters.app.manifest import Manifest
+from converters.app.runtimes import open_tower
+from converters.app.specs import TOWERS
+from converters.errors import ConversionError, UserError
+from converters.export import onnx_io
+from converters.export.config import ModelConfig, Smoothing
+from converters.export.mixed_precision import PROBE_THREADS, Fidelity, Probe, Quantizer, calibration_inputs
+from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
+from converters.progress import Note, Progress
+from converters.validate.metrics import Embeddings
+from converters.validate.parity import batched, parity_set_for, reference_embeddings
+
+# The parents the smoothed variants are built from, converted into a scratch bundle.
+SMOOTHED_PARENTS = ("onnx-fp32", "onnx-sim", "ncnn-fp32")
+
+
+@dataclass(frozen=True)
+class Lever:
+    stage: str
+    name: str
+    # The stage's quantizer for this variant, given the float parent and the stage's options.
+    quantizer: Callable[[Artifact, object], Quantizer]
+    smoothed: bool = False  # built from the smoothed parents
+    towers: tuple[str, ...] = TOWERS
+
+
+@dataclass(frozen=True)
+class LeverRow:
+    stage: str
+    lever: str
+    tower: str
+    megabytes: float
+    held_out: Fidelity  # against the float parent, held-out calibration samples
+    parity: Fidelity  # against PyTorch, the parity set
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "lever": self.lever, "tower": self.tower, "megabytes": self.megabytes,
+                "held_out": dataclasses.asdict(self.held_out), "parity": dataclasses.asdict(self.parity)}
+
+
+def _with(module, **changes) -> Callable[[Artifact, object], Quantizer]:
+    return lambda parent, options: module.quantizer(parent, options.model_copy(update=changes))
+
+
+def _first_layer_float(parent: Artifact, options) -> Quantizer:
+    offer = ncnn_int8.quantizer(parent, options)
+    first = next(iter(offer.layers))
+    return dataclasses.replace(offer, build=lambda kept, folder: offer.build(kept | {first}, folder))
+
+
+LEVERS = (
+    Lever("onnx-int8", "config", _with(onnx_int8)),
+    Lever("onnx-int8", "per-tensor weights", _with(onnx_int8, per_channel=False)),
+    Lever("onnx-int8", "8-bit weights (no reduce_range)", _with(onnx_int8, reduce_range=False)),
+    Lever("onnx-int8", "static QDQ, min/max activations", lambda parent, options: static_quantizer(parent, options)),
+    Lever("onnx-int8", "smoothing α 0.5", _with(onnx_int8), smoothed=True, towers=("visual",)),
+    Lever("ncnn-int8", "config", _with(ncnn_int8)),
+    Lever("ncnn-int8", "aciq thresholds", _with(ncnn_int8, method="aciq")),
+    Lever("ncnn-int8", "first layer float", _first_layer_float, towers=("visual",)),
+    Lever("ncnn-int8", "smoothing α 0.5", _with(ncnn_int8), smoothed=True, towers=("visual",)),
+    Lever("onnx-int4", "block 32", _with(onnx_int4, block_size=32)),
+    Lever("onnx-int4", "block 64", _with(onnx_int4, block_size=64)),
+    Lever("onnx-int4", "block 128", _with(onnx_int4, block_size=128)),
+)
+
+
+def static_quantizer(parent: Artifact, options) -> Quantizer:
+    """onnx-int8's settings with onnxruntime's static QDQ quantization: activation scales fixed from the
+    calibration samples' min/max instead of measured at every call."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    dynamic = onnx_int8.quantizer(parent, options)
+    samples = calibration_inputs(parent, options.float_fallback.samples)
+    name = parent.spec.inputs[0].name
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(samples)
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {name: row[None]}
+
+    def build(kept: frozenset[str], folder: Path) -> Artifact:
+        quantized = folder / "quantized.onnx"
+        try:
+            with onnx_int8.without_quantizer_advice():
+                quantize_static(
+                    str(parent.model_file), str(quantized), Samples(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
+                    reduce_range=options.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=len(parent.files) > 1,
+                    nodes_to_exclude=sorted(kept),
+                )
+        except Exception as exc:  # the quantizer raises whatever its graph walk hits
+            raise ConversionError(f"static int8 quantization of {parent.model_file} failed: {exc}") from None
+        (path,) = BundleLayout(folder).model_files(parent.tower, "onnx-int8")
+        files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
+        for scratch in folder.glob("quantized.onnx*"):
+            scratch.unlink()
+        return Artifact(parent.tower, "onnx-int8", "int8", files, parent.spec)
+
+    return Quantizer(dynamic.layers, build, fitted=len(samples))
+
+
+def measure_levers(config: ModelConfig, layout: BundleLayout, progress: Progress, stages: tuple[str, ...]) -> list[LeverRow]:
+    with layout.exclusive():
+        manifest = Manifest.load(layout.manifest)
+        parity_set = parity_set_for(config, manifest)
+        reference = reference_embeddings(manifest, parity_set, _no_reference(layout), progress)
+        rows = []
+        # Every variant is graded on the same samples, after all that any variant fits its scales to.
+        held_out = HeldOut(max(config.stages.ncnn_int8.samples, config.stages.onnx_int8.float_fallback.samples),
+                           config.stages.onnx_int8.float_fallback.samples)
+        with staging_dir(layout.staging) as workdir:
+            workdir = Path(workdir)
+            smoothed = None
+            for lever in (lever for lever in LEVERS if lever.stage in stages):
+                if lever.smoothed and smoothed is None:
+                    smoothed = _smoothed_parents(config, manifest, workdir / "smoothed", progress)
+                for tower in lever.towers:
+                    parent = _parent(smoothed if lever.smoothed else manifest, tower, lever.stage)
+                    progress(Note(f"levers: {tower}.{lever.stage}, {lever.name}"))
+                    offer = lever.quantizer(parent, config.stage_options(lever.stage))
+                    inputs = parity_set.pixels if tower == "visual" else parity_set.token_ids
+                    expected = reference.images if tower == "visual" else reference.texts
+                    rows.append(_measure(lever, tower, offer, parent, held_out, inputs, expected, workdir / f"{len(rows)}"))
+        atomic_write_text(layout.levers_json, _to_json(manifest, rows))
+    return rows
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    skip: int  # calibration samples any variant may fit its scales to
+    count: int
+
+
+def _measure(lever: Lever, tower: str, offer: Quantizer, parent: Artifact, held_out: HeldOut,
+             parity_inputs: np.ndarray, expected: np.ndarray, folder: Path) -> LeverRow:
+    probe = Probe(parent, dataclasses.replace(offer, fitted=held_out.skip), held_out.count, folder / "probe")
+    folder.mkdir(parents=True, exist_ok=True)
+    candidate = offer.build(frozenset(), folder)
+    graded = Fidelity.between(probe.reference, probe.embed(candidate))
+    parity = Fidelity.between(expected, batched(open_tower(candidate, threads=PROBE_THREADS).embed, parity_inputs))
+    megabytes = round(sum(f.stat().st_size for f in candidate.files) / 1e6, 2)
+    for file in candidate.files:
+        file.unlink()
+    return LeverRow(lever.stage, lever.name, tower, megabytes, graded, parity)
+
+
+def _parent(manifest: Manifest, tower: str, stage: str) -> Artifact:
+    parent_stage = {"onnx-int8": "onnx-sim", "onnx-int4": "onnx-sim", "ncnn-int8": "ncnn-fp32"}[stage]
+    if manifest.entry(tower, parent_stage) is None:
+        raise UserError(f"{manifest.root} has no {parent_stage} artifact of the {tower} tower, which {stage} quantizes; "
+                        f"run convert with --stages {parent_stage} first.")
+    return manifest.artifact(tower, parent_stage)
+
+
+def _smoothed_parents(config: ModelConfig, manifest: Manifest, out: Path, progress: Progress) -> Manifest:
+    from converters.export.pipeline import ConvertRequest, convert
+
+    progress(Note("levers: converting smoothed float parents"))
+    smoothed = config.model_copy(update={"smoothing": Smoothing(enabled=True)})
+    request = ConvertRequest(smoothed, out, manifest.checkpoint.source, out / "cache", SMOOTHED_PARENTS, parity=False)
+    return convert(request, lambda event: None).manifest
+
+
+def _no_reference(layout: BundleLayout) -> Callable:
+    def missing(parity_set) -> Embeddings:
+        raise UserError(f"{layout.root} has no PyTorch reference for this parity set; run parity on it first.")
+    return missing
+
+
+def _to_json(manifest: Manifest, rows: list[LeverRow]) -> str:
+    data = {
+        "model": manifest.model,
+        "weights": manifest.checkpoint.description,
+        "measure": "all-quantized towers (no float fallback); held_out: against the float parent on the held-out "
+        "calibration samples; parity: against PyTorch on the parity set",
+        "rows": [row.to_json() for row in rows],
+    }
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_table(rows: list[LeverRow]) -> str:
+    lines = ["| stage | lever | tower | MB | held-out cos min / mean | parity cos min / mean |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.stage} | {row.lever} | {row.tower} | {row.megabytes:.1f} | "
+                     f"{row.held_out.cosine_min:.5f} / {row.held_out.cosine_mean:.5f} | "
+                     f"{row.parity.cosine_min:.5f} / {row.parity.cosine_mean:.5f} |")
+    return "\n".join(lines)
