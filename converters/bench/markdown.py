@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from converters.bench.goals import amount
+from converters.bench.goals import GOAL_QUERY_CHARS, amount
 from converters.bench.report import BenchReport, Measurement, TowerBench
-from converters.bench.tower_speed import BATCH, PYTORCH
+from converters.bench.tower_speed import BATCH, PYTORCH, query_label
 
 METHOD = [
     "Every tower of every artifact is measured in its own fresh Python process: memory peaks never mix, and "
@@ -48,6 +48,7 @@ def render_markdown(report: BenchReport) -> str:
     lines += _towers(report, "visual")
     lines += _towers(report, "text")
     lines += _memory(report)
+    lines += _choice(report)
     lines += _device_estimates(report)
     lines += _conversion(report)
     lines += _search(report)
@@ -138,6 +139,35 @@ def _memory(report: BenchReport) -> list[str]:
             f"{mem.imports_mb:.0f} | {mem.loaded_mb:.0f} | {mem.peak_mb:.0f} |"
         )
     return lines + [""]
+
+
+def _choice(report: BenchReport) -> list[str]:
+    """Size, speed and fidelity side by side: what a user trades when picking an artifact."""
+    if not report.fidelity:
+        return []
+    lines = [
+        "## Picking an artifact: size, speed and fidelity",
+        "",
+        f"Latency at batch 1 from the tables above (image: the photo; text: a {GOAL_QUERY_CHARS}-character query); "
+        "cosine against PyTorch on the parity set from parity.json; for the quantized stages, the layers their "
+        "automatic mixed precision kept out of the stage's precision (manifest `mixed_precision`).",
+        "",
+        "| tower | artifact | model MiB | latency ms | × ORT fp32 | cos min | cos mean | kept | parity |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    timed = {(t.artifact, t.tower): t for t in report.towers}
+    for row in sorted(report.fidelity, key=lambda r: (r.tower != "visual", r.artifact)):
+        tower = timed.get((row.artifact, row.tower))
+        if tower is None:
+            continue
+        wanted = query_label(GOAL_QUERY_CHARS) if row.tower == "text" else None
+        latency = next((m for m in tower.measurements if m.mode == "latency" and wanted in (None, m.input)), None)
+        lines.append(
+            f"| {row.tower} | {row.artifact} | {tower.model_mb:.1f} | {_num(latency and latency.timing.median_ms, '.2f')} | "
+            f"{_times(latency and latency.vs_onnx)} | {row.cosine_min:.5f} | {row.cosine_mean:.5f} | {row.kept_layers or '—'} | "
+            f"{'pass' if row.passed else 'FAIL'} |"
+        )
+    return [*lines, ""]
 
 
 def _device_estimates(report: BenchReport) -> list[str]:

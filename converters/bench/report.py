@@ -119,6 +119,19 @@ class DeviceEstimate:
 
 
 @dataclass
+class ArtifactFidelity:
+    """One tower of one artifact as parity.json and the manifest record it: how close it is to PyTorch, and how
+    much of it a quantized stage left in float. Printed beside size and speed so that a user can pick."""
+
+    artifact: str
+    tower: str
+    cosine_min: float
+    cosine_mean: float
+    passed: bool
+    kept_layers: str | None  # "1 of 38 kept as float" for a stage that quantizes; None for the others
+
+
+@dataclass
 class BenchReport:
     model: str
     weights: str
@@ -135,6 +148,7 @@ class BenchReport:
     goals: list[Goal]
     notes: list[str] = field(default_factory=list)
     device_estimates: list[DeviceEstimate] = field(default_factory=list)
+    fidelity: list[ArtifactFidelity] = field(default_factory=list)  # empty without parity.json
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
 from converters.bench.machine import load_average, versions
 from converters.bench.markdown import render_markdown
 from converters.bench.processes import run_fresh, usable_cores
-from converters.bench.report import BenchReport, DeviceEstimate, Machine, TowerBench
+from converters.bench.report import ArtifactFidelity, BenchReport, DeviceEstimate, Machine, TowerBench
 from converters.bench.search import bench_indexing, bench_topk
 from converters.bench.timing import FULL, QUICK, Budget, time_calls
 from converters.bench.tower_speed import (
@@ -103,6 +104,7 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
         ),
         notes=_notes(machine, layout),
         device_estimates=device_estimates(bundle),
+        fidelity=artifact_fidelity(layout, bundle.manifest),
     )
     atomic_write_text(layout.bench_json, report.to_json())
     atomic_write_text(layout.bench_md, render_markdown(report))
@@ -129,6 +131,24 @@ def device_estimates(bundle: Bundle) -> list[DeviceEstimate]:
             for net in entry.artifact.bmodel["nets"]:
                 rows.append(DeviceEstimate(stage, tower, net["batch"], round(sizes[net["file"]] / 2**20, 2),
                                            net["estimated_ms"]))
+    return rows
+
+
+def artifact_fidelity(layout: BundleLayout, manifest: Manifest) -> list[ArtifactFidelity]:
+    """Every tower's cosine against PyTorch from parity.json, with the float layers its quantized stage kept."""
+    if not layout.parity_json.is_file():
+        return []
+    rows = []
+    for stage in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]:
+        for tower in TOWERS:
+            measured, entry = stage.get(tower), manifest.entry(tower, stage["stage"])
+            if measured is None or entry is None:
+                continue
+            choice = entry.artifact.mixed_precision
+            kept = None if choice is None else (
+                f"{len(choice['kept_layers'])} of {choice['quantizable_layers']} kept as {choice['kept_as']}")
+            rows.append(ArtifactFidelity(stage["stage"], tower, measured["cosine_min"], measured["cosine_mean"],
+                                         not measured["failures"], kept))
     return rows
 
 

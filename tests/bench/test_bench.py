@@ -138,6 +138,28 @@ def test_markdown_has_every_section_and_artifact(quick_bench):
 
 
 @ON_TINY_VIT
+def test_size_speed_and_fidelity_are_side_by_side_from_parity_and_the_manifest(quick_bench):
+    bundle, data, _ = quick_bench
+    layout = BundleLayout(bundle)
+    parity = {(s["stage"], tower): s[tower] for s in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]
+              for tower in TOWERS}
+    rows = {(r["artifact"], r["tower"]): r for r in data["fidelity"]}
+    assert set(rows) == set(parity)
+    manifest = Bundle.open(bundle).manifest
+    for (stage, tower), row in rows.items():
+        assert row["cosine_min"] == parity[(stage, tower)]["cosine_min"] and row["passed"]
+        choice = manifest.artifact(tower, stage).mixed_precision
+        assert (row["kept_layers"] is None) == (choice is None)
+        if choice:
+            assert row["kept_layers"].startswith(f"{len(choice['kept_layers'])} of {choice['quantizable_layers']} kept as")
+    section = BundleLayout(bundle).bench_md.read_text(encoding="utf-8").split("## Picking an artifact")[1].split("\n## ")[0]
+    sizes = {(t["artifact"], t["tower"]): t["model_mb"] for t in data["towers"]}
+    for (stage, tower), row in rows.items():
+        assert f"| {tower} | {stage} | {sizes[(stage, tower)]:.1f} | " in section
+        assert f"| {row['cosine_min']:.5f} | {row['cosine_mean']:.5f} |" in section
+
+
+@ON_TINY_VIT
 def test_the_fixture_bundle_is_left_alone(quick_bench, tiny_bundle):
     assert not BundleLayout(tiny_bundle).bench_json.exists()
 
