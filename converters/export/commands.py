@@ -117,7 +117,7 @@ def levers_command(model: str | None, out: Path | None, stages: str) -> None:
     """Measure what each quantization setting does to the bundle's all-quantized towers.
 
     For onnx-int8: per-tensor weights, 8-bit weights, static QDQ, activation
-    smoothing; for ncnn-int8: aciq thresholds, the first layer in float,
+    smoothing; for ncnn-int8: the other threshold method, the first layer in float,
     smoothing; for onnx-int4: block sizes 32, 64, 128. Each variant is compared
     with its float parent on held-out calibration samples and with PyTorch on
     the parity set. Needs the bundle's float parents (onnx-sim, ncnn-fp32) and

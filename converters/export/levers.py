@@ -8,7 +8,7 @@ bundle's own float parents with one setting changed from the config's:
   7-bit (`reduce_range`) weights; static QDQ with activation scales calibrated
   by min/max on the calibration set instead of dynamic per-call scales;
   activation smoothing (`converters.export.smoothing`, visual tower).
-- ncnn-int8: aciq instead of kl thresholds; the first layer (patch embedding
+- ncnn-int8: the other threshold method (kl for aciq); the first layer (patch embedding
   or stem convolution) kept float; activation smoothing.
 - onnx-int4: block sizes 32, 64 and 128 (the size/fidelity curve).
 
@@ -92,7 +92,8 @@ LEVERS = (
     Lever("onnx-int8", "static QDQ, min/max activations", lambda parent, options: static_quantizer(parent, options)),
     Lever("onnx-int8", "smoothing α 0.5", _with(onnx_int8), smoothed=True, towers=("visual",)),
     Lever("ncnn-int8", "config", _with(ncnn_int8)),
-    Lever("ncnn-int8", "aciq thresholds", _with(ncnn_int8, method="aciq")),
+    Lever("ncnn-int8", "the other thresholds (kl ↔ aciq)", lambda parent, options: ncnn_int8.quantizer(
+        parent, options.model_copy(update={"method": "kl" if options.method == "aciq" else "aciq"}))),
     Lever("ncnn-int8", "first layer float", _first_layer_float, towers=("visual",)),
     Lever("ncnn-int8", "smoothing α 0.5", _with(ncnn_int8), smoothed=True, towers=("visual",)),
     Lever("onnx-int4", "block 32", _with(onnx_int4, block_size=32)),
