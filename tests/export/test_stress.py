@@ -97,3 +97,25 @@ def test_a_stress_bundle_is_checked_again_from_its_manifest(tmp_path):
     (out / "reference.npz").unlink()  # parity must rebuild the stress model from what the manifest records
     result = subprocess.run([sys.executable, "-m", "converters", "parity", "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module", params=["tiny-vit", "tiny-rn"])
+def stress_int8(request, tmp_path_factory):
+    from converters.export.pipeline import ConvertRequest, convert
+    from converters.progress import ignore
+
+    out = tmp_path_factory.mktemp(f"{request.param}-stress") / "bundle"
+    stages = ("onnx-fp32", "onnx-sim", "onnx-int8", "ncnn-fp32", "ncnn-fp16", "ncnn-int8")
+    return convert(ConvertRequest(load_config(request.param), out, "stress", out / "cache", stages), ignore)
+
+
+def test_every_int8_artifact_of_a_stress_tower_passes_parity(stress_int8):
+    """`make convert MODEL=… WEIGHTS=stress` in miniature: the float fallback and aciq together hold the tolerance."""
+    assert stress_int8.parity.passed, [f for stage in stress_int8.parity.stages for f in stage.failures]
+
+
+def test_aciq_keeps_the_outlier_channels_that_kl_clips(stress_int8):
+    """ncnn-int8's default thresholds leave a stress text tower all-int8 at the fallback's target; with kl its
+    projection (reading the last LayerNorm's outlier dimensions) had to go back to float (tiny-vit: cosine 0.81)."""
+    choice = stress_int8.manifest.artifact("text", "ncnn-int8").mixed_precision
+    assert choice["all_quantized"]["cosine_min"] >= choice["target"]["cosine_min"] and not choice["kept_layers"]
