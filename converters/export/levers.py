@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from converters.app.artifact import Artifact
 from converters.app.fsutil import atomic_write_text, staging_dir
@@ -38,8 +37,7 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.runtimes import open_tower
 from converters.app.specs import TOWERS
-from converters.errors import ConversionError, UserError
-from converters.export import onnx_io
+from converters.errors import UserError
 from converters.export.config import ModelConfig, Smoothing
 from converters.export.mixed_precision import PROBE_THREADS, Fidelity, Probe, Quantizer, calibration_inputs
 from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
@@ -120,23 +118,13 @@ def static_quantizer(parent: Artifact, options) -> Quantizer:
             return None if row is None else {name: row[None]}
 
     def build(kept: frozenset[str], folder: Path) -> Artifact:
-        quantized = folder / "quantized.onnx"
-        try:
-            with onnx_int8.without_quantizer_advice():
-                quantize_static(
-                    str(parent.model_file), str(quantized), Samples(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
-                    reduce_range=options.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=len(parent.files) > 1,
-                    nodes_to_exclude=sorted(kept),
-                )
-        except Exception as exc:  # the quantizer raises whatever its graph walk hits
-            raise ConversionError(f"static int8 quantization of {parent.model_file} failed: {exc}") from None
-        (path,) = BundleLayout(folder).model_files(parent.tower, "onnx-int8")
-        files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
-        for scratch in folder.glob("quantized.onnx*"):
-            scratch.unlink()
-        return Artifact(parent.tower, "onnx-int8", "int8", files, parent.spec)
+        return onnx_int8.quantized_artifact(parent, folder, lambda output: quantize_static(
+            str(parent.model_file), str(output), Samples(), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
+            reduce_range=options.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=len(parent.files) > 1,
+            nodes_to_exclude=onnx_int8.quantizer_names(dynamic.layers, sorted(kept)),
+        ))
 
     return Quantizer(dynamic.layers, build, fitted=len(samples))
 

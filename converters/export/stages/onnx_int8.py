@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -39,31 +40,36 @@ def quantizer(parent: Artifact, options: Int8Options) -> Quantizer:
     quantizable = {name: op for name, op in op_types.items() if op in options.op_types and name not in excluded}
 
     def build(float_layers: frozenset[str], folder: Path) -> Artifact:
-        quantized = folder / "quantized.onnx"
-        try:
-            with without_quantizer_advice():
-                quantize_dynamic(
-                    str(parent.model_file),
-                    str(quantized),
-                    op_types_to_quantize=list(options.op_types),
-                    per_channel=options.per_channel,
-                    reduce_range=options.reduce_range,
-                    weight_type=_WEIGHT_TYPES[options.weight_type],
-                    nodes_to_exclude=_quantizer_names(op_types, [*excluded, *sorted(float_layers)]),
-                    use_external_data_format=len(parent.files) > 1,
-                )
-        except Exception as exc:  # the quantizer raises whatever its graph walk hits
-            raise ConversionError(f"int8 quantization of {parent.model_file} failed: {exc}") from None
-        (path,) = BundleLayout(folder).model_files(parent.tower, STAGE.name)
-        files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
-        for scratch in folder.glob("quantized.onnx*"):
-            scratch.unlink()
-        return Artifact(parent.tower, STAGE.name, "int8", files, parent.spec)
+        return quantized_artifact(parent, folder, lambda output: quantize_dynamic(
+            str(parent.model_file),
+            str(output),
+            op_types_to_quantize=list(options.op_types),
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            weight_type=_WEIGHT_TYPES[options.weight_type],
+            nodes_to_exclude=quantizer_names(op_types, [*excluded, *sorted(float_layers)]),
+            use_external_data_format=len(parent.files) > 1,
+        ))
 
     return Quantizer(quantizable, build)
 
 
-def _quantizer_names(op_types: dict[str, str], names: list[str]) -> list[str]:
+def quantized_artifact(parent: Artifact, folder: Path, quantize: Callable[[Path], None]) -> Artifact:
+    """The onnx-int8 artifact that `quantize(output)` (one of onnxruntime's quantizers) writes from the parent."""
+    quantized = folder / "quantized.onnx"
+    try:
+        with without_quantizer_advice():
+            quantize(quantized)
+    except Exception as exc:  # the quantizer raises whatever its graph walk hits
+        raise ConversionError(f"int8 quantization of {parent.model_file} failed: {exc}") from None
+    (path,) = BundleLayout(folder).model_files(parent.tower, STAGE.name)
+    files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
+    for scratch in folder.glob("quantized.onnx*"):
+        scratch.unlink()
+    return Artifact(parent.tower, STAGE.name, "int8", files, parent.spec)
+
+
+def quantizer_names(op_types: dict[str, str], names: list[str]) -> list[str]:
     """The names the quantizer knows these nodes by: it turns a Gemm into a MatMul named `<name>_MatMul`
     (and an Add) before it reads nodes_to_exclude (onnxruntime.quantization.onnx_model, 1.32), so a
     Gemm excluded by its own name alone would be quantized all the same."""
