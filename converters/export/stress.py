@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from cn_clip.clip.model import CLIP
+from cn_clip.clip.model import CLIP, Bottleneck, ModifiedResNet, VisualTransformer
 from torch import nn
 
 from converters.app.preprocess import Transform
@@ -76,10 +76,10 @@ def stress_model(config: ModelConfig, model: CLIP) -> CLIP:
                 _outlier_gains(module, dims(module.weight.shape[0]), options, rng)
         _massive_activation(model, dims, options)
         for block in model.visual.modules():
-            if hasattr(block, "bn3"):  # a ModifiedResNet Bottleneck: bn3 ends its residual branch
+            if isinstance(block, Bottleneck):  # bn3 ends its residual branch (the stem's bn3 feeds no residual)
                 block.bn3.weight.mul_(options.branch_gain)
                 block.bn3.bias.mul_(options.branch_gain)
-    if any(isinstance(m, nn.BatchNorm2d) for m in model.visual.modules()):
+    if isinstance(model.visual, ModifiedResNet):
         _measure_batch_norm_statistics(model.visual, config.image_resolution)
     return model
 
@@ -100,7 +100,7 @@ def _outlier_gains(norm: nn.Module, dims: np.ndarray, options: StressOptions, rn
 def _massive_activation(model: CLIP, dims, options: StressOptions) -> None:
     """One residual dimension gets a large constant from the second block on (ViT) or the first layer (BERT)."""
     visual = model.visual
-    if hasattr(visual, "transformer"):
+    if isinstance(visual, VisualTransformer):
         width = visual.transformer.width
         for block in visual.transformer.resblocks[1:]:
             block.mlp.c_proj.bias[int(dims(width)[0])] += options.residual
