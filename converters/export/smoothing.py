@@ -28,7 +28,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from cn_clip.clip.model import CLIP
+from cn_clip.clip.model import CLIP, ModifiedResNet, VisualTransformer
 from torch import nn
 
 from converters.app.preprocess import Transform
@@ -37,7 +37,7 @@ from converters.export.config import Smoothing
 
 # Calibration samples the activation ranges are measured on (photos, then crops of them).
 SAMPLES = 16
-# Floors for the ranges: a dead channel (all zeros) gets s = 1 instead of 0 or infinity.
+# Floor for the ranges, against dividing by zero; a channel that never fires is left as it is (s = 1).
 EPSILON = 1e-5
 
 
@@ -62,6 +62,7 @@ def smooth(model: CLIP, resolution: int, options: Smoothing) -> CLIP:
         for site, activation in zip(chosen, ranges):
             weight = site.weight.abs().transpose(0, 1).flatten(1).amax(dim=1).clamp_min(EPSILON)
             scale = activation.clamp_min(EPSILON) ** options.alpha / weight ** (1 - options.alpha)
+            scale = torch.where(activation > 0, scale, torch.ones_like(scale))
             site.norm.weight.div_(scale)
             site.norm.bias.div_(scale)
             site.weight.mul_(scale.reshape(1, -1, *([1] * (site.weight.dim() - 2))))
@@ -70,11 +71,11 @@ def smooth(model: CLIP, resolution: int, options: Smoothing) -> CLIP:
 
 def sites(visual: nn.Module) -> list[Site]:
     found = []
-    if hasattr(visual, "transformer"):
+    if isinstance(visual, VisualTransformer):
         for block in visual.transformer.resblocks:
             found.append(Site(block.ln_1, block.attn, block.attn.in_proj_weight))
             found.append(Site(block.ln_2, block.mlp.c_fc, block.mlp.c_fc.weight))
-    if hasattr(visual, "layer1"):
+    if isinstance(visual, ModifiedResNet):
         for owner in (visual, *(b for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in layer)):
             found.append(Site(owner.bn1, owner.conv2, owner.conv2.weight))
             found.append(Site(owner.bn2, owner.conv3, owner.conv3.weight))
