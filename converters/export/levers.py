@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel
 
 from converters.app.artifact import Artifact
 from converters.app.fsutil import atomic_write_text, staging_dir
@@ -40,14 +41,12 @@ from converters.app.specs import TOWERS
 from converters.errors import UserError
 from converters.export.config import ModelConfig, Smoothing
 from converters.export.mixed_precision import PROBE_THREADS, Fidelity, Probe, Quantizer, calibration_inputs
+from converters.app.runtimes.onnx_runtime import trim_padding
+from converters.export.sensitivity import QUANTIZERS, float_parent
 from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
 from converters.progress import Note, Progress
 from converters.validate.metrics import Embeddings
 from converters.validate.parity import batched, parity_set_for, reference_embeddings
-
-# The parents the smoothed variants are built from, converted into a scratch bundle.
-SMOOTHED_PARENTS = ("onnx-fp32", "onnx-sim", "ncnn-fp32")
-
 
 @dataclass(frozen=True)
 class Lever:
@@ -102,10 +101,11 @@ LEVERS = (
 
 def static_quantizer(parent: Artifact, options) -> Quantizer:
     """onnx-int8's settings with onnxruntime's static QDQ quantization: activation scales fixed from the
-    calibration samples' min/max instead of measured at every call."""
+    calibration samples' min/max instead of measured at every call. It calibrates on the first
+    `float_fallback.samples`, which the grading (after `HeldOut.skip`) never sees."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    dynamic = onnx_int8.quantizer(parent, options)
+    nodes = onnx_int8.GraphNodes.of(parent, options)
     samples = calibration_inputs(parent, options.float_fallback.samples)
     name = parent.spec.inputs[0].name
 
@@ -115,18 +115,19 @@ def static_quantizer(parent: Artifact, options) -> Quantizer:
 
         def get_next(self):
             row = next(self.rows, None)
-            return None if row is None else {name: row[None]}
+            # One sample per call, text without its padding columns: as the runtime feeds the tower.
+            return None if row is None else {name: trim_padding(row[None]) if parent.tower == "text" else row[None]}
 
     def build(kept: frozenset[str], folder: Path) -> Artifact:
         return onnx_int8.quantized_artifact(parent, folder, lambda output: quantize_static(
             str(parent.model_file), str(output), Samples(), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
-            reduce_range=options.reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=len(parent.files) > 1,
-            nodes_to_exclude=onnx_int8.quantizer_names(dynamic.layers, sorted(kept)),
+            reduce_range=options.reduce_range, activation_type=QuantType.QUInt8,
+            weight_type=onnx_int8.WEIGHT_TYPES[options.weight_type], calibrate_method=CalibrationMethod.MinMax,
+            use_external_data_format=len(parent.files) > 1, nodes_to_exclude=nodes.excluded_with(kept),
         ))
 
-    return Quantizer(dynamic.layers, build, fitted=len(samples))
+    return Quantizer(nodes.quantizable, build, fitted=len(samples))
 
 
 def measure_levers(config: ModelConfig, layout: BundleLayout, progress: Progress, stages: tuple[str, ...]) -> list[LeverRow]:
@@ -143,15 +144,15 @@ def measure_levers(config: ModelConfig, layout: BundleLayout, progress: Progress
             smoothed = None
             for lever in (lever for lever in LEVERS if lever.stage in stages):
                 if lever.smoothed and smoothed is None:
-                    smoothed = _smoothed_parents(config, manifest, workdir / "smoothed", progress)
+                    smoothed = _smoothed_parents(config, manifest, stages, workdir / "smoothed", progress)
                 for tower in lever.towers:
-                    parent = _parent(smoothed if lever.smoothed else manifest, tower, lever.stage)
+                    parent = float_parent(smoothed if lever.smoothed else manifest, tower, lever.stage)
                     progress(Note(f"levers: {tower}.{lever.stage}, {lever.name}"))
                     offer = lever.quantizer(parent, config.stage_options(lever.stage))
                     inputs = parity_set.pixels if tower == "visual" else parity_set.token_ids
                     expected = reference.images if tower == "visual" else reference.texts
                     rows.append(_measure(lever, tower, offer, parent, held_out, inputs, expected, workdir / f"{len(rows)}"))
-        atomic_write_text(layout.levers_json, _to_json(manifest, rows))
+        atomic_write_text(layout.levers_json, _to_json(manifest, rows, {stage: config.stage_options(stage) for stage in stages}))
     return rows
 
 
@@ -174,21 +175,23 @@ def _measure(lever: Lever, tower: str, offer: Quantizer, parent: Artifact, held_
     return LeverRow(lever.stage, lever.name, tower, megabytes, graded, parity)
 
 
-def _parent(manifest: Manifest, tower: str, stage: str) -> Artifact:
-    parent_stage = {"onnx-int8": "onnx-sim", "onnx-int4": "onnx-sim", "ncnn-int8": "ncnn-fp32"}[stage]
-    if manifest.entry(tower, parent_stage) is None:
-        raise UserError(f"{manifest.root} has no {parent_stage} artifact of the {tower} tower, which {stage} quantizes; "
-                        f"run convert with --stages {parent_stage} first.")
-    return manifest.artifact(tower, parent_stage)
+def _smoothed_parents(config: ModelConfig, manifest: Manifest, stages: tuple[str, ...], out: Path,
+                      progress: Progress) -> Manifest:
+    """The float parents the chosen stages quantize, exported again with smoothing on, from the bundle's weights."""
+    from converters.export.pipeline import ConvertRequest, ancestry, convert
 
-
-def _smoothed_parents(config: ModelConfig, manifest: Manifest, out: Path, progress: Progress) -> Manifest:
-    from converters.export.pipeline import ConvertRequest, convert
-
-    progress(Note("levers: converting smoothed float parents"))
+    parents = {QUANTIZERS[stage][0].parent for stage in stages}
+    needed = tuple(dict.fromkeys(name for parent in sorted(parents) for name in ancestry(parent)))
+    progress(Note(f"levers: converting smoothed float parents ({', '.join(needed)})"))
     smoothed = config.model_copy(update={"smoothing": Smoothing(enabled=True)})
-    request = ConvertRequest(smoothed, out, manifest.checkpoint.source, out / "cache", SMOOTHED_PARENTS, parity=False)
-    return convert(request, lambda event: None).manifest
+    converted = convert(ConvertRequest(smoothed, out, manifest.checkpoint.source, out / "cache", needed, parity=False),
+                        lambda event: None).manifest
+    if converted.checkpoint.sha256 != manifest.checkpoint.sha256:
+        raise UserError(
+            f"The weights {manifest.checkpoint.description} of {manifest.root} are not the ones this converter makes "
+            f"from {manifest.checkpoint.source!r} now (another version or config); convert the bundle again first."
+        )
+    return converted
 
 
 def _no_reference(layout: BundleLayout) -> Callable:
@@ -197,12 +200,14 @@ def _no_reference(layout: BundleLayout) -> Callable:
     return missing
 
 
-def _to_json(manifest: Manifest, rows: list[LeverRow]) -> str:
+def _to_json(manifest: Manifest, rows: list[LeverRow], options: dict[str, BaseModel]) -> str:
     data = {
         "model": manifest.model,
         "weights": manifest.checkpoint.description,
-        "measure": "all-quantized towers (no float fallback); held_out: against the float parent on the held-out "
-        "calibration samples; parity: against PyTorch on the parity set",
+        "config": {stage: stage_options.model_dump(mode="json") for stage, stage_options in options.items()},
+        "measure": "all-quantized towers (no float fallback), each lever one setting changed from `config`; "
+        "held_out: against the float parent on the held-out calibration samples; parity: against PyTorch on the "
+        "parity set",
         "rows": [row.to_json() for row in rows],
     }
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from converters.app.artifact import Artifact
 from converters.app.fsutil import atomic_write_text, staging_dir
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
@@ -33,17 +34,23 @@ def measure_sensitivity(
         manifest = Manifest.load(layout.manifest)
         tables = {}
         for tower in TOWERS:
-            if manifest.entry(tower, definition.parent) is None:
-                raise UserError(
-                    f"{layout.root} has no {definition.parent} artifact of the {tower} tower, which {stage} quantizes; "
-                    f"run convert with --stages {definition.parent} first."
-                )
-            parent = manifest.artifact(tower, definition.parent)
+            parent = float_parent(manifest, tower, stage)
             with staging_dir(layout.staging) as workdir:
                 offer = quantizer(parent, options)
                 tables[tower] = sensitivity(offer.layers, Probe(parent, offer, samples, Path(workdir)), f"{tower}.{stage}")
         atomic_write_text(layout.sensitivity_json, _to_json(manifest, stage, samples, tables))
     return tables
+
+
+def float_parent(manifest: Manifest, tower: str, stage: str) -> Artifact:
+    """The artifact the quantized `stage` quantizes, or an error that says which stage to convert first."""
+    parent = QUANTIZERS[stage][0].parent
+    if manifest.entry(tower, parent) is None:
+        raise UserError(
+            f"{manifest.root} has no {parent} artifact of the {tower} tower, which {stage} quantizes; "
+            f"run convert with --stages {parent} first."
+        )
+    return manifest.artifact(tower, parent)
 
 
 def _to_json(manifest: Manifest, stage: str, samples: int, tables: dict[str, list[LayerSensitivity]]) -> str:

@@ -68,6 +68,16 @@ def test_without_the_float_parent_it_says_which_stage_to_convert(tmp_path):
         measure_levers(config, BundleLayout(out), ignore, ("ncnn-int8",))
 
 
+def test_smoothed_parents_of_other_weights_are_refused(plain_int8):
+    """The smoothed rows are built from the weights the converter makes now; a bundle of other weights would be
+    compared with a reference of its own, silently."""
+    _, _, out = plain_int8
+    config = load_config("tiny-vit")
+    other = config.model_copy(update={"stress": config.stress.model_copy(update={"seed": 7})})
+    with pytest.raises(UserError, match="are not the ones this converter makes.*convert the bundle again"):
+        measure_levers(other, BundleLayout(out), ignore, ("onnx-int8",))
+
+
 def test_an_unknown_stage_is_a_usage_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "converters", "levers", "tiny-vit", "--out", str(tmp_path),
                              "--stages", "ncnn-fp16"], capture_output=True, text=True)

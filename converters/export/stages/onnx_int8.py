@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -25,7 +26,7 @@ from converters.export.config import Int8Options
 from converters.export.mixed_precision import Quantizer, build_with_fallback
 from converters.export.stages import Stage
 
-_WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
 def run(parent: Artifact, options: Int8Options, workdir: Path) -> Artifact:
@@ -34,10 +35,7 @@ def run(parent: Artifact, options: Int8Options, workdir: Path) -> Artifact:
 
 def quantizer(parent: Artifact, options: Int8Options) -> Quantizer:
     """The nodes this stage can quantize, and how to quantize all but some of them (dynamic: nothing fitted)."""
-    graph = onnx.load(str(parent.model_file), load_external_data=False).graph
-    op_types = {node.name: node.op_type for node in graph.node}
-    excluded = [name for name in op_types if any(p in name for p in options.exclude_name_patterns)]
-    quantizable = {name: op for name, op in op_types.items() if op in options.op_types and name not in excluded}
+    nodes = GraphNodes.of(parent, options)
 
     def build(float_layers: frozenset[str], folder: Path) -> Artifact:
         return quantized_artifact(parent, folder, lambda output: quantize_dynamic(
@@ -46,12 +44,36 @@ def quantizer(parent: Artifact, options: Int8Options) -> Quantizer:
             op_types_to_quantize=list(options.op_types),
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
-            weight_type=_WEIGHT_TYPES[options.weight_type],
-            nodes_to_exclude=quantizer_names(op_types, [*excluded, *sorted(float_layers)]),
+            weight_type=WEIGHT_TYPES[options.weight_type],
+            nodes_to_exclude=nodes.excluded_with(float_layers),
             use_external_data_format=len(parent.files) > 1,
         ))
 
-    return Quantizer(quantizable, build)
+    return Quantizer(nodes.quantizable, build)
+
+
+@dataclass(frozen=True)
+class GraphNodes:
+    op_types: dict[str, str]  # every node's name → op type
+    excluded: tuple[str, ...]  # matched by the config's exclude_name_patterns: never quantized
+    quantizable: dict[str, str]
+
+    @classmethod
+    def of(cls, parent: Artifact, options: Int8Options) -> "GraphNodes":
+        graph = onnx.load(str(parent.model_file), load_external_data=False).graph
+        op_types = {node.name: node.op_type for node in graph.node}
+        excluded = tuple(name for name in op_types if any(p in name for p in options.exclude_name_patterns))
+        quantizable = {name: op for name, op in op_types.items() if op in options.op_types and name not in excluded}
+        return cls(op_types, excluded, quantizable)
+
+    def excluded_with(self, float_layers: frozenset[str]) -> list[str]:
+        """`nodes_to_exclude` for onnxruntime's quantizers: the excluded nodes and the float layers, by the names
+        the quantizer knows them by. It turns a Gemm into a MatMul named `<name>_MatMul` (and an Add) before it
+        reads nodes_to_exclude (onnxruntime.quantization.onnx_model, 1.32), so a Gemm excluded by its own name
+        alone would be quantized all the same."""
+        names = [*self.excluded, *sorted(float_layers)]
+        return [alias for name in names
+                for alias in ((name, f"{name}_MatMul") if self.op_types.get(name) == "Gemm" else (name,))]
 
 
 def quantized_artifact(parent: Artifact, folder: Path, quantize: Callable[[Path], None]) -> Artifact:
@@ -67,13 +89,6 @@ def quantized_artifact(parent: Artifact, folder: Path, quantize: Callable[[Path]
     for scratch in folder.glob("quantized.onnx*"):
         scratch.unlink()
     return Artifact(parent.tower, STAGE.name, "int8", files, parent.spec)
-
-
-def quantizer_names(op_types: dict[str, str], names: list[str]) -> list[str]:
-    """The names the quantizer knows these nodes by: it turns a Gemm into a MatMul named `<name>_MatMul`
-    (and an Add) before it reads nodes_to_exclude (onnxruntime.quantization.onnx_model, 1.32), so a
-    Gemm excluded by its own name alone would be quantized all the same."""
-    return [alias for name in names for alias in ((name, f"{name}_MatMul") if op_types.get(name) == "Gemm" else (name,))]
 
 
 class _QuantizerAdvice(logging.Filter):
