@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 from converters.app.layout import BundleLayout
+from converters.errors import ArtifactError
 from converters.bench.compare import BASELINE_STAGE, fastest, measurement
 from converters.bench.report import ConversionRun, Goal, TowerBench
 
@@ -22,12 +23,22 @@ CONVERSION_PEAK_MB = 8 * 1024.0  # 8 GiB
 NOT_PROFILED = "not profiled yet"
 
 
-def passed_stages(layout: BundleLayout) -> list[str]:
-    """Stages that parity.json records as passed; a stage it does not list counts as unchecked."""
+def parity_stages(layout: BundleLayout) -> list[dict]:
+    """The stage rows of parity.json (none without it), or an error that says how to make it again."""
     if not layout.parity_json.is_file():
         return []
-    stages = {s["stage"]: s["passed"] for s in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]}
-    return [stage for stage, passed in stages.items() if passed]
+    try:
+        stages = json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]
+        if all(isinstance(stage["stage"], str) and isinstance(stage["passed"], bool) for stage in stages):
+            return stages
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise ArtifactError(f"{layout.parity_json} is damaged; run `make parity OUT={layout.root}` to write it again.")
+
+
+def passed_stages(layout: BundleLayout) -> list[str]:
+    """Stages that parity.json records as passed; a stage it does not list counts as unchecked."""
+    return [stage["stage"] for stage in parity_stages(layout) if stage["passed"]]
 
 
 def evaluate(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from converters.bench.goals import GOAL_QUERY_CHARS, amount
-from converters.bench.report import BenchReport, Measurement, TowerBench
+from converters.bench.report import ArtifactFidelity, BenchReport, Measurement, TowerBench
 from converters.bench.tower_speed import BATCH, PYTORCH, query_label
 
 METHOD = [
@@ -164,10 +164,16 @@ def _choice(report: BenchReport) -> list[str]:
         latency = next((m for m in tower.measurements if m.mode == "latency" and wanted in (None, m.input)), None)
         lines.append(
             f"| {row.tower} | {row.artifact} | {tower.model_mb:.1f} | {_num(latency and latency.timing.median_ms, '.2f')} | "
-            f"{_times(latency and latency.vs_onnx)} | {row.cosine_min:.5f} | {row.cosine_mean:.5f} | {row.kept_layers or '—'} | "
+            f"{_times(latency and latency.vs_onnx)} | {row.cosine_min:.5f} | {row.cosine_mean:.5f} | {_kept(row)} | "
             f"{'pass' if row.passed else 'FAIL'} |"
         )
     return [*lines, ""]
+
+
+def _kept(row: ArtifactFidelity) -> str:
+    if row.kept_layers is None:
+        return "—"
+    return f"{row.kept_layers} of {row.quantizable_layers} kept as {row.kept_as}"
 
 
 def _device_estimates(report: BenchReport) -> list[str]:

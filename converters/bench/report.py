@@ -128,7 +128,10 @@ class ArtifactFidelity:
     cosine_min: float
     cosine_mean: float
     passed: bool
-    kept_layers: str | None  # "1 of 38 kept as float" for a stage that quantizes; None for the others
+    # For a stage with mixed precision: how many of its quantizable layers it kept out of its precision, as what.
+    kept_layers: int | None = None
+    quantizable_layers: int | None = None
+    kept_as: str | None = None
 
 
 @dataclass

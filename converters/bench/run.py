@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -135,20 +134,19 @@ def device_estimates(bundle: Bundle) -> list[DeviceEstimate]:
 
 
 def artifact_fidelity(layout: BundleLayout, manifest: Manifest) -> list[ArtifactFidelity]:
-    """Every tower's cosine against PyTorch from parity.json, with the float layers its quantized stage kept."""
-    if not layout.parity_json.is_file():
-        return []
+    """Every tower's cosine against PyTorch from parity.json, with the layers its quantized stage kept."""
     rows = []
-    for stage in json.loads(layout.parity_json.read_text(encoding="utf-8"))["stages"]:
+    for stage in goals.parity_stages(layout):
         for tower in TOWERS:
             measured, entry = stage.get(tower), manifest.entry(tower, stage["stage"])
             if measured is None or entry is None:
                 continue
-            choice = entry.artifact.mixed_precision
-            kept = None if choice is None else (
-                f"{len(choice['kept_layers'])} of {choice['quantizable_layers']} kept as {choice['kept_as']}")
-            rows.append(ArtifactFidelity(stage["stage"], tower, measured["cosine_min"], measured["cosine_mean"],
-                                         not measured["failures"], kept))
+            choice = entry.artifact.mixed_precision or {}
+            rows.append(ArtifactFidelity(
+                stage["stage"], tower, measured["cosine_min"], measured["cosine_mean"],
+                stage["passed"] and not measured["failures"],
+                len(choice["kept_layers"]) if choice else None, choice.get("quantizable_layers"), choice.get("kept_as"),
+            ))
     return rows
 
 

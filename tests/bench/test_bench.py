@@ -12,11 +12,12 @@ import pytest
 from converters.app.bundle import Bundle
 from converters.app.layout import BundleLayout
 from converters.bench.flops import graph_gflop
-from converters.bench.goals import image_throughput_goal, text_query_goal
+from converters.bench.goals import image_throughput_goal, passed_stages, text_query_goal
 from converters.bench.report import Measurement, Memory, TowerBench
 from converters.bench.search import CASES
 from converters.bench.timing import Budget, Timing, time_calls
 from converters.bench.tower_speed import image_label, query_label, text_lengths
+from converters.errors import ArtifactError
 from converters.export.config import load_config
 from converters.export.pipeline import DEFAULT_STAGES
 
@@ -151,12 +152,19 @@ def test_size_speed_and_fidelity_are_side_by_side_from_parity_and_the_manifest(q
         choice = manifest.artifact(tower, stage).mixed_precision
         assert (row["kept_layers"] is None) == (choice is None)
         if choice:
-            assert row["kept_layers"].startswith(f"{len(choice['kept_layers'])} of {choice['quantizable_layers']} kept as")
+            assert (row["kept_layers"], row["quantizable_layers"]) == (len(choice["kept_layers"]), choice["quantizable_layers"])
     section = BundleLayout(bundle).bench_md.read_text(encoding="utf-8").split("## Picking an artifact")[1].split("\n## ")[0]
     sizes = {(t["artifact"], t["tower"]): t["model_mb"] for t in data["towers"]}
     for (stage, tower), row in rows.items():
         assert f"| {tower} | {stage} | {sizes[(stage, tower)]:.1f} | " in section
         assert f"| {row['cosine_min']:.5f} | {row['cosine_mean']:.5f} |" in section
+
+
+def test_a_damaged_parity_report_is_an_error_that_says_how_to_redo_it(tmp_path):
+    layout = BundleLayout(tmp_path)
+    layout.parity_json.write_text('{"stages": [{"visual": {}}]}', encoding="utf-8")
+    with pytest.raises(ArtifactError, match="parity.json is damaged.*make parity"):
+        passed_stages(layout)
 
 
 @ON_TINY_VIT
