@@ -1,4 +1,4 @@
-"""`models`, `convert` and `sensitivity`."""
+"""`models`, `convert`, `sensitivity` and `levers`."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ STAGES: dict[str, Stage] = {
 }
 assert tuple(STAGES) == STAGE_NAMES, "the pipeline's stages and the bundle's stage names must agree"
 # What `convert` builds unless --stages says otherwise. onnx-int4 is asked for by name: its fallback's
-# sensitivity pass took 13 of the 14.5 minutes of ViT-B-16 with stress weights, on two cores (README "onnx-int4").
+# sensitivity pass took 7 of the 11 minutes of ViT-B-16's eight stages with stress weights, on two cores (README "onnx-int4").
 # The bm1684x stages too: they need tpu-mlir's own environment (`make sophgo-env`, about 7 GB).
 ASKED_FOR_BY_NAME = (onnx_int4.STAGE.name, bm1684x.BM1684X_F16.name, bm1684x.BM1684X_INT8.name)
 DEFAULT_STAGES = tuple(name for name in STAGES if name not in ASKED_FOR_BY_NAME)
@@ -73,7 +73,7 @@ class ConvertRequest:
     out_dir: Path
     checkpoint: str | None  # a path, "random", or None for the official release
     cache_dir: Path
-    stages: tuple[str, ...] = STAGE_NAMES
+    stages: tuple[str, ...] = DEFAULT_STAGES  # as the command line: the stages asked for by name are not built unasked
     parity: bool = True
 
 
@@ -176,7 +176,8 @@ class _Conversion:
 
     def _digest(self, stage: Stage, tower: str, options) -> str:
         if stage.parent is None:
-            parent_digest = sha256_text(self.source.digest, tower, self.config.smoothing.model_dump_json())
+            smoothing = self.config.smoothing.model_dump_json() if self.config.smoothing.enabled else ""
+            parent_digest = sha256_text(self.source.digest, tower, smoothing)
         elif (entry := self.manifest.entry(tower, stage.parent)) is None:
             raise UserError(
                 f"Stage '{stage.name}' needs the '{stage.parent}' artifact of the {tower} tower first; "
