@@ -152,7 +152,7 @@ class NcnnInt8Options(_Strict):
     PyTorch on the parity set; README "int8 levers"): with stress weights kl clips the
     few huge channels that the outlier dimensions put into a layer's input, aciq keeps them.
     - ViT-B-16 stress: visual kl 0.662, aciq 0.998; text kl 0.886, aciq 0.999.
-    - RN50 stress: text kl 0.846, aciq 0.9997; visual kl 0.195, aciq 0.369 (the float
+    - RN50 stress: text kl 0.846, aciq 0.9997; visual kl 0.196, aciq 0.368 (the float
       fallback repairs what is left).
     - random weights (ViT-B-16, RN50): the two within 3e-5 of each other on the parity set, 3e-4 on the
       held-out calibration samples the levers are graded on.
