@@ -37,16 +37,18 @@ from converters.app.fsutil import atomic_write_text, staging_dir
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.runtimes import open_tower
+from converters.app.runtimes.onnx_runtime import trim_padding
 from converters.app.specs import TOWERS
 from converters.errors import UserError
+from converters.export.checkpoint import resolve
 from converters.export.config import ModelConfig, Smoothing
 from converters.export.mixed_precision import PROBE_THREADS, Fidelity, Probe, Quantizer, calibration_inputs
-from converters.app.runtimes.onnx_runtime import trim_padding
 from converters.export.sensitivity import QUANTIZERS, float_parent
 from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
 from converters.progress import Note, Progress
 from converters.validate.metrics import Embeddings
 from converters.validate.parity import batched, parity_set_for, reference_embeddings
+
 
 @dataclass(frozen=True)
 class Lever:
@@ -180,18 +182,17 @@ def _smoothed_parents(config: ModelConfig, manifest: Manifest, stages: tuple[str
     """The float parents the chosen stages quantize, exported again with smoothing on, from the bundle's weights."""
     from converters.export.pipeline import ConvertRequest, ancestry, convert
 
-    parents = {QUANTIZERS[stage][0].parent for stage in stages}
-    needed = tuple(dict.fromkeys(name for parent in sorted(parents) for name in ancestry(parent)))
-    progress(Note(f"levers: converting smoothed float parents ({', '.join(needed)})"))
     smoothed = config.model_copy(update={"smoothing": Smoothing(enabled=True)})
-    converted = convert(ConvertRequest(smoothed, out, manifest.checkpoint.source, out / "cache", needed, parity=False),
-                        lambda event: None).manifest
-    if converted.checkpoint.sha256 != manifest.checkpoint.sha256:
+    if resolve(smoothed, manifest.checkpoint.source, out / "cache").digest != manifest.checkpoint.sha256:
         raise UserError(
             f"The weights {manifest.checkpoint.description} of {manifest.root} are not the ones this converter makes "
             f"from {manifest.checkpoint.source!r} now (another version or config); convert the bundle again first."
         )
-    return converted
+    parents = {QUANTIZERS[stage][0].parent for stage in stages}
+    needed = tuple(dict.fromkeys(name for parent in sorted(parents) for name in ancestry(parent)))
+    progress(Note(f"levers: converting smoothed float parents ({', '.join(needed)})"))
+    request = ConvertRequest(smoothed, out, manifest.checkpoint.source, out / "cache", needed, parity=False)
+    return convert(request, lambda event: None).manifest
 
 
 def _no_reference(layout: BundleLayout) -> Callable:
