@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from converters.app.fsutil import sha256_file, sha256_text
 from converters.app.preprocess import Transform, load_image
 from converters.app.tokenizer import Tokenizer
 from converters.data import CALIBRATION_SET_DIR
@@ -30,8 +31,17 @@ def calibration_photos(transform: Transform, directory: Path = CALIBRATION_SET_D
     return transform.batch(_photos(directory))
 
 
+def photos_digest(directory: Path = CALIBRATION_SET_DIR) -> str:
+    """The photos' content: stress weights measure their BatchNorm statistics on them, so it is part of their digest."""
+    return sha256_text(*(sha256_file(p) for p in _photo_files(directory)))
+
+
 def _photos(directory: Path) -> list[Image.Image]:
-    return [load_image(p) for p in sorted((directory / "images").iterdir()) if p.suffix.lower() in DATA_IMAGE_SUFFIXES]
+    return [load_image(p) for p in _photo_files(directory)]
+
+
+def _photo_files(directory: Path) -> list[Path]:
+    return sorted(p for p in (directory / "images").iterdir() if p.suffix.lower() in DATA_IMAGE_SUFFIXES)
 
 
 def calibration_pixels(count: int, transform: Transform, directory: Path = CALIBRATION_SET_DIR) -> np.ndarray:

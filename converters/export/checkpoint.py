@@ -18,6 +18,7 @@ from cn_clip.clip.model import CLIP
 from converters.app.fsutil import sha256_file, sha256_text
 from converters.app.manifest import Manifest
 from converters.app.preprocess import Transform
+from converters.data.calibration_set import photos_digest
 from converters.data.parity_set import ParitySet
 from converters.errors import ArtifactError, CheckpointError
 from converters.export import huggingface
@@ -121,7 +122,7 @@ def resolve(config: ModelConfig, checkpoint: str | Path | None, cache_dir: Path)
     if checkpoint in (RANDOM, STRESS):
         stress = checkpoint == STRESS
         digest = sha256_text(checkpoint, str(config.seed), config.architecture.model_dump_json(), str(config.image_resolution),
-                             *([config.stress.model_dump_json(), str(GENERATOR_VERSION)] if stress else []))
+                             *([config.stress.model_dump_json(), str(GENERATOR_VERSION), photos_digest()] if stress else []))
         description = (f"stress weights (generator {GENERATOR_VERSION}, seed {config.seed}, stress {config.stress.model_dump()})" if stress
                        else f"random weights (seed {config.seed})")
         return CheckpointSource(None, digest, description, default, cn_clip_vocab().read_bytes(), stress=stress)

@@ -65,6 +65,16 @@ def test_unit_gain_residual_branches_make_the_trunk_chaotic():
     assert float16_rounding_cosine(StressOptions(seed=1, branch_gain=1.0)) < 0.9995
 
 
+def test_the_stress_digest_follows_the_photos_its_batch_norm_statistics_come_from(tmp_path, monkeypatch):
+    from converters.export import checkpoint
+
+    config = load_config("tiny-rn")
+    before = {name: resolve(config, name, tmp_path).digest for name in ("stress", "random")}
+    monkeypatch.setattr(checkpoint, "photos_digest", lambda: "other photos")
+    after = {name: resolve(config, name, tmp_path).digest for name in ("stress", "random")}
+    assert after["stress"] != before["stress"] and after["random"] == before["random"]
+
+
 def test_stress_batch_norm_statistics_are_measured_so_that_gains_do_not_compound():
     config = load_config("tiny-rn")
     stressed = stress_model(config, random_model(config))
