@@ -34,6 +34,7 @@ from torch import nn
 from converters.app.preprocess import Transform
 from converters.data.calibration_set import calibration_pixels
 from converters.export.config import Smoothing
+from converters.export.stress import input_channel_peaks
 
 # Calibration samples the activation ranges are measured on (photos, then crops of them).
 SAMPLES = 16
@@ -84,19 +85,6 @@ def sites(visual: nn.Module) -> list[Site]:
 
 def _input_ranges(visual: nn.Module, consumers: list[nn.Module], resolution: int) -> list[torch.Tensor]:
     """Per input channel of each consumer, the largest absolute value it sees over the calibration samples."""
-    ranges: dict[nn.Module, torch.Tensor] = {}
-
-    def record(module, inputs):
-        x = inputs[0].detach()
-        # Convolutions take [N, C, H, W], attention and linear layers [..., C].
-        channels = x.transpose(0, 1).flatten(1) if isinstance(module, nn.Conv2d) else x.reshape(-1, x.shape[-1]).T
-        ranges[module] = channels.abs().amax(dim=1)
-
-    hooks = [consumer.register_forward_pre_hook(record) for consumer in consumers]
-    try:
-        with torch.no_grad():
-            visual(torch.from_numpy(calibration_pixels(SAMPLES, Transform(resolution))))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    pixels = torch.from_numpy(calibration_pixels(SAMPLES, Transform(resolution)))
+    ranges = dict(input_channel_peaks(lambda: visual(pixels), consumers))  # each consumer runs once per pass
     return [ranges[consumer] for consumer in consumers]

@@ -139,16 +139,24 @@ class InputPeaks(NamedTuple):
 
 def activation_outliers(model: nn.Module, run, modules: list[nn.Module] | None = None) -> list[InputPeaks]:
     """`InputPeaks` of every matmul and convolution input while `run()` runs (or of `modules`' inputs)."""
-    rows: list[InputPeaks] = []
+    if modules is None:
+        modules = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    rows = []
+    for _, peaks in input_channel_peaks(run, modules):
+        rows.append(InputPeaks(float(peaks.max() / peaks.median().clamp_min(1e-12)), float(peaks.max())))
+    return rows
+
+
+def input_channel_peaks(run, modules: list[nn.Module]) -> list[tuple[nn.Module, torch.Tensor]]:
+    """For every call of one of `modules` while `run()` runs: the module, and the largest absolute value of each
+    channel of its input (convolutions take [N, C, H, W], attention and linear layers [..., C])."""
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
 
     def record(module, inputs):
         x = inputs[0].detach().float()
         channels = x.transpose(0, 1).flatten(1) if isinstance(module, nn.Conv2d) else x.reshape(-1, x.shape[-1]).T
-        peaks = channels.abs().amax(dim=1)
-        rows.append(InputPeaks(float(peaks.max() / peaks.median().clamp_min(1e-12)), float(peaks.max())))
+        calls.append((module, channels.abs().amax(dim=1)))
 
-    if modules is None:
-        modules = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     hooks = [m.register_forward_pre_hook(record) for m in modules]
     try:
         with torch.no_grad():
@@ -156,4 +164,4 @@ def activation_outliers(model: nn.Module, run, modules: list[nn.Module] | None =
     finally:
         for hook in hooks:
             hook.remove()
-    return rows
+    return calls
