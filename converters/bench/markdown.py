@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from converters.bench.compare import measurement
 from converters.bench.goals import GOAL_QUERY_CHARS, amount
 from converters.bench.report import ArtifactFidelity, BenchReport, Measurement, TowerBench
 from converters.bench.tower_speed import BATCH, PYTORCH, query_label
@@ -156,12 +157,14 @@ def _choice(report: BenchReport) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     timed = {(t.artifact, t.tower): t for t in report.towers}
+    # The image tower is timed on one input, the photo; the text tower on several lengths.
+    photo = next((m.input for t in report.towers if t.tower == "visual" for m in t.measurements), None)
+    inputs = {"visual": photo, "text": query_label(GOAL_QUERY_CHARS)}
     for row in sorted(report.fidelity, key=lambda r: (r.tower != "visual", r.artifact)):
         tower = timed.get((row.artifact, row.tower))
         if tower is None:
             continue
-        wanted = query_label(GOAL_QUERY_CHARS) if row.tower == "text" else None
-        latency = next((m for m in tower.measurements if m.mode == "latency" and wanted in (None, m.input)), None)
+        latency = measurement(report.towers, row.artifact, row.tower, inputs[row.tower], "latency")
         lines.append(
             f"| {row.tower} | {row.artifact} | {tower.model_mb:.1f} | {_num(latency and latency.timing.median_ms, '.2f')} | "
             f"{_times(latency and latency.vs_onnx)} | {row.cosine_min:.5f} | {row.cosine_mean:.5f} | {_kept(row)} | "
