@@ -15,6 +15,7 @@ import warnings
 
 import click
 
+from converters.console import say
 from converters.errors import Interrupted, UserError
 
 # name → "module:attribute" of its click command.
@@ -23,17 +24,12 @@ COMMANDS = {
     "convert": "converters.export.commands:convert_command",
     "sensitivity": "converters.export.commands:sensitivity_command",
     "levers": "converters.export.commands:levers_command",
-    "parity": "converters.validate.commands:parity_command",
+    "parity": "converters.export.commands:parity_command",
     "bench": "converters.bench.command:bench_command",
     "index": "converters.search.commands:index_command",
     "search": "converters.search.commands:search_command",
     "serve": "converters.search.commands:serve_command",
 }
-
-
-def say(message: str) -> None:
-    """One line for the person at the keyboard, on stderr (stdout carries results)."""
-    click.echo(f"[cnclip] {message}", err=True)
 
 
 class LazyGroup(click.Group):

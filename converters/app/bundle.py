@@ -40,8 +40,7 @@ class Bundle:
     def open(cls, path: str | Path) -> "Bundle":
         layout = BundleLayout(Path(path))
         manifest = Manifest.load(layout.manifest)
-        tokenizer = Tokenizer.from_vocab(manifest.file("vocab"), manifest.tokenizer["context_length"])
-        return cls(manifest, tokenizer)
+        return cls(manifest, manifest.text_tokenizer())
 
     @property
     def model(self) -> str:
@@ -53,7 +52,7 @@ class Bundle:
 
     @property
     def transform(self) -> Transform:
-        return Transform.from_spec(self.manifest.preprocess)
+        return self.manifest.image_transform()
 
     @property
     def embedding_dim(self) -> int:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.app.fsutil import exclusive
+from converters.app.specs import stage_spec
+
+# The files of one model in each runtime's format, after `<tower>.<file tag>`; bmodels, one per batch size,
+# are named by `BundleLayout.bmodel`.
+MODEL_FILE_SUFFIXES = {"onnxruntime": (".onnx",), "ncnn": (".ncnn.param", ".ncnn.bin"), "bmruntime": ()}
 
 
 def default_bundle_dir(model: str) -> Path:
@@ -102,20 +107,17 @@ class BundleLayout:
 
     def model_files(self, tower: str, stage: str) -> tuple[Path, ...]:
         """An artifact's files, the model first: `visual.sim.onnx`, or `text.fp16.ncnn.param` and `.bin`."""
-        format, tag = stage.split("-", 1)
-        if format == "onnx":
-            return (self.root / f"{tower}.{tag}.onnx",)
-        return self.root / f"{tower}.{tag}.ncnn.param", self.root / f"{tower}.{tag}.ncnn.bin"
+        spec = stage_spec(stage)
+        return tuple(self.root / f"{tower}.{spec.file_tag}{suffix}" for suffix in MODEL_FILE_SUFFIXES[spec.runtime])
 
     def bmodel(self, tower: str, stage: str, batch: int) -> Path:
         """A bm1684x stage's model for one batch size: `visual.bm1684x.f16.b8.bmodel`."""
-        chip, tag = stage.split("-", 1)
-        return self.root / f"{tower}.{chip}.{tag}.b{batch}.bmodel"
+        return self.root / f"{tower}.{stage_spec(stage).file_tag}.b{batch}.bmodel"
 
     def lowered_graph(self, tower: str, stage: str) -> tuple[Path, Path]:
         """The graph a bmodel is compiled from, as tpu-mlir's interpreter runs it, and its weights."""
-        chip, tag = stage.split("-", 1)
-        return self.root / f"{tower}.{chip}.{tag}.tpu.mlir", self.root / f"{tower}.{chip}.{tag}.tpu_weights.npz"
+        base = f"{tower}.{stage_spec(stage).file_tag}"
+        return self.root / f"{base}.tpu.mlir", self.root / f"{base}.tpu_weights.npz"
 
     @staticmethod
     def external_data_name(model_file: Path) -> str:

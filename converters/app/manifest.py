@@ -20,7 +20,9 @@ import jsonschema
 from converters import __version__
 from converters.app.artifact import Artifact, ArtifactEntry, FileRecord
 from converters.app.fsutil import atomic_write_text, sha256_file
+from converters.app.preprocess import Transform
 from converters.app.specs import STAGE_NAMES, TOWER_INPUT_ROLES, TOWERS, runtime_of
+from converters.app.tokenizer import Tokenizer
 from converters.errors import ArtifactError
 
 SCHEMA_VERSION = 2
@@ -169,6 +171,14 @@ class Manifest:
             raise ArtifactError(f"{self.path} lists no '{role}' file; {CONVERT_AGAIN}.")
         self.verify([record])
         return self.root / record.path
+
+    def text_tokenizer(self) -> Tokenizer:
+        """The tokenizer the bundle's text tower was converted and checked with (its vocabulary verified)."""
+        return Tokenizer.from_vocab(self.file("vocab"), self.tokenizer["context_length"])
+
+    def image_transform(self) -> Transform:
+        """The preprocessing the bundle's visual tower was converted and checked with."""
+        return Transform.from_spec(self.preprocess)
 
     def stages(self) -> list[str]:
         """Stages with at least one tower listed, in pipeline order."""

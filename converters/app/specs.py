@@ -1,6 +1,7 @@
-"""What each tower takes and gives, as data: names, dtypes, shapes and roles of its tensors.
+"""The facts every side reads, as data: the stage table, and what each tower takes and gives.
 
-Export, manifest, runtimes and parity all read these specs, so an input's
+`STAGES` is the one table of stages (see `StageSpec`). Export, manifest, runtimes
+and parity all read the tower specs, so an input's
 name, dtype, symbolic dims and role are declared once (the specs of each
 tower family and target are built in `converters.export.towers`). Symbolic
 dims are strings; they become dynamic axes in ONNX and named dims in the
@@ -51,13 +52,62 @@ class TowerSpec:
         return next(spec for spec in self.inputs if spec.role == role)
 
 
-# The artifacts a bundle can hold, in pipeline order. Each name says the runtime and the precision,
-# is the pipeline stage that makes the artifact, and is what an app asks the bundle for.
-STAGE_NAMES = ("onnx-fp32", "onnx-sim", "onnx-fp16", "onnx-int8", "onnx-int4", "ncnn-fp32", "ncnn-fp16", "ncnn-int8",
-               "bm1684x-f16", "bm1684x-int8")
+Runtime = Literal["onnxruntime", "ncnn", "bmruntime"]
+# What parity compares against PyTorch with: exact float, float16 storage, or a quantized tower.
+ToleranceFamily = Literal["fp32", "fp16", "int8"]
 
 
-def runtime_of(stage: str) -> str:
+@dataclass(frozen=True)
+class StageSpec:
+    """One kind of artifact a bundle can hold, and the pipeline stage that makes it.
+
+    The name says the runtime, then the precision; it is what `--stages`, `index --stage`, the manifest and
+    an app's `bundle.embedder(...)` take. Everything else that differs per stage is derived from this row:
+    the config's options key and parity tolerance, the file names, the CLI's choices, the schema's enums
+    (checked by a test) and the README's stage table (checked by a test).
+    """
+
+    name: str
+    runtime: Runtime  # the engine that runs the artifact, nothing else
+    precision: str  # of the weights (and arithmetic where the runtime has it)
+    file_tag: str  # in the artifact's file names: `visual.<file_tag>.onnx`
+    parent: str | None  # the stage whose artifact it is made from; None: the PyTorch model
+    by_default: bool  # built by `convert` unless --stages says otherwise; else asked for by name
+    tolerance: ToleranceFamily  # which of parity's default tolerances it is held to
+    made_by: str  # the converter, in a few words (docs and --help)
+
+    @property
+    def config_key(self) -> str:
+        """Its key under the config's `stages:` and `parity:` (`onnx_int8` for `onnx-int8`)."""
+        return self.name.replace("-", "_")
+
+
+# The one stage table, in pipeline order (a parent before its children).
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("onnx-fp32", "onnxruntime", "fp32", "fp32", None, True, "fp32", "torch.onnx export"),
+    StageSpec("onnx-sim", "onnxruntime", "fp32", "sim", "onnx-fp32", True, "fp32", "onnx-simplifier"),
+    StageSpec("onnx-fp16", "onnxruntime", "fp16", "fp16", "onnx-sim", True, "fp16", "onnxruntime's float16 converter"),
+    StageSpec("onnx-int8", "onnxruntime", "int8", "int8", "onnx-sim", True, "int8", "onnxruntime dynamic quantization"),
+    # Asked for by name: its fallback's sensitivity pass is most of a full-size conversion's time.
+    StageSpec("onnx-int4", "onnxruntime", "int4", "int4", "onnx-sim", False, "int8", "onnxruntime 4-bit weights (MatMulNBits)"),
+    StageSpec("ncnn-fp32", "ncnn", "fp32", "fp32", None, True, "fp32", "pnnx, export-only rewrites"),
+    StageSpec("ncnn-fp16", "ncnn", "fp16", "fp16", None, True, "fp16", "pnnx, fp16 weights"),
+    StageSpec("ncnn-int8", "ncnn", "int8", "int8", "ncnn-fp32", True, "int8", "ncnn's int8 quantization"),
+    # Asked for by name: they need tpu-mlir's own environment (`make sophgo-env`, about 7 GB).
+    StageSpec("bm1684x-f16", "bmruntime", "fp16", "bm1684x.f16", "onnx-sim", False, "fp16", "tpu-mlir, F16 bmodels"),
+    StageSpec("bm1684x-int8", "bmruntime", "int8", "bm1684x.int8", "onnx-sim", False, "int8", "tpu-mlir, INT8 + F16 op types"),
+)
+STAGE_SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
+STAGE_NAMES: tuple[str, ...] = tuple(STAGE_SPECS)
+DEFAULT_STAGES: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.by_default)
+RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "ncnn", "bmruntime")
+
+
+def stage_spec(stage: str) -> StageSpec:
+    return STAGE_SPECS[stage]
+
+
+def runtime_of(stage: str) -> Runtime:
     """The runtime that runs a stage's artifacts: "onnxruntime", "ncnn", or "bmruntime" (Sophgo's, on the chip;
     tpu-mlir's simulators here)."""
-    return {"onnx": "onnxruntime", "ncnn": "ncnn", "bm1684x": "bmruntime"}[stage.split("-")[0]]
+    return STAGE_SPECS[stage].runtime

@@ -10,21 +10,17 @@ from pathlib import Path
 
 import click
 
-from converters.cli import say
-from converters.export.commands import (
-    bundle_config,
-    optional_model_argument,
-    out_option,
-)
+from converters.console import bundle_option, optional_model_argument, say
+from converters.export.commands import BUNDLE_HELP, bundle_config
 
 
 @click.command("bench")
 @optional_model_argument
-@out_option
+@bundle_option(BUNDLE_HELP)
 @click.option("--quick", is_flag=True, help="Smoke run for CI: few repetitions, 10k vectors for search, no 100k or 1M.")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="Threads for every runtime (0: all usable cores).")
-def bench_command(model: str | None, out: Path | None, quick: bool, threads: int) -> None:
-    """Benchmark every artifact of MODEL's bundle (or the bundle at --out), PyTorch fp32 included, in one run.
+def bench_command(model: str | None, bundle: Path | None, quick: bool, threads: int) -> None:
+    """Benchmark every artifact of MODEL's bundle (or the bundle at --bundle), PyTorch fp32 included, in one run.
 
     Measures latency and throughput per tower, model sizes, peak memory,
     the conversion's time and memory, and the search engine; checks the
@@ -37,7 +33,7 @@ def bench_command(model: str | None, out: Path | None, quick: bool, threads: int
     from converters.bench.markdown import render_markdown
     from converters.bench.run import BenchRequest, run_bench
 
-    config, out = bundle_config(model, out)
+    config, out = bundle_config(model, bundle)
     layout = BundleLayout(out)
     Bundle.open(layout.root).manifest.require_model(config.name)  # before minutes of measuring, not after
     with layout.exclusive():  # a conversion into the bundle meanwhile would change what is measured

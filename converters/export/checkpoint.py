@@ -25,7 +25,7 @@ from converters.export import huggingface
 from converters.export.config import ModelConfig, known_models, load_config
 from converters.export.download import DOWNLOAD_HINT, fetch_release
 from converters.export.stress import GENERATOR_VERSION, stress_model
-from converters.validate.metrics import Embeddings
+from converters.validate.fidelity import Embeddings
 
 RANDOM = "random"
 STRESS = "stress"

@@ -1,4 +1,4 @@
-"""`models`, `convert`, `sensitivity` and `levers`."""
+"""`models`, `convert`, `parity`, `sensitivity` and `levers`: the commands that need a model's config."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ from pathlib import Path
 import click
 
 from converters.app.layout import default_bundle_dir
-from converters.app.specs import STAGE_NAMES
-from converters.cli import say
+from converters.app.specs import DEFAULT_STAGES, STAGE_NAMES, STAGE_SPECS
+from converters.console import bundle_option, optional_model_argument, say
 from converters.errors import ParityError
 from converters.progress import render
+from converters.validate.client import ARCHES
 
 DEFAULT_CACHE = Path(os.environ.get("CNCLIP_CACHE", Path.home() / ".cache" / "clip"))
-
-optional_model_argument = click.argument("model", metavar="[MODEL]", required=False)
-out_option = click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Bundle directory (default: artifacts/MODEL below the working directory).",
-)
+BUNDLE_HELP = "Bundle directory (default: artifacts/MODEL below the working directory)"
+# The stages `sensitivity` and `levers` study: those a float fallback chooses layers for.
+QUANTIZED_STAGES = ("onnx-int8", "onnx-int4", "ncnn-int8")
 
 
 @click.command("models")
@@ -40,11 +38,11 @@ def models_command() -> None:
     "outliers of trained towers (the config's `stress:`). Default: the official release, downloaded once "
     "into --cache-dir.",
 )
-@out_option
+@bundle_option(BUNDLE_HELP)
 @click.option(
     "--stages", default=None, metavar="LIST",
-    help=f"Comma-separated stages to run, from: {','.join(STAGE_NAMES)}. Default: all but onnx-int4 (4-bit weights "
-    "for small bundles, whose fallback can take many minutes), in this order.",
+    help=f"Comma-separated stages to run, from: {','.join(STAGE_NAMES)}. Default: {','.join(DEFAULT_STAGES)} "
+    f"(the others are asked for by name: {', '.join(s for s in STAGE_NAMES if not STAGE_SPECS[s].by_default)}).",
 )
 @click.option(
     "--parity/--no-parity", default=True, show_default=True,
@@ -54,7 +52,7 @@ def models_command() -> None:
     "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
     help="Where official checkpoints are downloaded (env CNCLIP_CACHE).",
 )
-def convert_command(model: str | None, checkpoint: str | None, out: Path | None, stages: str | None, parity: bool, cache_dir: Path) -> None:
+def convert_command(model: str | None, checkpoint: str | None, bundle: Path | None, stages: str | None, parity: bool, cache_dir: Path) -> None:
     """Run the conversion stages for MODEL, checking parity as they go.
 
     MODEL may be left out when --checkpoint is a Hugging Face folder: its
@@ -63,10 +61,10 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
     the job. Writes parity.json and parity.md beside the manifest and exits
     with status 3 when a parity tolerance is not met.
     """
-    from converters.export.pipeline import DEFAULT_STAGES, ConvertRequest, convert, parse_stages
+    from converters.export.pipeline import ConvertRequest, convert, parse_stages
 
     config, checkpoint = _config_for(model, checkpoint)
-    out = (out or default_bundle_dir(config.name)).absolute()
+    out = (bundle or default_bundle_dir(config.name)).absolute()
     selected = parse_stages(stages) if stages else DEFAULT_STAGES
     conversion = convert(ConvertRequest(config, out, checkpoint, cache_dir, selected, parity), lambda e: say(render(e)))
     say(f"artifacts in {out}")
@@ -74,17 +72,40 @@ def convert_command(model: str | None, checkpoint: str | None, out: Path | None,
         report_parity(conversion.parity, out)
 
 
+@click.command("parity")
+@optional_model_argument
+@bundle_option(BUNDLE_HELP)
+@click.option(
+    "--client", "arches", multiple=True, type=click.Choice(ARCHES),
+    help="Also run the ncnn stages through the C++ reference client built for ARCH (`make client ARCH=...`, "
+    "binary in build/client/ARCH/): every caption and the golden photos. aarch64 runs under qemu-aarch64 "
+    "-cpu max (emulated ARMv8.2, fp16 arithmetic on). Repeatable.",
+)
+def parity_command(model: str | None, bundle: Path | None, arches: tuple[str, ...]) -> None:
+    """Compare every artifact of MODEL's bundle (or the bundle at --bundle) with PyTorch fp32 on the parity set.
+
+    Writes parity.json and parity.md beside the manifest and exits with status 3
+    when a tolerance from the config is not met. Needs no PyTorch when the
+    reference embeddings are cached in the bundle.
+    """
+    from converters.app.layout import BundleLayout
+    from converters.export.bundle_parity import run_parity
+    from converters.validate.client import CppClient, default_binary
+
+    config, out = bundle_config(model, bundle)
+    clients = [CppClient(default_binary(arch), arch) for arch in arches]
+    report_parity(run_parity(config, BundleLayout(out), lambda e: say(render(e)), clients), out)
+
+
 @click.command("sensitivity")
 @optional_model_argument
-@out_option
-@click.option(
-    "--stage", type=click.Choice(["onnx-int8", "onnx-int4", "ncnn-int8"]), required=True, help="The quantized stage to measure."
-)
+@bundle_option(BUNDLE_HELP)
+@click.option("--stage", type=click.Choice(QUANTIZED_STAGES), required=True, help="The quantized stage to measure.")
 @click.option(
     "--samples", type=click.IntRange(1, 1000), default=None,
     help="Calibration samples per tower (default: the config's float_fallback.samples).",
 )
-def sensitivity_command(model: str | None, out: Path | None, stage: str, samples: int | None) -> None:
+def sensitivity_command(model: str | None, bundle: Path | None, stage: str, samples: int | None) -> None:
     """Rank every layer of a quantized stage by what its quantization alone costs the embedding.
 
     Each quantizable layer is quantized alone, the rest left float, and the
@@ -96,7 +117,7 @@ def sensitivity_command(model: str | None, out: Path | None, stage: str, samples
     from converters.app.layout import BundleLayout
     from converters.export.sensitivity import measure_sensitivity
 
-    config, out = bundle_config(model, out)
+    config, out = bundle_config(model, bundle)
     layout = BundleLayout(out)
     tables = measure_sensitivity(config, layout, stage, samples)
     for tower, rows in tables.items():
@@ -108,12 +129,12 @@ def sensitivity_command(model: str | None, out: Path | None, stage: str, samples
 
 @click.command("levers")
 @optional_model_argument
-@out_option
+@bundle_option(BUNDLE_HELP)
 @click.option(
     "--stages", "stages", default="onnx-int8,ncnn-int8,onnx-int4", show_default=True,
     help="The quantized stages whose settings to compare (comma-separated: onnx-int8, ncnn-int8, onnx-int4).",
 )
-def levers_command(model: str | None, out: Path | None, stages: str) -> None:
+def levers_command(model: str | None, bundle: Path | None, stages: str) -> None:
     """Measure what each quantization setting does to the bundle's all-quantized towers.
 
     For onnx-int8: per-tensor weights, 8-bit weights, static QDQ, activation
@@ -131,7 +152,7 @@ def levers_command(model: str | None, out: Path | None, stages: str) -> None:
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     if not chosen or set(chosen) - set(known):
         raise click.BadParameter(f"choose among {', '.join(known)}", param_hint="--stages")
-    config, out = bundle_config(model, out)
+    config, out = bundle_config(model, bundle)
     layout = BundleLayout(out)
     rows = measure_levers(config, layout, lambda event: say(render(event)), chosen)
     click.echo(render_table(rows))
@@ -163,7 +184,7 @@ def bundle_config(model: str | None, out: Path | None):
         config = load_config(model)  # MODEL may be a path to a YAML file: the folder is named after the config
         return config, (out or default_bundle_dir(config.name)).absolute()
     if out is None:
-        raise click.UsageError("Give MODEL, or --out with the bundle's folder.")
+        raise click.UsageError("Give MODEL, or --bundle with the bundle's folder.")
     manifest = Manifest.load(BundleLayout(out).manifest)
     source = Path(manifest.checkpoint.source)
     # A Hugging Face folder of an architecture no config file names has its config in the folder.

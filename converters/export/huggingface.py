@@ -277,7 +277,7 @@ def reference(folder: Path, parity_set, context_length: int):
         ChineseCLIPModel,
     )
 
-    from converters.validate.metrics import Embeddings
+    from converters.validate.fidelity import Embeddings
 
     model = ChineseCLIPModel.from_pretrained(str(folder)).eval()
     processor = ChineseCLIPImageProcessorPil.from_pretrained(str(folder))

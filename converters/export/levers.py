@@ -38,15 +38,16 @@ from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.runtimes import open_tower
 from converters.app.runtimes.onnx_runtime import trim_padding
-from converters.app.specs import TOWERS
+from converters.app.specs import TOWERS, stage_spec
 from converters.errors import UserError
 from converters.export.checkpoint import resolve
 from converters.export.config import ModelConfig, Smoothing
-from converters.export.mixed_precision import PROBE_THREADS, Fidelity, Probe, Quantizer, calibration_inputs
-from converters.export.sensitivity import QUANTIZERS, float_parent
+from converters.export.context import StageContext
+from converters.export.mixed_precision import PROBE_THREADS, FloatFallback, Probe, Quantizer
+from converters.export.sensitivity import float_parent
 from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
 from converters.progress import Note, Progress
-from converters.validate.metrics import Embeddings
+from converters.validate.fidelity import Embeddings, Fidelity, FidelityTarget, measure
 from converters.validate.parity import batched, parity_set_for, reference_embeddings
 
 
@@ -54,8 +55,8 @@ from converters.validate.parity import batched, parity_set_for, reference_embedd
 class Lever:
     stage: str
     name: str
-    # The stage's quantizer for this variant, given the float parent and the stage's options.
-    quantizer: Callable[[Artifact, object], Quantizer]
+    # The stage's quantizer for this variant, given the float parent, the stage's options and the stage context.
+    quantizer: Callable[[Artifact, object, StageContext], Quantizer]
     smoothed: bool = False  # built from the smoothed parents
     towers: tuple[str, ...] = TOWERS
 
@@ -71,15 +72,15 @@ class LeverRow:
 
     def to_json(self) -> dict:
         return {"stage": self.stage, "lever": self.lever, "tower": self.tower, "megabytes": self.megabytes,
-                "held_out": dataclasses.asdict(self.held_out), "parity": dataclasses.asdict(self.parity)}
+                "held_out": self.held_out.compact(), "parity": self.parity.compact()}
 
 
-def _with(module, **changes) -> Callable[[Artifact, object], Quantizer]:
-    return lambda parent, options: module.quantizer(parent, options.model_copy(update=changes))
+def _with(module, **changes) -> Callable[[Artifact, object, StageContext], Quantizer]:
+    return lambda parent, options, context: module.quantizer(parent, options.model_copy(update=changes), context)
 
 
-def _first_layer_float(parent: Artifact, options) -> Quantizer:
-    offer = ncnn_int8.quantizer(parent, options)
+def _first_layer_float(parent: Artifact, options, context: StageContext) -> Quantizer:
+    offer = ncnn_int8.quantizer(parent, options, context)
     first = next(iter(offer.layers))
     return dataclasses.replace(offer, build=lambda kept, folder: offer.build(kept | {first}, folder))
 
@@ -88,11 +89,11 @@ LEVERS = (
     Lever("onnx-int8", "config", _with(onnx_int8)),
     Lever("onnx-int8", "per-tensor weights", _with(onnx_int8, per_channel=False)),
     Lever("onnx-int8", "8-bit weights (no reduce_range)", _with(onnx_int8, reduce_range=False)),
-    Lever("onnx-int8", "static QDQ, min/max activations", lambda parent, options: static_quantizer(parent, options)),
+    Lever("onnx-int8", "static QDQ, min/max activations", lambda parent, options, context: static_quantizer(parent, options, context)),
     Lever("onnx-int8", "smoothing α 0.5", _with(onnx_int8), smoothed=True, towers=("visual",)),
     Lever("ncnn-int8", "config", _with(ncnn_int8)),
-    Lever("ncnn-int8", "the other thresholds (kl ↔ aciq)", lambda parent, options: ncnn_int8.quantizer(
-        parent, options.model_copy(update={"method": "kl" if options.method == "aciq" else "aciq"}))),
+    Lever("ncnn-int8", "the other thresholds (kl ↔ aciq)", lambda parent, options, context: ncnn_int8.quantizer(
+        parent, options.model_copy(update={"method": "kl" if options.method == "aciq" else "aciq"}), context)),
     Lever("ncnn-int8", "first layer float", _first_layer_float, towers=("visual",)),
     Lever("ncnn-int8", "smoothing α 0.5", _with(ncnn_int8), smoothed=True, towers=("visual",)),
     Lever("onnx-int4", "block 32", _with(onnx_int4, block_size=32)),
@@ -101,14 +102,14 @@ LEVERS = (
 )
 
 
-def static_quantizer(parent: Artifact, options) -> Quantizer:
+def static_quantizer(parent: Artifact, options, context: StageContext) -> Quantizer:
     """onnx-int8's settings with onnxruntime's static QDQ quantization: activation scales fixed from the
     calibration samples' min/max instead of measured at every call. It calibrates on the first
     `float_fallback.samples`, which the grading (after `HeldOut.skip`) never sees."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     nodes = onnx_int8.GraphNodes.of(parent, options)
-    samples = calibration_inputs(parent, options.float_fallback.samples)
+    samples = context.calibration_inputs(parent.tower, options.float_fallback.samples)
     name = parent.spec.inputs[0].name
 
     class Samples(CalibrationDataReader):
@@ -135,12 +136,12 @@ def static_quantizer(parent: Artifact, options) -> Quantizer:
 def measure_levers(config: ModelConfig, layout: BundleLayout, progress: Progress, stages: tuple[str, ...]) -> list[LeverRow]:
     with layout.exclusive():
         manifest = Manifest.load(layout.manifest)
-        parity_set = parity_set_for(config, manifest)
+        parity_set = parity_set_for(manifest)
         reference = reference_embeddings(manifest, parity_set, _no_reference(layout), progress)
         rows = []
         # Every variant is graded on the same samples, after all that any variant fits its scales to.
-        held_out = HeldOut(max(config.stages.ncnn_int8.samples, config.stages.onnx_int8.float_fallback.samples),
-                           config.stages.onnx_int8.float_fallback.samples)
+        onnx_int8_samples = config.stage_options("onnx-int8").float_fallback.samples
+        held_out = HeldOut(max(config.stage_options("ncnn-int8").samples, onnx_int8_samples), onnx_int8_samples)
         with staging_dir(layout.staging) as workdir:
             workdir = Path(workdir)
             smoothed = None
@@ -150,10 +151,13 @@ def measure_levers(config: ModelConfig, layout: BundleLayout, progress: Progress
                 for tower in lever.towers:
                     parent = float_parent(smoothed if lever.smoothed else manifest, tower, lever.stage)
                     progress(Note(f"levers: {tower}.{lever.stage}, {lever.name}"))
-                    offer = lever.quantizer(parent, config.stage_options(lever.stage))
+                    folder = workdir / f"{len(rows)}"
+                    context = StageContext(manifest, folder)
+                    offer = lever.quantizer(parent, config.stage_options(lever.stage), context)
                     inputs = parity_set.pixels if tower == "visual" else parity_set.token_ids
                     expected = reference.images if tower == "visual" else reference.texts
-                    rows.append(_measure(lever, tower, offer, parent, held_out, inputs, expected, workdir / f"{len(rows)}"))
+                    rows.append(_measure(lever, tower, offer, parent, held_out, inputs, expected,
+                                         config.tolerance(lever.stage), context))
         atomic_write_text(layout.levers_json, _to_json(manifest, rows, {stage: config.stage_options(stage) for stage in stages}))
     return rows
 
@@ -164,13 +168,15 @@ class HeldOut:
     count: int
 
 
-def _measure(lever: Lever, tower: str, offer: Quantizer, parent: Artifact, held_out: HeldOut,
-             parity_inputs: np.ndarray, expected: np.ndarray, folder: Path) -> LeverRow:
-    probe = Probe(parent, dataclasses.replace(offer, fitted=held_out.skip), held_out.count, folder / "probe")
+def _measure(lever: Lever, tower: str, offer: Quantizer, parent: Artifact, held_out: HeldOut, parity_inputs: np.ndarray,
+             expected: np.ndarray, parity_target: FidelityTarget, context: StageContext) -> LeverRow:
+    folder = context.workdir
+    probe = Probe(parent, dataclasses.replace(offer, fitted=held_out.skip), FloatFallback(samples=held_out.count),
+                  context.writing_into(folder / "probe"))
     folder.mkdir(parents=True, exist_ok=True)
     candidate = offer.build(frozenset(), folder)
-    graded = Fidelity.between(probe.reference, probe.embed(candidate))
-    parity = Fidelity.between(expected, batched(open_tower(candidate, threads=PROBE_THREADS).embed, parity_inputs))
+    graded = measure(probe.reference, probe.embed(candidate), probe.target)
+    parity = measure(expected, batched(open_tower(candidate, threads=PROBE_THREADS).embed, parity_inputs), parity_target)
     megabytes = round(sum(f.stat().st_size for f in candidate.files) / 1e6, 2)
     for file in candidate.files:
         file.unlink()
@@ -188,7 +194,7 @@ def _smoothed_parents(config: ModelConfig, manifest: Manifest, stages: tuple[str
             f"The weights {manifest.checkpoint.description} of {manifest.root} are not the ones this converter makes "
             f"from {manifest.checkpoint.source!r} now (another version or config); convert the bundle again first."
         )
-    parents = {QUANTIZERS[stage][0].parent for stage in stages}
+    parents = {stage_spec(stage).parent for stage in stages}
     needed = tuple(dict.fromkeys(name for parent in sorted(parents) for name in ancestry(parent)))
     progress(Note(f"levers: converting smoothed float parents ({', '.join(needed)})"))
     request = ConvertRequest(smoothed, out, manifest.checkpoint.source, out / "cache", needed, parity=False)

@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
 from converters.app.artifact import Artifact
-from converters.app.layout import BundleLayout
-from converters.app.manifest import Manifest
-from converters.app.preprocess import Transform
 from converters.app.runtimes import open_tower
-from converters.app.tokenizer import Tokenizer
-from converters.data.calibration_set import calibration_pixels, calibration_token_ids
-from converters.export.config import FloatFallback
-from converters.validate.metrics import per_sample, structural_problems
+from converters.export.context import StageContext
+from converters.validate.fidelity import Fidelity, FidelityTarget, measure
 from converters.validate.parity import batched
 
 # Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
@@ -53,33 +49,22 @@ class Quantizer:
     kept_as: str = "float"  # what the kept layers are stored as
 
 
+class FloatFallback(FidelityTarget):
+    """A quantized stage's fallback: the target its tower must meet against its float parent on calibration
+    samples (never the parity set), and how many samples it is graded on."""
+
+    enabled: bool = True
+    cosine_min: float = Field(default=0.99, gt=0.0, le=1.0)
+    cosine_mean: float = Field(default=0.995, gt=0.0, le=1.0)
+    # Half parity's int8 limit (0.1): the calibration samples are not the parity set.
+    norm_ratio_max: float = Field(default=0.05, gt=0.0)
+    # Calibration samples the fidelity is measured on: photos and crops of them, or captions.
+    samples: int = Field(default=16, gt=0, le=1000)
+
+
 # As the ncnn calibration: on this busy 2-core machine two OpenMP threads ran a ViT-B-16 caption
 # in 4.1 s against 0.11 s with one.
 PROBE_THREADS = 1
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    cosine_min: float
-    cosine_mean: float
-    norm_ratio: float  # max |norm / the parent's norm - 1|, as parity measures it
-
-    @classmethod
-    def between(cls, reference: np.ndarray, candidate: np.ndarray) -> "Fidelity":
-        """Measured as parity measures it (`converters.validate.metrics`)."""
-        if structural_problems(reference, candidate):
-            return cls(-1.0, -1.0, np.inf)  # no embedding at all (NaN, zeros): as far from any target as it goes
-        cosines, ratios = per_sample(reference, candidate)
-        return cls(round(float(cosines.min()), 6), round(float(cosines.mean()), 6), round(float(ratios.max()), 6))
-
-    def meets(self, target: FloatFallback) -> bool:
-        return (
-            self.cosine_min >= target.cosine_min and self.cosine_mean >= target.cosine_mean
-            and self.norm_ratio <= target.norm_ratio_max
-        )
-
-    def __str__(self) -> str:
-        return f"cosine min {self.cosine_min:.5f} / mean {self.cosine_mean:.5f}, norm ratio {self.norm_ratio:.3g}"
 
 
 @dataclass(frozen=True)
@@ -89,7 +74,7 @@ class LayerSensitivity:
     fidelity: Fidelity  # the tower's, with this layer alone quantized
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "kind": self.kind, **asdict(self.fidelity)}
+        return {"layer": self.layer, "kind": self.kind, **self.fidelity.compact()}
 
 
 @dataclass(frozen=True)
@@ -103,15 +88,16 @@ class KeptLayersChoice:
 
     @property
     def target_met(self) -> bool:
-        return self.chosen.meets(self.target)
+        return self.chosen.passed
 
     def to_json(self) -> dict:
-        target = Fidelity(self.target.cosine_min, self.target.cosine_mean, self.target.norm_ratio_max)
+        target = {"cosine_min": self.target.cosine_min, "cosine_mean": self.target.cosine_mean,
+                  "norm_ratio": self.target.norm_ratio_max}
         return {
-            "target": asdict(target),
+            "target": target,
             "samples": self.target.samples,
-            "all_quantized": asdict(self.all_quantized),
-            "chosen": asdict(self.chosen),
+            "all_quantized": self.all_quantized.compact(),
+            "chosen": self.chosen.compact(),
             "target_met": self.target_met,
             "kept_layers": list(self.kept_layers),
             "quantizable_layers": self.quantizable_layers,
@@ -122,13 +108,13 @@ class KeptLayersChoice:
 class Probe:
     """The parent's embeddings of the calibration inputs, and a way to measure a quantized variant against them."""
 
-    def __init__(self, parent: Artifact, quantizer: Quantizer, samples: int, workdir: Path):
+    def __init__(self, parent: Artifact, quantizer: Quantizer, target: FloatFallback, context: StageContext):
         # After the samples that set the stage's scales (ncnn-int8's), so that the choice is not graded
         # on the data the scales were fitted to.
         fitted = quantizer.fitted
-        self.inputs = calibration_inputs(parent, fitted + samples)[fitted:]
+        self.inputs = context.calibration_inputs(parent.tower, fitted + target.samples)[fitted:]
         self.reference = self.embed(parent)
-        self.build, self.workdir = quantizer.build, workdir
+        self.build, self.target, self.workdir = quantizer.build, target, context.workdir
         self.trials = 0
 
     def embed(self, artifact: Artifact) -> np.ndarray:
@@ -144,7 +130,7 @@ class Probe:
         embeddings = self.embed(candidate)
         for file in candidate.files:
             file.unlink()  # a full-size tower per trial: do not keep them
-        return Fidelity.between(self.reference, embeddings)
+        return measure(self.reference, embeddings, self.target)
 
 
 def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[LayerSensitivity]:
@@ -154,13 +140,14 @@ def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[La
         LayerSensitivity(name, kind, probe.fidelity(names - {name}))
         for name, kind in tqdm(layers.items(), desc=f"{what} sensitivity".strip(), unit="layer", leave=False)
     ]
-    return sorted(rows, key=lambda row: (row.fidelity.cosine_mean, row.fidelity.cosine_min, -row.fidelity.norm_ratio))
+    return sorted(rows, key=lambda row: row.fidelity.rank())
 
 
-def choose_kept_layers(layers: dict[str, str], probe: Probe, target: FloatFallback, what: str) -> KeptLayersChoice:
+def choose_kept_layers(layers: dict[str, str], probe: Probe, what: str) -> KeptLayersChoice:
     """The layers to keep out of the stage's precision so that the tower meets `target` (see the module's description)."""
+    target = probe.target
     all_quantized = probe.fidelity(frozenset())
-    if all_quantized.meets(target):
+    if all_quantized.passed:
         return KeptLayersChoice(target, all_quantized, (), (), all_quantized, len(layers))
     ranked = sensitivity(layers, probe, what)
     order = [row.layer for row in ranked]
@@ -169,30 +156,22 @@ def choose_kept_layers(layers: dict[str, str], probe: Probe, target: FloatFallba
     while passing - failing > 1:
         middle = (failing + passing) // 2
         measured[middle] = probe.fidelity(frozenset(order[:middle]))
-        if measured[middle].meets(target):
+        if measured[middle].passed:
             passing = middle
         else:
             failing = middle
     if passing == len(order):
         # Only all-float meets it, which is no quantized artifact at all: keep the best mix measured, say the
         # target was missed, and let parity judge it by its own (lower) tolerance.
-        passing = max(measured, key=lambda k: (measured[k].cosine_mean, measured[k].cosine_min, -measured[k].norm_ratio))
+        passing = max(measured, key=lambda k: measured[k].rank())
     return KeptLayersChoice(target, all_quantized, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
 
 
-def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, workdir: Path) -> Artifact:
+def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, context: StageContext) -> Artifact:
     """The artifact a quantized stage makes: all layers quantized, or the mix `choose_kept_layers` picks."""
     choice = None
     if fallback.enabled:
-        probe = Probe(parent, quantizer, fallback.samples, workdir / "trials")
-        choice = choose_kept_layers(quantizer.layers, probe, fallback, f"{parent.tower} tower")
-    artifact = quantizer.build(frozenset(choice.kept_layers if choice else ()), workdir)
+        probe = Probe(parent, quantizer, fallback, context.writing_into(context.workdir / "trials"))
+        choice = choose_kept_layers(quantizer.layers, probe, f"{parent.tower} tower")
+    artifact = quantizer.build(frozenset(choice.kept_layers if choice else ()), context.workdir)
     return dataclasses.replace(artifact, mixed_precision=choice.to_json() | {"kept_as": quantizer.kept_as} if choice else None)
-
-
-def calibration_inputs(parent: Artifact, count: int) -> np.ndarray:
-    """`count` calibration inputs for the parent's tower, made as its bundle's manifest says (pixels or token ids)."""
-    manifest = Manifest.load(BundleLayout(parent.model_file.parent).manifest)
-    if parent.tower == "visual":
-        return calibration_pixels(count, Transform.from_spec(manifest.preprocess))
-    return calibration_token_ids(count, Tokenizer.from_vocab(manifest.file("vocab"), manifest.tokenizer["context_length"]))

@@ -28,43 +28,17 @@ from converters.app.fsutil import (
 )
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.app.specs import STAGE_NAMES, TOWERS
+from converters.app.specs import DEFAULT_STAGES, STAGE_NAMES, STAGE_SPECS, TOWERS
 from converters.errors import ConversionError, UserError
 from converters.export import bundle_facts, checkpoint, smoothing
+from converters.export.bundle_parity import parity_checker
 from converters.export.config import ModelConfig
-from converters.export.stages import (
-    Stage,
-    bm1684x,
-    ncnn_float,
-    ncnn_int8,
-    onnx_fp16,
-    onnx_fp32,
-    onnx_int4,
-    onnx_int8,
-    onnx_sim,
-)
+from converters.export.context import StageContext
+from converters.export.stages import Stage, registered
 from converters.export.towers import ModelTower
 from converters.progress import Note, Progress, StageStep
-from converters.validate.parity import (
-    ParityChecker,
-    parity_set_for,
-    reference_embeddings,
-)
+from converters.validate.parity import ParityChecker
 from converters.validate.report import ParityReport
-
-STAGES: dict[str, Stage] = {
-    stage.name: stage
-    for stage in (
-        onnx_fp32.STAGE, onnx_sim.STAGE, onnx_fp16.STAGE, onnx_int8.STAGE, onnx_int4.STAGE,
-        ncnn_float.NCNN_FP32, ncnn_float.NCNN_FP16, ncnn_int8.STAGE, bm1684x.BM1684X_F16, bm1684x.BM1684X_INT8,
-    )
-}
-assert tuple(STAGES) == STAGE_NAMES, "the pipeline's stages and the bundle's stage names must agree"
-# What `convert` builds unless --stages says otherwise. onnx-int4 is asked for by name: its fallback's
-# sensitivity pass took 7 of the 11 minutes of ViT-B-16's eight stages with stress weights, on two cores (README "onnx-int4").
-# The bm1684x stages too: they need tpu-mlir's own environment (`make sophgo-env`, about 7 GB).
-ASKED_FOR_BY_NAME = (onnx_int4.STAGE.name, bm1684x.BM1684X_F16.name, bm1684x.BM1684X_INT8.name)
-DEFAULT_STAGES = tuple(name for name in STAGES if name not in ASKED_FOR_BY_NAME)
 
 
 @dataclass(frozen=True)
@@ -85,20 +59,20 @@ class Conversion:
 
 def parse_stages(text: str) -> tuple[str, ...]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in STAGES]
+    unknown = [name for name in names if name not in STAGE_SPECS]
     if unknown or not names:
-        raise UserError(f"Unknown stage(s) {', '.join(unknown) or '(none given)'}; the stages are: {', '.join(STAGES)}.")
-    return tuple(name for name in STAGES if name in names)
+        raise UserError(f"Unknown stage(s) {', '.join(unknown) or '(none given)'}; the stages are: {', '.join(STAGE_NAMES)}.")
+    return tuple(name for name in STAGE_NAMES if name in names)
 
 
 def descendants(stage: str) -> list[str]:
-    children = [name for name, candidate in STAGES.items() if candidate.parent == stage]
+    children = [name for name, candidate in STAGE_SPECS.items() if candidate.parent == stage]
     return children + [d for child in children for d in descendants(child)]
 
 
 def ancestry(stage: str) -> list[str]:
     """The stage and every stage it is built from, first one first."""
-    parent = STAGES[stage].parent
+    parent = STAGE_SPECS[stage].parent
     return [*(ancestry(parent) if parent else []), stage]
 
 
@@ -142,17 +116,13 @@ class _Conversion:
         return smoothing.smooth(self.loaded().model, self.config.image_resolution, self.config.smoothing)
 
     def _checker(self) -> ParityChecker:
-        parity_set = parity_set_for(self.config, self.manifest)
-        reference = reference_embeddings(
-            self.manifest, parity_set, lambda ps: self.loaded().reference(ps, self.config.context_length), self.progress
-        )
-        return ParityChecker(self.config, self.manifest, parity_set, reference, self.progress)
+        return parity_checker(self.config, self.manifest, self.loaded, self.progress)
 
     def run(self) -> Manifest:
         steps = [(name, tower) for name in self.request.stages for tower in TOWERS]
         for number, (name, tower) in enumerate(steps, start=1):
             step = functools.partial(StageStep, number, len(steps), tower, name)
-            stage, options = STAGES[name], self.config.stage_options(name)
+            stage, options = registered()[name], self.config.stage_options(name)
             digest = self._digest(stage, tower, options)
             if self.manifest.is_current(tower, name, digest):
                 self.progress(step("up to date"))
@@ -191,7 +161,7 @@ class _Conversion:
     def _build(self, stage: Stage, tower: str, options, parent, digest: str) -> None:
         with staging_dir(self.layout.staging) as workdir:
             try:
-                artifact: Artifact = stage.run(parent, options, workdir)
+                artifact: Artifact = stage.run(parent, options, StageContext(self.manifest, workdir))
             except ConversionError as error:
                 raise self._with_log(error) from None
             for stale in (stage.name, *descendants(stage.name)):

@@ -14,37 +14,40 @@ from converters.app.artifact import Artifact
 from converters.app.fsutil import atomic_write_text, staging_dir
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.app.specs import TOWERS
+from converters.app.specs import TOWERS, stage_spec
 from converters.errors import UserError
 from converters.export.config import ModelConfig
+from converters.export.context import StageContext
 from converters.export.mixed_precision import LayerSensitivity, Probe, sensitivity
 from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
 
-QUANTIZERS = {module.STAGE.name: (module.STAGE, module.quantizer) for module in (onnx_int8, onnx_int4, ncnn_int8)}
+# The quantized stages whose layers can be measured one by one, and their quantizers.
+QUANTIZERS = {"onnx-int8": onnx_int8.quantizer, "onnx-int4": onnx_int4.quantizer, "ncnn-int8": ncnn_int8.quantizer}
 
 
 def measure_sensitivity(
     config: ModelConfig, layout: BundleLayout, stage: str, samples: int | None = None
 ) -> dict[str, list[LayerSensitivity]]:
     """Per tower, every quantizable layer of `stage` quantized alone, most harmful first; written to sensitivity.json."""
-    definition, quantizer = QUANTIZERS[stage]
+    quantizer = QUANTIZERS[stage]
     options = config.stage_options(stage)
-    samples = samples or options.float_fallback.samples
+    target = options.float_fallback.model_copy(update={"samples": samples or options.float_fallback.samples})
     with layout.exclusive():
         manifest = Manifest.load(layout.manifest)
         tables = {}
         for tower in TOWERS:
             parent = float_parent(manifest, tower, stage)
             with staging_dir(layout.staging) as workdir:
-                offer = quantizer(parent, options)
-                tables[tower] = sensitivity(offer.layers, Probe(parent, offer, samples, Path(workdir)), f"{tower}.{stage}")
-        atomic_write_text(layout.sensitivity_json, _to_json(manifest, stage, samples, tables))
+                context = StageContext(manifest, Path(workdir))
+                offer = quantizer(parent, options, context)
+                tables[tower] = sensitivity(offer.layers, Probe(parent, offer, target, context), f"{tower}.{stage}")
+        atomic_write_text(layout.sensitivity_json, _to_json(manifest, stage, target.samples, tables))
     return tables
 
 
 def float_parent(manifest: Manifest, tower: str, stage: str) -> Artifact:
     """The artifact the quantized `stage` quantizes, or an error that says which stage to convert first."""
-    parent = QUANTIZERS[stage][0].parent
+    parent = stage_spec(stage).parent
     if manifest.entry(tower, parent) is None:
         raise UserError(
             f"{manifest.root} has no {parent} artifact of the {tower} tower, which {stage} quantizes; "

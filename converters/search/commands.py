@@ -18,7 +18,7 @@ from tqdm import tqdm
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.specs import STAGE_NAMES
-from converters.cli import say
+from converters.console import say
 from converters.errors import Interrupted, UserError
 from converters.search.backends import APPROXIMATE_FROM, AUTO, BACKENDS, DEFAULT_BACKEND, HnswScan, backend_for
 from converters.search.query import Searcher, TimeRange, image_query, text_query

@@ -28,11 +28,11 @@ from converters.app.preprocess import Transform, load_image
 from converters.cpu import cpu_description
 from converters.data.parity_set import ParitySet
 from converters.errors import ArtifactError, UserError
-from converters.export.config import ModelConfig
 from converters.progress import Note, Progress
 from converters.validate.golden import golden_rows
-from converters.validate.metrics import Embeddings, tower_parity
+from converters.validate.fidelity import Embeddings, judge_client_inputs, measure
 from converters.validate.report import ClientParity
+from converters.validate.settings import ParitySettings
 
 ARCHES = ("x86_64", "aarch64")
 CLIENT_STAGES = ("ncnn-fp32", "ncnn-fp16", "ncnn-int8")
@@ -116,7 +116,7 @@ def resized_rgb_differences(client: CppClient, bundle: Path, files: list[Path], 
         ]
 
 
-def client_parity(client: CppClient, config: ModelConfig, manifest: Manifest, parity_set: ParitySet,
+def client_parity(client: CppClient, settings: ParitySettings, manifest: Manifest, parity_set: ParitySet,
                   reference: Embeddings, threads: int, progress: Progress) -> list[ClientParity]:
     """Each ncnn stage of the bundle, run by the client on every caption and the golden photos."""
     stages = [s for s in CLIENT_STAGES if s in manifest.complete_stages()]
@@ -135,17 +135,22 @@ def client_parity(client: CppClient, config: ModelConfig, manifest: Manifest, pa
         text_records = client.texts(manifest.root, captions, stage, threads)
         seconds = time.monotonic() - started
         texts = _embeddings(text_records)
-        tolerance = config.tolerance(stage)
+        target = settings.target(stage)
+        measured = {"visual": measure(reference.images[image_rows], images, target),
+                    "text": measure(reference.texts, texts, target)}
+        identical = sum(r["token_ids"] == e for r, e in zip(text_records, expected_ids))
+        for tower, failures in judge_client_inputs(identical, len(captions), resized_differences).items():
+            measured[tower].failures += failures
         rows.append(ClientParity(
             stage=stage,
             platform=EMULATED[client.arch] if client.emulated else cpu_description(),
-            visual=tower_parity(reference.images[image_rows], images, tolerance),
-            text=tower_parity(reference.texts, texts, tolerance),
-            token_ids_identical=sum(r["token_ids"] == e for r, e in zip(text_records, expected_ids)),
+            visual=measured["visual"],
+            text=measured["text"],
+            token_ids_identical=identical,
             resized_rgb_max_differences=resized_differences,
             outputs_in_fp16=all(_fp16_values(e) for e in (images, texts)),
             seconds=round(seconds, 1),
-            tolerance=tolerance.model_dump(exclude_none=True),
+            tolerance=target.model_dump(exclude_none=True),
         ))
     return rows
 

@@ -20,25 +20,18 @@ from converters.app.artifact import Artifact
 from converters.app.fsutil import atomic_write_bytes, sha256_text
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.app.preprocess import Transform
 from converters.app.runtimes import Embedder, open_tower
 from converters.app.specs import TOWERS, runtime_of
-from converters.app.tokenizer import Tokenizer
 from converters.cpu import cpu_description
 from converters.data import PARITY_SET_DIR
 from converters.data.parity_set import ParitySet, load_parity_set
 from converters.errors import ArtifactError
-from converters.export.config import ModelConfig
 from converters.progress import Note, Progress
 from converters.validate import golden
 from converters.validate.client import CppClient, client_parity
-from converters.validate.metrics import (
-    Embeddings,
-    TowerParity,
-    top1_agreement,
-    tower_parity,
-)
+from converters.validate.fidelity import Embeddings, Fidelity, judge_top1, measure, top1_agreement
 from converters.validate.report import CmodelParity, ParityReport, StageParity, write
+from converters.validate.settings import ParitySettings
 
 # One sample per call: dynamic int8 quantizes activations over the whole call, so a sample's
 # embedding would depend on its batch mates. Batch 1 is what an app runs for a query, and it makes
@@ -62,14 +55,14 @@ def embed(embedder: Embedder, parity_set: ParitySet) -> Embeddings:
 
 
 class ParityChecker:
-    def __init__(self, config: ModelConfig, manifest: Manifest, parity_set: ParitySet, reference: Embeddings,
+    def __init__(self, settings: ParitySettings, manifest: Manifest, parity_set: ParitySet, reference: Embeddings,
                  progress: Progress):
-        self.config, self.manifest, self.parity_set = config, manifest, parity_set
+        self.settings, self.manifest, self.parity_set = settings, manifest, parity_set
         self.reference, self.progress = reference, progress
-        self._checked: dict[str, tuple[np.ndarray, TowerParity]] = {}
+        self._checked: dict[str, tuple[np.ndarray, Fidelity]] = {}
         self._cmodel_checked: dict[str, list[CmodelParity]] = {}
 
-    def check(self, artifact: Artifact) -> TowerParity:
+    def check(self, artifact: Artifact) -> Fidelity:
         """The artifact's parity on its tower of the parity set, measured once per content."""
         return self._measured(artifact)[1]
 
@@ -82,13 +75,13 @@ class ParityChecker:
             return self.parity_set.pixels, self.reference.images
         return self.parity_set.token_ids, self.reference.texts
 
-    def _measured(self, artifact: Artifact) -> tuple[np.ndarray, TowerParity]:
+    def _measured(self, artifact: Artifact) -> tuple[np.ndarray, Fidelity]:
         key = self._content_key(artifact)
         if key not in self._checked:
             runner = open_tower(artifact, THREADS)
             inputs, reference = self._tower_set(artifact.tower)
             embeddings = batched(runner.embed, inputs)
-            measured = tower_parity(reference, embeddings, self.config.tolerance(artifact.stage))
+            measured = measure(reference, embeddings, self.settings.target(artifact.stage))
             if measured.failures:
                 self.progress(Note(f"parity: {artifact.key} fails: {'; '.join(measured.failures)}"))
             self._checked[key] = (embeddings, measured)
@@ -106,15 +99,23 @@ class ParityChecker:
             if len(artifacts) == len(TOWERS) and all(np.isfinite(m.cosine_min) for m in measured.values()):
                 complete[stage] = Embeddings(*(self._measured(artifacts[t])[0] for t in TOWERS))
                 top1 = top1_agreement(self.reference, complete[stage])
-            tolerance = self.config.tolerance(stage).model_dump(exclude_none=True)
-            stages.append(StageParity(stage, runtime_of(stage), measured.get("visual"), measured.get("text"), top1, tolerance))
+            target = self.settings.target(stage)
+            failures = []
+            for tower in TOWERS:
+                if tower not in measured:
+                    failures.append(f"{tower}: artifact missing (the conversion stopped before it); run convert again")
+                else:
+                    failures += [f"{tower}: {failure}" for failure in measured[tower].failures]
+            failures += judge_top1(top1, target)
+            stages.append(StageParity(stage, runtime_of(stage), measured.get("visual"), measured.get("text"), top1,
+                                      target.model_dump(exclude_none=True), failures))
         mixed_precision = {
             f"{tower}.{stage.stage}": artifact.mixed_precision
             for stage in stages for tower in TOWERS
             if self.manifest.entry(tower, stage.stage) and (artifact := self.manifest.artifact(tower, stage.stage)).mixed_precision
         }
         report = ParityReport(
-            self.config.name, self.manifest.checkpoint.description, self.parity_set.summary(), stages, cpu_description(),
+            self.settings.model, self.manifest.checkpoint.description, self.parity_set.summary(), stages, cpu_description(),
             mixed_precision,
         )
         report.cmodel = [
@@ -135,13 +136,13 @@ class ParityChecker:
     def _cmodel_rows(self, artifact: Artifact) -> list[CmodelParity]:
         from converters.app.runtimes.bm1684x import BmTower
 
-        sample = self.config.cmodel_parity
+        sample = self.settings.cmodel
         count = sample.images if artifact.tower == "visual" else sample.captions
         inputs, reference = (values[:count] for values in self._tower_set(artifact.tower))
         nets = [net for net in artifact.bmodel["nets"] if sample.batch_sizes is None or net["batch"] in sample.batch_sizes]
         if not nets:
             raise ArtifactError(
-                f"cmodel_parity.batch_sizes {list(sample.batch_sizes)} in {self.config.source} matches none of "
+                f"cmodel_parity.batch_sizes {list(sample.batch_sizes)} in {self.settings.source} matches none of "
                 f"{artifact.key}'s bmodels (batch sizes {[net['batch'] for net in artifact.bmodel['nets']]}): "
                 "its bit-accurate check would be empty."
             )
@@ -157,9 +158,9 @@ class ParityChecker:
             finally:
                 runner.close()
             seconds = round(time.perf_counter() - started, 1)
-            measured = tower_parity(reference, embeddings, self.config.tolerance(artifact.stage))
-            rows.append(CmodelParity(artifact.stage, artifact.tower, net["batch"], measured, seconds,
-                                     self.config.tolerance(artifact.stage).model_dump(exclude_none=True)))
+            target = self.settings.target(artifact.stage)
+            rows.append(CmodelParity(artifact.stage, artifact.tower, net["batch"], measure(reference, embeddings, target),
+                                     seconds, target.model_dump(exclude_none=True)))
         return rows
 
     def finish(self, clients: Sequence[CppClient] = ()) -> ParityReport:
@@ -169,7 +170,7 @@ class ParityChecker:
         report, complete = self.report()
         for client in clients:
             report.clients += client_parity(
-                client, self.config, self.manifest, self.parity_set, self.reference, THREADS, self.progress
+                client, self.settings, self.manifest, self.parity_set, self.reference, THREADS, self.progress
             )
         write(report, layout.parity_json, layout.parity_md)
         golden.write(self.manifest, self.parity_set, complete)
@@ -177,9 +178,9 @@ class ParityChecker:
         return report
 
 
-def parity_set_for(config: ModelConfig, manifest: Manifest) -> ParitySet:
-    tokenizer = Tokenizer.from_vocab(manifest.file("vocab"), config.context_length)
-    return load_parity_set(PARITY_SET_DIR, Transform.from_spec(manifest.preprocess), tokenizer)
+def parity_set_for(manifest: Manifest) -> ParitySet:
+    """The parity set, preprocessed and tokenized as the bundle's app does it."""
+    return load_parity_set(PARITY_SET_DIR, manifest.image_transform(), manifest.text_tokenizer())
 
 
 def reference_embeddings(
@@ -201,22 +202,3 @@ def reference_embeddings(
     np.savez(buffer, key=np.array(key), images=reference.images, texts=reference.texts)
     atomic_write_bytes(layout.reference, buffer.getvalue())
     return reference
-
-
-def run_parity(config: ModelConfig, layout: BundleLayout, progress: Progress,
-               clients: Sequence[CppClient] = ()) -> ParityReport:
-    """Check an existing bundle, holding its lock (a conversion may not write into it meanwhile)."""
-    with layout.exclusive():
-        manifest = Manifest.load(layout.manifest)
-        manifest.require_model(config.name)
-        if not manifest.stages():
-            raise ArtifactError(f"{layout.manifest} lists no artifacts, so there is nothing to check; run convert first.")
-
-        def compute(parity_set: ParitySet) -> Embeddings:
-            from converters.export.checkpoint import load_recorded
-
-            return load_recorded(config, manifest).reference(parity_set, config.context_length)
-
-        parity_set = parity_set_for(config, manifest)
-        reference = reference_embeddings(manifest, parity_set, compute, progress)
-        return ParityChecker(config, manifest, parity_set, reference, progress).finish(clients)

@@ -1,4 +1,7 @@
-"""The parity report as data (`parity.json`) and as Markdown (`parity.md`)."""
+"""The parity report as data (`parity.json`) and as Markdown (`parity.md`).
+
+Each row carries the verdicts `converters.validate.fidelity` gave it; this module gathers and renders them.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +11,18 @@ from pathlib import Path
 
 from converters.app.fsutil import atomic_write_text
 from converters.app.specs import TOWERS
-from converters.validate.metrics import TowerParity
-
-# How far an app's resize may be from Pillow's, per uint8 channel value (golden.json states it too): another
-# antialiased bicubic's rounding (fixed point or float) lands within ±1 of it; ±2 leaves room. The other pass
-# order does not (up to 7 at 224 where Pillow 13 resizes columns first), and the tall golden photo shows it.
-RESIZED_RGB_TOLERANCE = 2
+from converters.validate.fidelity import RESIZED_RGB_TOLERANCE, Fidelity
 
 
 @dataclass
 class StageParity:
     stage: str
     runtime: str
-    visual: TowerParity | None  # None: the bundle lists no such artifact (a conversion stopped half-way)
-    text: TowerParity | None
+    visual: Fidelity | None  # None: the bundle lists no such artifact (a conversion stopped half-way)
+    text: Fidelity | None
     top1_agreement: float | None  # None unless both towers produced embeddings
     tolerance: dict
-
-    @property
-    def failures(self) -> list[str]:
-        found = []
-        for tower in TOWERS:
-            measured: TowerParity | None = getattr(self, tower)
-            if measured is None:
-                found.append(f"{tower}: artifact missing (the conversion stopped before it); run convert again")
-            else:
-                found += [f"{tower}: {failure}" for failure in measured.failures]
-        minimum = self.tolerance.get("top1_agreement_min")
-        if minimum is not None and self.top1_agreement is not None and not self.top1_agreement >= minimum:
-            found.append(f"top-1 agreement {self.top1_agreement:.3f} < {minimum}")
-        return found
+    failures: list[str]  # each tower's, a missing tower, and top-1 agreement
 
     @property
     def passed(self) -> bool:
@@ -47,12 +32,13 @@ class StageParity:
 @dataclass
 class ClientParity:
     """One ncnn stage run by the C++ reference client (tokenizer, decoder, resize and ncnn of its own),
-    on every caption and the golden photos, against PyTorch."""
+    on every caption and the golden photos, against PyTorch. Each tower's failures include its inputs':
+    token ids that differ from cn_clip's, a resize beyond Pillow's by more than the tolerance."""
 
     stage: str
     platform: str  # the CPU it ran on, "emulated" when under qemu
-    visual: TowerParity
-    text: TowerParity
+    visual: Fidelity
+    text: Fidelity
     token_ids_identical: int  # captions whose ids equal cn_clip's
     # Per golden photo: the largest difference between the client's resized image and Pillow's, per channel value.
     resized_rgb_max_differences: list[int]
@@ -61,18 +47,9 @@ class ClientParity:
     seconds: float
     tolerance: dict
 
-    def tower_failures(self, tower: str) -> list[str]:
-        found = list(getattr(self, tower).failures)
-        if tower == "text" and self.token_ids_identical != self.text.samples:
-            found.append(f"token ids differ from cn_clip's for {self.text.samples - self.token_ids_identical} captions")
-        worst = max(self.resized_rgb_max_differences, default=0)
-        if tower == "visual" and worst > RESIZED_RGB_TOLERANCE:
-            found.append(f"resized RGB differs from Pillow's by up to {worst} (tolerance {RESIZED_RGB_TOLERANCE})")
-        return found
-
     @property
     def failures(self) -> list[str]:
-        return [f"{tower}: {failure}" for tower in TOWERS for failure in self.tower_failures(tower)]
+        return [f"{tower}: {failure}" for tower in TOWERS for failure in getattr(self, tower).failures]
 
     @property
     def passed(self) -> bool:
@@ -87,7 +64,7 @@ class CmodelParity:
     stage: str
     tower: str
     batch: int  # the bmodel's batch size; a sample smaller than it is padded with its last input
-    measured: TowerParity
+    measured: Fidelity
     seconds: float
     tolerance: dict
 
@@ -142,7 +119,7 @@ def render_markdown(report: ParityReport) -> str:
         tolerance = ", ".join(f"{k} {v}" for k, v in stage.tolerance.items())
         top1 = "—" if stage.top1_agreement is None else f"{stage.top1_agreement:.3f}"
         for tower in TOWERS:
-            m: TowerParity | None = getattr(stage, tower)
+            m: Fidelity | None = getattr(stage, tower)
             numbers = (
                 "missing | — | — | —" if m is None
                 else f"{m.cosine_min:.6f} | {m.cosine_mean:.6f} | {m.max_abs_diff:.2e} | {m.norm_ratio_max:.2e}"
@@ -196,14 +173,14 @@ def _clients(rows: list[ClientParity]) -> list[str]:
     )
     for row in rows:
         for tower in TOWERS:
-            m: TowerParity = getattr(row, tower)
+            m: Fidelity = getattr(row, tower)
             if tower == "text":
                 inputs = f"token ids {row.token_ids_identical}/{m.samples} identical"
             else:
                 identical = sum(d == 0 for d in row.resized_rgb_max_differences)
                 inputs = (f"resized RGB {identical}/{m.samples} identical, "
                           f"max diff {max(row.resized_rgb_max_differences, default=0)}")
-            result = "FAIL" if row.tower_failures(tower) else "pass"
+            result = "pass" if m.passed else "FAIL"
             lines.append(
                 f"| {row.stage} | {row.platform} | {tower} | {m.samples} | {m.cosine_min:.6f} | {m.cosine_mean:.6f} | "
                 f"{m.norm_ratio_max:.2e} | {inputs} | {'yes' if row.outputs_in_fp16 else 'no'} | "

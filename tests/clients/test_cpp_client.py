@@ -35,7 +35,8 @@ from converters.validate.client import (
     resized_rgb_differences,
 )
 from converters.validate.golden import GOLDEN_COSINE_MIN
-from converters.validate.parity import parity_set_for, reference_embeddings, run_parity
+from converters.export.bundle_parity import run_parity
+from converters.validate.parity import parity_set_for, reference_embeddings
 from tests.app.test_tokenizer import EDGE_CASES
 
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "cpp"
@@ -353,7 +354,7 @@ sys.exit(done.returncode)
 def test_a_client_that_gets_it_wrong_fails_parity(perturbing_client, tiny_bundle, how, failure):
     manifest = Manifest.load(BundleLayout(tiny_bundle).manifest)
     config = load_config(manifest.model)
-    parity_set = parity_set_for(config, manifest)
+    parity_set = parity_set_for(manifest)
     reference = reference_embeddings(manifest, parity_set, lambda _: pytest.fail("the reference is cached"), lambda e: None)
     rows = client_parity(perturbing_client(how), config, manifest, parity_set, reference, 1, lambda event: None)
     assert rows and all(not row.passed for row in rows)

@@ -10,7 +10,8 @@ import pytest
 
 from converters.app.layout import BundleLayout
 from converters.errors import UserError
-from converters.export.config import FloatFallback, load_config
+from converters.export.config import load_config
+from converters.export.mixed_precision import FloatFallback
 from converters.export.levers import LEVERS, measure_levers
 from converters.export.pipeline import ConvertRequest, convert
 from converters.progress import ignore

@@ -13,11 +13,12 @@ import torch
 
 from converters.app.manifest import Manifest
 from converters.export.checkpoint import random_model
-from converters.export.config import FloatFallback, load_config
-from converters.export.mixed_precision import Fidelity, choose_kept_layers
+from converters.export.config import load_config
+from converters.export.mixed_precision import FloatFallback, choose_kept_layers
 from converters.export.ncnn.model_file import read_model
 from converters.export.ncnn.quantize import is_int8
 from converters.export.pipeline import ConvertRequest, convert
+from converters.validate.fidelity import Fidelity, judge, measure
 
 TARGET = FloatFallback(cosine_min=0.99, cosine_mean=0.995)
 
@@ -26,38 +27,40 @@ class CostProbe:
     """A stand-in for `Probe`: each int8 layer costs a fixed amount of cosine, plus `floor` once any layer is int8."""
 
     def __init__(self, costs: dict[str, float], floor: float = 0.0):
-        self.costs, self.floor, self.trials = costs, floor, 0
+        self.costs, self.floor, self.trials, self.target = costs, floor, 0, TARGET
 
     def fidelity(self, kept_layers: frozenset[str]) -> Fidelity:
         self.trials += 1
         int8 = [name for name in self.costs if name not in kept_layers]
         cosine = 1 - sum(self.costs[name] for name in int8) - self.floor * bool(int8)
-        return Fidelity(cosine, cosine, 0.0)
+        measured = Fidelity(16, cosine, cosine, 0.0, 0.0)
+        measured.failures = judge(measured, self.target)
+        return measured
 
 
 def test_the_most_harmful_layers_go_back_to_float_and_no_more():
     costs = {f"layer{i}": 0.0005 for i in range(40)} | {"fragile": 0.03, "bad": 0.004}
     probe = CostProbe(costs)
-    choice = choose_kept_layers({name: "MatMul" for name in costs}, probe, TARGET, "test")
+    choice = choose_kept_layers({name: "MatMul" for name in costs}, probe, "test")
     assert [row.layer for row in choice.sensitivity[:2]] == ["fragile", "bad"]
     # 0.004 + 40 x 0.0005 = 0.024 without "fragile": more float layers needed down the ranking, but never all.
     assert choice.kept_layers[:2] == ("fragile", "bad") and choice.target_met
     assert choice.chosen.cosine_mean >= TARGET.cosine_mean
     shorter = frozenset(choice.kept_layers[:-1])
-    assert not probe.fidelity(shorter).meets(TARGET)  # the shortest prefix that meets the target
+    assert not probe.fidelity(shorter).passed  # the shortest prefix that meets the target
     assert probe.trials < 2 * len(costs)  # one pass for the ranking, then a bisection
 
 
 def test_when_plain_int8_meets_the_target_nothing_is_measured_further():
     probe = CostProbe({"a": 0.001, "b": 0.001})
-    choice = choose_kept_layers({"a": "Gemm", "b": "Gemm"}, probe, TARGET, "test")
+    choice = choose_kept_layers({"a": "Gemm", "b": "Gemm"}, probe, "test")
     assert choice.kept_layers == () and choice.sensitivity == () and probe.trials == 1
 
 
 def test_an_unreachable_target_keeps_the_best_mix_and_says_so():
     # Any int8 at all costs more than the target allows (as a shared quantizer would): only all-float meets it.
     probe = CostProbe({f"layer{i}": 0.001 * i for i in range(6)}, floor=0.5)
-    choice = choose_kept_layers({f"layer{i}": "Gemm" for i in range(6)}, probe, TARGET, "test")
+    choice = choose_kept_layers({f"layer{i}": "Gemm" for i in range(6)}, probe, "test")
     assert not choice.target_met and len(choice.kept_layers) < 6
     assert choice.chosen == max((probe.fidelity(frozenset()), choice.chosen), key=lambda f: f.cosine_mean)
     assert choice.to_json()["target_met"] is False
@@ -67,8 +70,11 @@ def test_a_non_finite_output_is_as_far_from_the_target_as_it_gets():
     reference = np.ones((3, 4), np.float32)
     broken = reference.copy()
     broken[1, 2] = np.nan
-    assert not Fidelity.between(reference, broken).meets(FloatFallback(cosine_min=0.01, cosine_mean=0.01, norm_ratio_max=1e9))
-    assert Fidelity.between(reference, reference * 1.5).norm_ratio == pytest.approx(0.5)
+    lenient = FloatFallback(cosine_min=0.01, cosine_mean=0.01, norm_ratio_max=1e9)
+    measured = measure(reference, broken, lenient)
+    assert not measured.passed and measured.compact() == {"cosine_min": -1.0, "cosine_mean": -1.0, "norm_ratio": np.inf}
+    assert measured.rank() < measure(reference, -reference, lenient).rank()  # worse than even the opposite direction
+    assert measure(reference, reference * 1.5, lenient).norm_ratio_max == pytest.approx(0.5)
 
 
 def fragile_checkpoint(path: Path) -> Path:

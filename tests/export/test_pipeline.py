@@ -8,9 +8,9 @@ import pytest
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.errors import UserError
-from converters.export import onnx_io, pipeline
+from converters.export import onnx_io
 from converters.export.pipeline import DEFAULT_STAGES, parse_stages
-from converters.export.stages import onnx_int8
+from converters.export.stages import registered
 from converters.progress import StageStep
 from tests.conftest import TINY_BUNDLE_STAGES, convert_random
 
@@ -56,11 +56,11 @@ def test_changed_artifact_is_rebuilt(tmp_path):
 
 def test_interrupted_stage_leaves_nothing_listed_and_rerun_finishes(tmp_path, monkeypatch):
     out = tmp_path / "bundle"
-    def interrupted(parent, options, workdir):
-        (workdir / "half-written.onnx").write_bytes(b"partial")
+    def interrupted(parent, options, context):
+        (context.workdir / "half-written.onnx").write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(pipeline.STAGES, "onnx-int8", replace(onnx_int8.STAGE, run=interrupted))
+    monkeypatch.setitem(registered(), "onnx-int8", replace(registered()["onnx-int8"], run=interrupted))
     with pytest.raises(KeyboardInterrupt):
         convert_random("tiny-vit", out, stages=ONNX_STAGES)
     manifest = Manifest.load(BundleLayout(out).manifest)
@@ -94,7 +94,7 @@ def test_external_data_flows_through_every_stage(tmp_path, monkeypatch):
         assert [f.path for f in entry.files][1:] == [entry.files[0].path + ".data"]
     from converters.export.config import load_config
     from converters.progress import ignore
-    from converters.validate.parity import run_parity
+    from converters.export.bundle_parity import run_parity
 
     assert run_parity(load_config("tiny-vit"), BundleLayout(out), ignore).passed
 

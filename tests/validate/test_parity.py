@@ -17,10 +17,10 @@ from onnx import helper, numpy_helper
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.errors import UserError
-from converters.export.config import FP32_TOLERANCE, load_config
+from converters.export.config import load_config
 from converters.progress import ignore
-from converters.validate.metrics import tower_parity
-from converters.validate.parity import run_parity
+from converters.validate.fidelity import DEFAULT_TARGETS, measure
+from converters.export.bundle_parity import run_parity
 from tests.conftest import convert_random
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
@@ -83,8 +83,8 @@ def test_a_broken_artifact_fails_parity_with_exit_3(tiny_bundle, tmp_path, stage
 def test_nan_fails_every_number_check():
     reference = np.ones((3, 4), np.float32)
     for candidate in (np.full((3, 4), np.nan, np.float32), np.zeros((3, 4), np.float32), reference[:, :2]):
-        assert not tower_parity(reference, candidate, FP32_TOLERANCE).passed
-    assert tower_parity(reference, reference.copy(), FP32_TOLERANCE).passed
+        assert not measure(reference, candidate, DEFAULT_TARGETS["fp32"]).passed
+    assert measure(reference, reference.copy(), DEFAULT_TARGETS["fp32"]).passed
 
 
 @ON_TINY_VIT
@@ -116,7 +116,7 @@ def test_parity_with_the_cached_reference_imports_no_torch(tiny_bundle, tmp_path
     shutil.copytree(tiny_bundle, bundle)
     code = (
         "import sys; from converters.export.config import load_config; from converters.app.layout import BundleLayout\n"
-        "from converters.progress import ignore; from converters.validate.parity import run_parity\n"
+        "from converters.progress import ignore; from converters.export.bundle_parity import run_parity\n"
         f"from pathlib import Path; assert run_parity(load_config('tiny-vit'), BundleLayout(Path({str(bundle)!r})), ignore).passed\n"
         "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'cn_clip', 'pnnx'))\n"
         "assert not loaded, loaded"
@@ -158,7 +158,7 @@ def test_parity_of_a_bundle_without_model_takes_the_model_from_its_manifest(tiny
     result = run_cli("parity", "--out", bundle)
     assert result.returncode == 0, result.stderr
     assert "# Parity: tiny-vit — PASS" in result.stdout
-    assert "Give MODEL, or --out" in run_cli("parity", cwd=tmp_path).stderr
+    assert "Give MODEL, or --bundle" in run_cli("parity", cwd=tmp_path).stderr
 
 
 def test_parity_of_a_bundle_without_artifacts_is_an_error_not_a_pass(tmp_path):

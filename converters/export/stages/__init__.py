@@ -1,22 +1,68 @@
-"""The stages, one module each (`ncnn_float` makes two: the same graph with fp32 or fp16 weights).
+"""The stages, one module each, each registered against its row of the stage table (`converters.app.specs.STAGES`).
 
-Every stage has the same entry shape: `run(parent, options, workdir) -> Artifact`,
-where the parent is the previous stage's verified `Artifact`, or, for the
-stages that export from PyTorch, a `ModelTower`; `options` is the stage's
-section of the config, and the files are written into `workdir`.
+Every stage has the same entry shape: `run(parent, options, context) -> Artifact`,
+where the parent is the previous stage's verified `Artifact` or, for the stages
+that export from PyTorch, a `ModelTower`; `options` is the stage's section of
+the config (an instance of the stage's own options class); the context holds
+what else it may read (the bundle's facts, calibration inputs) and the folder
+it writes into. A module declares `STAGES`, one `Stage` per row it runs
+(`ncnn_float` runs two: the same graph with fp32 or fp16 weights).
+
+Adding a stage: a row in the table, a module here, a runtime adapter in
+`converters.app.runtimes` if its runtime is new, and its tests. The config's
+options and tolerances, the CLI's choices and the file names follow from the row.
+Heavy libraries (torch, pnnx) are imported where a stage runs, not at module
+level: loading a config reads every stage's options class.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict
 
 from converters.app.artifact import Artifact
+from converters.app.specs import STAGES, StageSpec
+from converters.export.context import StageContext
+
+
+class StageOptions(BaseModel):
+    """A stage's section of the config: unknown keys are errors, values are fixed once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # what it makes, and the name an app asks the bundle for
-    parent: str | None  # the stage whose artifact it consumes; None: the loaded PyTorch model
-    run: Callable[[object, object, Path], Artifact]
+    spec: StageSpec
+    options: type[StageOptions]
+    run: Callable[[object, StageOptions, StageContext], Artifact]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def parent(self) -> str | None:
+        return self.spec.parent
+
+
+@cache
+def registered() -> dict[str, Stage]:
+    """Every stage of the table with the module that runs it, in the table's order."""
+    found: dict[str, Stage] = {}
+    for module in pkgutil.iter_modules(__path__):
+        for stage in importlib.import_module(f"{__name__}.{module.name}").STAGES:
+            if stage.name in found:
+                raise RuntimeError(f"stage {stage.name} is registered twice ({module.name})")
+            found[stage.name] = stage
+    missing = [spec.name for spec in STAGES if spec.name not in found]
+    unknown = [name for name in found if name not in {spec.name for spec in STAGES}]
+    if missing or unknown:
+        raise RuntimeError(f"the stage table and the stage modules disagree: no module runs {missing}, "
+                           f"no row for {unknown}")
+    return {spec.name: found[spec.name] for spec in STAGES}

@@ -11,14 +11,16 @@ parity report.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
-from converters.export.config import NcnnOptions
-from converters.export.ncnn.pnnx import convert_with_pnnx
-from converters.export.stages import Stage
-from converters.export.towers import ModelTower
+from converters.app.specs import stage_spec
+from converters.export.context import StageContext
+from converters.export.stages import Stage, StageOptions
+
+if TYPE_CHECKING:
+    from converters.export.towers import ModelTower
 
 # ncnn's Option defaults turn all three on; the fp32 path needs them off: with them on, even an
 # fp32 .bin drifts (tiny-rn: 1e-4 max abs) as convolutions store fp16.
@@ -30,10 +32,16 @@ FP16_OPTIONS = {"use_fp16_storage": True, "use_fp16_packed": True, "use_fp16_ari
 DYNAMIC_PROBE_LENGTH = 4
 
 
-def run(parent: ModelTower, options: NcnnOptions, workdir: Path, *, stage: str) -> Artifact:
+class NcnnOptions(StageOptions):
+    """pnnx conversion of the rewritten towers (the tower families' export-only rewrites); the precision is the stage's."""
+
+
+def run(parent: ModelTower, options: NcnnOptions, context: StageContext, *, stage: str) -> Artifact:
+    from converters.export.ncnn.pnnx import convert_with_pnnx
+
     spec = parent.spec("ncnn")
     fp16 = stage == "ncnn-fp16"
-    param, binary = BundleLayout(workdir).model_files(parent.tower, stage)
+    param, binary = BundleLayout(context.workdir).model_files(parent.tower, stage)
     convert_with_pnnx(
         spec.module(parent.model),
         spec.example_inputs(parent.config.context_length),
@@ -46,5 +54,4 @@ def run(parent: ModelTower, options: NcnnOptions, workdir: Path, *, stage: str) 
     return Artifact(parent.tower, stage, precision, (param, binary), spec.graph, FP16_OPTIONS if fp16 else FP32_OPTIONS)
 
 
-NCNN_FP32 = Stage("ncnn-fp32", None, partial(run, stage="ncnn-fp32"))
-NCNN_FP16 = Stage("ncnn-fp16", None, partial(run, stage="ncnn-fp16"))
+STAGES = tuple(Stage(stage_spec(name), NcnnOptions, partial(run, stage=name)) for name in ("ncnn-fp32", "ncnn-fp16"))

@@ -13,8 +13,6 @@ a GPU's fp16 arithmetic.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -22,14 +20,20 @@ from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.errors import ConversionError
 from converters.export import onnx_io
-from converters.export.config import Fp16Options
-from converters.export.stages import Stage
+from converters.app.specs import stage_spec
+from converters.export.context import StageContext
+from converters.export.stages import Stage, StageOptions
 
 # What the manifest says the files are for; only the CPU provider is measured here.
 EXECUTION_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider", "NnapiExecutionProvider")
 
 
-def run(parent: Artifact, options: Fp16Options, workdir: Path) -> Artifact:
+class Fp16Options(StageOptions):
+    # Operator types kept in float32 besides the converter's own list (ops without float16 definitions).
+    keep_fp32_ops: tuple[str, ...] = ()
+
+
+def run(parent: Artifact, options: Fp16Options, context: StageContext) -> Artifact:
     try:
         # Weights beyond ±65504 are clipped and activations beyond it become inf: parity refuses both
         # (a non-finite output fails before any number is compared).
@@ -39,9 +43,9 @@ def run(parent: Artifact, options: Fp16Options, workdir: Path) -> Artifact:
         )
     except Exception as exc:  # the converter raises whatever its graph walk hits
         raise ConversionError(f"float16 conversion of {parent.model_file} failed: {exc}") from None
-    (path,) = BundleLayout(workdir).model_files(parent.tower, STAGE.name)
-    return Artifact(parent.tower, STAGE.name, "fp16", tuple(onnx_io.save(converted, path)), parent.spec,
+    (path,) = BundleLayout(context.workdir).model_files(parent.tower, "onnx-fp16")
+    return Artifact(parent.tower, "onnx-fp16", "fp16", tuple(onnx_io.save(converted, path)), parent.spec,
                     execution_providers=EXECUTION_PROVIDERS)
 
 
-STAGE = Stage("onnx-fp16", "onnx-sim", run)
+STAGES = (Stage(stage_spec("onnx-fp16"), Fp16Options, run),)

@@ -8,23 +8,33 @@ dynamic sequence axis for text), through the TorchScript exporter: it keeps
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
 
 import onnx
-import torch
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.export import onnx_io
-from converters.export.config import OnnxOptions
-from converters.export.stages import Stage
-from converters.export.towers import ModelTower
+from converters.app.specs import stage_spec
+from converters.export.context import StageContext
+from converters.export.stages import Stage, StageOptions
+
+if TYPE_CHECKING:
+    from converters.export.towers import ModelTower
 
 
-def run(parent: ModelTower, options: OnnxOptions, workdir: Path) -> Artifact:
+class OnnxOptions(StageOptions):
+    opset: int = Field(default=17, ge=13, le=21)
+
+
+def run(parent: ModelTower, options: OnnxOptions, context: StageContext) -> Artifact:
+    import torch
+
     spec = parent.spec("onnx")
     module = spec.module(parent.model)
-    scratch = workdir / "export"
+    scratch = context.workdir / "export"
     scratch.mkdir()
     exported = scratch / "model.onnx"
     with warnings.catch_warnings():
@@ -47,8 +57,8 @@ def run(parent: ModelTower, options: OnnxOptions, workdir: Path) -> Artifact:
     module.eval()
     # Large exports scatter one file per tensor; loading and re-saving gathers them into one.
     model = onnx.load(str(exported))
-    (path,) = BundleLayout(workdir).model_files(spec.tower, STAGE.name)
-    return Artifact(spec.tower, STAGE.name, "fp32", tuple(onnx_io.save(model, path)), spec.graph)
+    (path,) = BundleLayout(context.workdir).model_files(spec.tower, "onnx-fp32")
+    return Artifact(spec.tower, "onnx-fp32", "fp32", tuple(onnx_io.save(model, path)), spec.graph)
 
 
-STAGE = Stage("onnx-fp32", None, run)
+STAGES = (Stage(stage_spec("onnx-fp32"), OnnxOptions, run),)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Literal
 
 import onnx
 import onnx.version_converter
@@ -23,19 +24,32 @@ from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.errors import ConversionError
 from converters.export import onnx_io
-from converters.export.config import Int4Options, Int8Options
-from converters.export.mixed_precision import Quantizer, build_with_fallback
-from converters.export.stages import Stage
-from converters.export.stages.onnx_int8 import without_quantizer_advice
+from converters.app.specs import stage_spec
+from converters.export.context import StageContext
+from converters.export.mixed_precision import FloatFallback, Quantizer, build_with_fallback
+from converters.export.stages import Stage, StageOptions
+from converters.export.stages.onnx_int8 import Int8Options, without_quantizer_advice
 
 INT4_OPSET = 21
 
 
-def run(parent: Artifact, options: Int4Options, workdir: Path) -> Artifact:
-    return build_with_fallback(parent, quantizer(parent, options), options.float_fallback, workdir)
+class Int4Options(StageOptions):
+    """4-bit blocks with one scale per `block_size` values along the reduction axis, symmetric; the float
+    fallback decides which layers keep wider weights (docs/measurements: the onnx-int4 size/fidelity curve)."""
+
+    block_size: Literal[16, 32, 64, 128] = 32
+    op_types: tuple[Literal["MatMul", "Gather"], ...] = ("MatMul", "Gather")
+    float_fallback: FloatFallback = FloatFallback()
+    # What the layers the fallback keeps out of 4 bits become: int8 (onnxruntime dynamic, as onnx-int8)
+    # keeps a bundle small where float would not: the ViT-B-16 word table is 65 MB in float, 16 MB in int8.
+    kept_as: Literal["int8", "float"] = "int8"
 
 
-def quantizer(parent: Artifact, options: Int4Options) -> Quantizer:
+def run(parent: Artifact, options: Int4Options, context: StageContext) -> Artifact:
+    return build_with_fallback(parent, quantizer(parent, options, context), options.float_fallback, context)
+
+
+def quantizer(parent: Artifact, options: Int4Options, context: StageContext) -> Quantizer:
     """The weights this stage can store in 4 bits (node name → op type), and how to quantize all but some."""
     from onnxruntime.quantization.onnx_model import ONNXModel
 
@@ -70,8 +84,8 @@ def quantizer(parent: Artifact, options: Int4Options) -> Quantizer:
         result = quantized.model.model
         if kept_layers and options.kept_as == "int8":
             result = _int8(result, sorted(kept_layers), folder)
-        (path,) = BundleLayout(folder).model_files(parent.tower, STAGE.name)
-        return Artifact(parent.tower, STAGE.name, "int4", tuple(onnx_io.save(result, path)), parent.spec)
+        (path,) = BundleLayout(folder).model_files(parent.tower, "onnx-int4")
+        return Artifact(parent.tower, "onnx-int4", "int4", tuple(onnx_io.save(result, path)), parent.spec)
 
     return Quantizer(layers, build, kept_as=options.kept_as)
 
@@ -107,4 +121,4 @@ def _quiet_quantizer():
         logger.setLevel(level)
 
 
-STAGE = Stage("onnx-int4", "onnx-sim", run)
+STAGES = (Stage(stage_spec("onnx-int4"), Int4Options, run),)

@@ -10,7 +10,10 @@ from converters.app.runtimes import TowerPair
 from converters.app.runtimes.ncnn_runtime import NcnnTower
 from converters.errors import ConversionError
 from converters.export.checkpoint import random_model
-from converters.export.config import NcnnOptions, load_config
+from converters.export.config import load_config
+from converters.export.context import StageContext
+from converters.export.stages.ncnn_float import NcnnOptions
+from converters.app.manifest import Manifest
 from converters.export.ncnn.pnnx import convert_with_pnnx
 from converters.export.stages import ncnn_float
 from converters.export.towers import ModelTower, export_spec
@@ -43,8 +46,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("stage", list(COSINE_MIN))
 def test_ncnn_matches_pytorch(tiny, stage, tmp_path):
     config, model, (pixels, token_ids), (images, texts) = tiny
+    context = StageContext(Manifest.load_or_new(tmp_path / "manifest.json", config.name, "0" * 64), tmp_path)
     artifacts = [
-        ncnn_float.run(ModelTower(model, config, tower), NcnnOptions(), tmp_path, stage=stage) for tower in ("visual", "text")
+        ncnn_float.run(ModelTower(model, config, tower), NcnnOptions(), context, stage=stage) for tower in ("visual", "text")
     ]
     assert all((FP16_TAG in a.files[1].read_bytes()) == (stage == "ncnn-fp16") for a in artifacts)
     embedder = TowerPair(*(NcnnTower(artifact, threads=1) for artifact in artifacts))

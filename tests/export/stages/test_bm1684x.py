@@ -23,7 +23,7 @@ from converters.export import tpu_mlir
 from converters.export.config import load_config
 from converters.export.pipeline import ConvertRequest, convert
 from converters.progress import ignore
-from converters.validate.parity import run_parity
+from converters.export.bundle_parity import run_parity
 from converters.validate.report import render_markdown
 from tests.conftest import TINY_MODELS, convert_random
 from tests.search.test_commands import invoke

@@ -14,7 +14,7 @@ from converters.data import CALIBRATION_SET_DIR, PARITY_SET_DIR
 from converters.data.calibration_set import calibration_pixels, calibration_token_ids
 from converters.errors import ConversionError
 from converters.export.checkpoint import cn_clip_vocab
-from converters.export.config import INT8_TOLERANCE
+from converters.validate.fidelity import DEFAULT_TARGETS
 from converters.export.ncnn.calibration import (
     KL_EPS,
     TARGET_BINS,
@@ -52,8 +52,8 @@ def test_parity_meets_the_int8_tolerance_in_ncnn(tiny_bundle):
     report = json.loads(BundleLayout(tiny_bundle).parity_json.read_text())
     (stage,) = [s for s in report["stages"] if s["stage"] == "ncnn-int8"]
     for tower in ("visual", "text"):
-        assert stage[tower]["cosine_min"] >= INT8_TOLERANCE.cosine_min
-        assert stage[tower]["cosine_mean"] >= INT8_TOLERANCE.cosine_mean
+        assert stage[tower]["cosine_min"] >= DEFAULT_TARGETS["int8"].cosine_min
+        assert stage[tower]["cosine_mean"] >= DEFAULT_TARGETS["int8"].cosine_mean
     manifest = json.loads(BundleLayout(tiny_bundle).manifest.read_text())
     assert manifest["artifacts"]["text.ncnn-int8"]["runtime_options"]["use_int8_inference"] is True
 

@@ -9,9 +9,10 @@ from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.app.runtimes.onnx_runtime import OnnxTower, session
-from converters.export.config import FP16_STORAGE_TOLERANCE, Fp16Options
+from converters.export.context import StageContext
+from converters.export.stages.onnx_fp16 import Fp16Options
 from converters.export.stages import onnx_fp16
-from converters.validate.metrics import tower_parity
+from converters.validate.fidelity import DEFAULT_TARGETS, measure
 
 
 @pytest.mark.parametrize("tower", ["visual", "text"])
@@ -52,8 +53,8 @@ def test_weights_beyond_fp16_range_fail_parity(tiny_bundle, tmp_path):
     scaled = tmp_path / "text.sim.onnx"
     onnx.save(model, scaled)
     scaled_parent = Artifact("text", "onnx-sim", "fp32", (scaled,), parent.spec)
-    converted = onnx_fp16.run(scaled_parent, Fp16Options(), tmp_path)
+    converted = onnx_fp16.run(scaled_parent, Fp16Options(), StageContext(Manifest.load(layout.manifest), tmp_path))
     ids = np.array([[101, 3862, 6804, 4638, 102], [101, 4344, 102, 0, 0]])
     reference = OnnxTower(scaled_parent).embed(ids)
-    measured = tower_parity(reference, OnnxTower(converted).embed(ids), FP16_STORAGE_TOLERANCE)
+    measured = measure(reference, OnnxTower(converted).embed(ids), DEFAULT_TARGETS["fp16"])
     assert measured.failures and not measured.passed

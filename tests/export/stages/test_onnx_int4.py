@@ -7,7 +7,9 @@ import pytest
 
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.export.config import INT8_TOLERANCE, Int4Options
+from converters.export.context import StageContext
+from converters.export.stages.onnx_int4 import Int4Options
+from converters.validate.fidelity import DEFAULT_TARGETS
 from converters.export.stages.onnx_int4 import INT4_OPSET, quantizer
 
 FOUR_BIT_OPS = {"MatMulNBits", "GatherBlockQuantized"}
@@ -25,7 +27,8 @@ def test_weights_are_4_bit_except_the_layers_kept_as_int8(tiny_bundle, tower):
     kept_layers = set(choice["kept_layers"])
     assert not any(node.name.removesuffix("_Q4") in kept_layers for node in four_bit)
     assert {o.domain: o.version for o in model.opset_import}[""] == INT4_OPSET
-    layers = quantizer(Manifest.load(layout.manifest).artifact(tower, "onnx-sim"), Int4Options()).layers
+    manifest = Manifest.load(layout.manifest)
+    layers = quantizer(manifest.artifact(tower, "onnx-sim"), Int4Options(), StageContext(manifest, layout.root)).layers
     kept_matmuls = [name for name in kept_layers if layers[name] == "MatMul"]
     assert choice["kept_as"] == "int8"
     quantized = {node.name for node in model.graph.node if node.op_type == "MatMulInteger"}
@@ -51,5 +54,5 @@ def test_parity_meets_the_int8_tolerance(tiny_bundle):
     report = json.loads(BundleLayout(tiny_bundle).parity_json.read_text())
     (stage,) = [s for s in report["stages"] if s["stage"] == "onnx-int4"]
     for tower in ("visual", "text"):
-        assert stage[tower]["cosine_min"] >= INT8_TOLERANCE.cosine_min
-        assert stage[tower]["cosine_mean"] >= INT8_TOLERANCE.cosine_mean
+        assert stage[tower]["cosine_min"] >= DEFAULT_TARGETS["int8"].cosine_min
+        assert stage[tower]["cosine_mean"] >= DEFAULT_TARGETS["int8"].cosine_mean

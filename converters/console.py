@@ -1,0 +1,27 @@
+"""What every command shares: one line for the person at the keyboard, and the options that mean the same everywhere.
+
+Commands import from here, never from each other or from `converters.cli` (which imports the commands).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def say(message: str) -> None:
+    """One line for the person at the keyboard, on stderr (stdout carries results)."""
+    click.echo(f"[cnclip] {message}", err=True)
+
+
+optional_model_argument = click.argument("model", metavar="[MODEL]", required=False)
+
+
+def bundle_option(help: str, *, required: bool = False, old_name: str = "--out"):
+    """The bundle folder, `--bundle` in every command; `old_name` (what the command called it before 0.5.0) is kept as
+    an alias so that scripts written for it still run."""
+    return click.option(
+        "--bundle", old_name, "bundle", type=click.Path(file_okay=False, path_type=Path), default=None, required=required,
+        help=f"{help} ({old_name} is the older name of this option.)",
+    )
