@@ -80,9 +80,9 @@ parity-client: client
 	$(PY) -m converters parity $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) --client $(ARCH)
 
 # tpu-mlir (the BM1684X compiler and simulators) needs Python 3.10 and pins of its own: a venv outside the
-# clone, keyed by version (converters/app/runtimes/bm1684x/env.py says what the recipe fixes).
+# clone, keyed by version (converters/export/sophgo_env.py says what the recipe fixes).
 sophgo-env: $(STAMP)
-	$(PY) -m converters.app.runtimes.bm1684x
+	$(PY) -m converters.export.sophgo_env
 
 # The browser test drives Debian's Chromium through Selenium: installed on first use, from Debian's packages.
 CHROMEDRIVER := /usr/bin/chromedriver

@@ -10,12 +10,8 @@ et al., 2023) picks s_j = max|X_j|^α / max|W_j|^(1-α), the migration strength
 α balancing activation and weight ranges; X is measured on calibration photos,
 never on the parity set.
 
-The sites (visual towers only):
-- pre-LN ViT: ln_1 → attention in-projection, ln_2 → MLP c_fc;
-- ModifiedResNet: the stem's bn1 → conv2 and bn2 → conv3, each bottleneck's
-  bn1 → conv2 and bn2 → conv3 (their outputs stay inside the branch).
-The post-LN BERT text tower has none: each LayerNorm's output is also the
-residual stream, which a rescaling would change.
+The sites are the tower family's (`smoothing_sites` in `converters.export.families`):
+only visual towers have them; the post-LN BERT text tower has none.
 
 `smooth` works on a copy of the model: parity still compares every artifact
 with the unsmoothed checkpoint, so the fp32 stages' tolerance (1e-5) checks
@@ -25,15 +21,15 @@ that the rescaling is exact.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
-from cn_clip.clip.model import CLIP, ModifiedResNet, VisualTransformer
+from cn_clip.clip.model import CLIP
 from torch import nn
 
 from converters.app.preprocess import Transform
 from converters.data.calibration_set import calibration_pixels
-from converters.export.config import Smoothing
+from converters.export.config import ModelConfig
+from converters.export.families import family
 from converters.export.stress import input_channel_peaks
 
 # Calibration samples the activation ranges are measured on (photos, then crops of them).
@@ -42,23 +38,15 @@ SAMPLES = 16
 EPSILON = 1e-5
 
 
-@dataclass(frozen=True)
-class Site:
-    """A normalization whose output reaches only `consumer`'s input: `weight` is the consumer's, input channels on dim 1."""
-
-    norm: nn.Module  # LayerNorm or BatchNorm2d: weight and bias per channel
-    consumer: nn.Module  # the module whose input is measured
-    weight: nn.Parameter  # [out, in, ...]
-
-
-def smooth(model: CLIP, resolution: int, options: Smoothing) -> CLIP:
+def smooth(model: CLIP, config: ModelConfig) -> CLIP:
     """A copy of `model` with its visual tower's activation outliers migrated into the weights (or `model` itself
-    when smoothing is off or the tower has no site)."""
+    when the config's smoothing is off or the tower has no site)."""
+    options, sites = config.smoothing, family(config, "visual").smoothing_sites
     if not options.enabled or not sites(model.visual):
         return model
     smoothed = copy.deepcopy(model).eval()
     chosen = sites(smoothed.visual)
-    ranges = _input_ranges(smoothed.visual, [site.consumer for site in chosen], resolution)
+    ranges = _input_ranges(smoothed.visual, [site.consumer for site in chosen], config.image_resolution)
     with torch.no_grad():
         for site, activation in zip(chosen, ranges):
             weight = site.weight.abs().transpose(0, 1).flatten(1).amax(dim=1).clamp_min(EPSILON)
@@ -68,19 +56,6 @@ def smooth(model: CLIP, resolution: int, options: Smoothing) -> CLIP:
             site.norm.bias.div_(scale)
             site.weight.mul_(scale.reshape(1, -1, *([1] * (site.weight.dim() - 2))))
     return smoothed
-
-
-def sites(visual: nn.Module) -> list[Site]:
-    found = []
-    if isinstance(visual, VisualTransformer):
-        for block in visual.transformer.resblocks:
-            found.append(Site(block.ln_1, block.attn, block.attn.in_proj_weight))
-            found.append(Site(block.ln_2, block.mlp.c_fc, block.mlp.c_fc.weight))
-    if isinstance(visual, ModifiedResNet):
-        for owner in (visual, *(b for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in layer)):
-            found.append(Site(owner.bn1, owner.conv2, owner.conv2.weight))
-            found.append(Site(owner.bn2, owner.conv3, owner.conv3.weight))
-    return found
 
 
 def _input_ranges(visual: nn.Module, consumers: list[nn.Module], resolution: int) -> list[torch.Tensor]:

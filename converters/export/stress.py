@@ -43,12 +43,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from cn_clip.clip.model import CLIP, Bottleneck, ModifiedResNet, VisualTransformer
+from cn_clip.clip.model import CLIP
 from torch import nn
 
-from converters.app.preprocess import Transform
-from converters.data.calibration_set import calibration_photos
 from converters.export.config import ModelConfig, StressOptions
+from converters.export.families import family
 
 # Part of the stress checkpoint's digest: bundles made by an earlier generator are converted again.
 # 2: BatchNorm statistics measured after the gains are set, residual branches scaled by branch_gain.
@@ -74,13 +73,8 @@ def stress_model(config: ModelConfig, model: CLIP) -> CLIP:
                 _heavy_tailed(module.in_proj_weight, options, rng)
             elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
                 _outlier_gains(module, dims(module.weight.shape[0]), options, rng)
-        _massive_activation(model, dims, options)
-        for block in model.visual.modules():
-            if isinstance(block, Bottleneck):  # bn3 ends its residual branch (the stem's bn3 feeds no residual)
-                block.bn3.weight.mul_(options.branch_gain)
-                block.bn3.bias.mul_(options.branch_gain)
-    if isinstance(model.visual, ModifiedResNet):
-        _measure_batch_norm_statistics(model.visual, config.image_resolution)
+        family(config, "visual").stress(model.visual, dims, options, config.image_resolution)
+        family(config, "text").stress(model.bert, dims, options, config.image_resolution)
     return model
 
 
@@ -95,38 +89,6 @@ def _outlier_gains(norm: nn.Module, dims: np.ndarray, options: StressOptions, rn
     index = torch.from_numpy(dims)
     norm.weight[index] = typical * options.norm_gain * torch.from_numpy(rng.uniform(0.5, 1.0, len(dims))).float()
     norm.bias[index] = options.norm_bias * torch.from_numpy(rng.choice([-1.0, 1.0], len(dims))).float()
-
-
-def _massive_activation(model: CLIP, dims, options: StressOptions) -> None:
-    """One residual dimension gets a large constant from the second block on (ViT) or the first layer (BERT)."""
-    visual = model.visual
-    if isinstance(visual, VisualTransformer):
-        width = visual.transformer.width
-        for block in visual.transformer.resblocks[1:]:
-            block.mlp.c_proj.bias[int(dims(width)[0])] += options.residual
-    for layer in model.bert.encoder.layer:
-        hidden = layer.output.dense.bias.shape[0]
-        layer.output.dense.bias[int(dims(hidden)[0])] += options.residual
-
-
-def _measure_batch_norm_statistics(visual: nn.Module, resolution: int) -> None:
-    """Running mean and variance of every BatchNorm set to those of its input over photos: one pass in training
-    mode with a cumulative average (momentum None), which is what the running statistics converge to. The photos
-    are the calibration set's, whole (never the parity set, which grades these weights)."""
-    pixels = torch.from_numpy(calibration_photos(Transform(resolution)))
-    norms = [m for m in visual.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    visual.train()
-    try:
-        with torch.no_grad():
-            visual(pixels)
-    finally:
-        visual.eval()
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
 
 
 class InputPeaks(NamedTuple):

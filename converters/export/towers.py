@@ -7,7 +7,7 @@ The family comes from the config (`vit` or `resnet` for the visual tower,
   batch axis (and for text a dynamic sequence: ids padded with 0 as
   cn_clip.clip.tokenize makes them, or unpadded; the mask `ids != 0` is
   computed in the graph, as cn_clip does).
-- `ncnn` traces the family's export-only rewrite (`converters.export.rewrites`)
+- `ncnn` traces the family's export-only rewrite (`converters.export.families`)
   at batch 1, the way an app runs ncnn; pnnx names its blobs in0, in1, … and
   out0, drops the batch axis and reads integer ids as int32.
 
@@ -17,8 +17,8 @@ written twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -27,16 +27,9 @@ from torch import nn
 
 from converters.app.specs import TensorSpec, Tower, TowerSpec
 from converters.export.config import ModelConfig
-from converters.export.rewrites import bert, resnet, vit
+from converters.export.families import family
 
-Family = Literal["vit", "resnet", "bert"]
 Target = Literal["onnx", "ncnn"]
-
-REWRITES: dict[Family, Callable[[CLIP], nn.Module]] = {
-    "vit": vit.export_module,
-    "resnet": resnet.export_module,
-    "bert": bert.export_module,
-}
 # The traced batch of the ONNX export: 2, so that tracing cannot mistake the batch size for a constant.
 ONNX_TRACE_BATCH = 2
 # ncnn has no 64-bit integers: it reads integer blobs as int32.
@@ -58,14 +51,14 @@ class EncodeTower(nn.Module):
 @dataclass(frozen=True)
 class ExportSpec:
     tower: Tower
-    family: Family
+    family: ModuleType  # the tower's family module (converters.export.families)
     target: Target
     traced: TowerSpec  # the traced module's arguments and result
     graph: TowerSpec  # the converted graph's inputs and outputs: what the manifest lists and runtimes feed
 
     def module(self, model: CLIP) -> nn.Module:
         """The module to trace, in eval mode, sharing `model`'s parameters."""
-        module = EncodeTower(model, self.tower) if self.target == "onnx" else REWRITES[self.family](model)
+        module = EncodeTower(model, self.tower) if self.target == "onnx" else self.family.export_module(model)
         return module.eval()
 
     def example_inputs(self, sequence: int) -> tuple[torch.Tensor, ...]:
@@ -88,10 +81,6 @@ class ExportSpec:
         return any("sequence" in tensor.shape for tensor in self.traced.inputs)
 
 
-def family_of(config: ModelConfig, tower: Tower) -> Family:
-    return config.architecture.vision.family if tower == "visual" else "bert"
-
-
 def export_spec(config: ModelConfig, tower: Tower, target: Target) -> ExportSpec:
     batch = "batch" if target == "onnx" else 1
     size = config.image_resolution
@@ -109,7 +98,7 @@ def export_spec(config: ModelConfig, tower: Tower, target: Target) -> ExportSpec
         )
     traced = TowerSpec(tower, inputs, embedding)
     graph = traced if target == "onnx" else _ncnn_blobs(traced)
-    return ExportSpec(tower, family_of(config, tower), target, traced, graph)
+    return ExportSpec(tower, family(config, tower), target, traced, graph)
 
 
 def _ncnn_blobs(traced: TowerSpec) -> TowerSpec:

@@ -8,12 +8,17 @@ import torch
 
 from converters.export import smoothing
 from converters.export.checkpoint import random_model
+from converters.export.families import Site, family, resnet
 from converters.export.config import Smoothing, load_config
 from converters.export.pipeline import ConvertRequest, convert
 from converters.export.stress import activation_outliers, stress_model
 from converters.progress import ignore
 
 ON = Smoothing(enabled=True)
+
+
+def smoothing_on(config, options=ON):
+    return config.model_copy(update={"smoothing": options})
 
 
 def stressed(name: str):
@@ -28,7 +33,7 @@ def photos(config) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
 def test_smoothing_leaves_the_embedding_and_shrinks_the_largest_channels_at_its_sites(name):
     config, model = stressed(name)
-    smoothed = smoothing.smooth(model, config.image_resolution, ON)
+    smoothed = smoothing.smooth(model, smoothing_on(config))
     assert smoothed is not model  # a copy: the reference the artifacts are checked against stays the checkpoint's
     pixels = photos(config)
     with torch.no_grad():
@@ -36,7 +41,7 @@ def test_smoothing_leaves_the_embedding_and_shrinks_the_largest_channels_at_its_
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-4 * before.abs().max().item())
 
     def channel_ratios(m):  # largest channel over the median channel at each site's input, median over the sites
-        consumers = [site.consumer for site in smoothing.sites(m.visual)]
+        consumers = [site.consumer for site in family(config, "visual").smoothing_sites(m.visual)]
         return np.median([row.ratio for row in activation_outliers(m, lambda: m.encode_image(pixels), consumers)])
 
     assert channel_ratios(smoothed) < channel_ratios(model) / 2
@@ -44,15 +49,15 @@ def test_smoothing_leaves_the_embedding_and_shrinks_the_largest_channels_at_its_
 
 def test_the_text_tower_and_a_disabled_option_are_left_alone():
     config, model = stressed("tiny-vit")
-    assert smoothing.smooth(model, config.image_resolution, Smoothing()) is model
-    smoothed = smoothing.smooth(model, config.image_resolution, ON)
+    assert smoothing.smooth(model, smoothing_on(config, Smoothing())) is model
+    smoothed = smoothing.smooth(model, smoothing_on(config))
     for name, parameter in model.bert.named_parameters():
         assert torch.equal(parameter, dict(smoothed.bert.named_parameters())[name]), name
 
 
 def test_stress_outliers_are_what_smoothing_finds_at_its_sites():
     config, model = stressed("tiny-rn")
-    assert len(smoothing.sites(model.visual)) == 2 + 2 * 4  # the stem's two pairs and two per bottleneck
+    assert len(family(config, "visual").smoothing_sites(model.visual)) == 2 + 2 * 4  # the stem's two pairs and two per bottleneck
     assert np.median([row.ratio for row in activation_outliers(model.visual, lambda: model.visual(photos(config)))]) > 15
 
 
@@ -66,13 +71,13 @@ def test_a_smoothed_conversion_passes_fp32_parity_against_the_unsmoothed_checkpo
 
 def test_a_rescaling_that_is_not_exact_fails_fp32_parity(tmp_path, monkeypatch):
     """The guard: parity compares with the unsmoothed checkpoint, so a site whose weight is not compensated shows."""
-    sites = smoothing.sites
+    sites = resnet.smoothing_sites
 
     def uncompensated(visual):
         found = sites(visual)
-        return [smoothing.Site(site.norm, site.consumer, torch.nn.Parameter(site.weight.detach().clone())) for site in found]
+        return [Site(site.norm, site.consumer, torch.nn.Parameter(site.weight.detach().clone())) for site in found]
 
-    monkeypatch.setattr(smoothing, "sites", uncompensated)
+    monkeypatch.setattr(resnet, "smoothing_sites", uncompensated)
     config = load_config("tiny-rn").model_copy(update={"smoothing": ON})
     report = convert(ConvertRequest(config, tmp_path / "bundle", "stress", tmp_path, ("onnx-fp32",)), ignore).parity
     assert not report.passed

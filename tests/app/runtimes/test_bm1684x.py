@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from converters.app.runtimes.bm1684x import ToolWorker
-from converters.app.runtimes.bm1684x.env import create, find_python310, tool_python
+from converters.app.runtimes.bm1684x.env import tool_python
 from converters.errors import ArtifactError, UserError
 
 
@@ -21,17 +21,6 @@ def test_a_half_built_tool_environment_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path))
     with pytest.raises(UserError, match="not installed"):
         tool_python()
-
-
-def test_no_python_310_is_named_with_what_to_install(tmp_path, monkeypatch):
-    fake = tmp_path / "python3.10"
-    fake.write_text("#!/bin/sh\necho False\n")  # a python3.10 on PATH that is not 3.10
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("CNCLIP_PYTHON310", raising=False)
-    with pytest.raises(UserError, match=r"Python 3\.10 exactly.*pyenv install 3\.10.*CNCLIP_PYTHON310"):
-        find_python310()
 
 
 def test_the_worker_reports_a_failed_request_and_answers_the_next():
@@ -53,15 +42,6 @@ def test_a_worker_that_dies_is_an_error_with_its_last_words_and_is_never_asked_a
         worker.ask({"load": "/nonexistent/model.bmodel", "simulator": "cmodel"})
     with pytest.raises(ArtifactError, match="stopped"):
         worker.ask({"ops": "/nonexistent/graph.mlir"})
-
-
-def test_create_leaves_a_folder_it_did_not_make_alone(tmp_path, monkeypatch):
-    foreign = tmp_path / "someone-elses-env"
-    (foreign / "bin").mkdir(parents=True)
-    monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(foreign))
-    with pytest.raises(UserError, match="not made by `make sophgo-env`"):
-        create()
-    assert (foreign / "bin").is_dir()
 
 
 def test_an_environment_path_with_a_space_is_refused(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""ModifiedResNet visual tower with its attention pool, batch-first.
+"""ModifiedResNet visual tower: its rewrite for ncnn (the attention pool batch-first), smoothing sites, stress hook.
 
 cn_clip's `AttentionPool2d` lays the feature map out sequence-first
 ((HW+1), N, C) for `F.multi_head_attention_forward`, so pnnx again maps the
@@ -14,8 +14,12 @@ Input `pixels` [1, 3, R, R] float32, output [1, embed_dim] float32.
 from __future__ import annotations
 
 import torch
-from cn_clip.clip.model import CLIP, AttentionPool2d, ModifiedResNet
+from cn_clip.clip.model import CLIP, AttentionPool2d, Bottleneck, ModifiedResNet
 from torch import nn
+
+from converters.app.preprocess import Transform
+from converters.data.calibration_set import calibration_photos
+from converters.export.families import Site
 
 
 class FirstQueryAttentionPool(nn.Module):
@@ -61,3 +65,42 @@ class BatchFirstResNet(nn.Module):
 
 def export_module(model: CLIP) -> nn.Module:
     return BatchFirstResNet(model.visual).eval()
+
+
+def smoothing_sites(visual: ModifiedResNet) -> list[Site]:
+    """The stem's bn1 → conv2 and bn2 → conv3, and each bottleneck's (their outputs stay inside the branch)."""
+    found = []
+    for owner in (visual, *(b for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in layer)):
+        found.append(Site(owner.bn1, owner.conv2, owner.conv2.weight))
+        found.append(Site(owner.bn2, owner.conv3, owner.conv3.weight))
+    return found
+
+
+def stress(visual: ModifiedResNet, dims, options, resolution: int) -> None:
+    """Residual branches scaled by `branch_gain`, then every BatchNorm's statistics measured on photos (the stress
+    module says why trained ResNets look like this)."""
+    for block in visual.modules():
+        if isinstance(block, Bottleneck):  # bn3 ends its residual branch (the stem's bn3 feeds no residual)
+            block.bn3.weight.mul_(options.branch_gain)
+            block.bn3.bias.mul_(options.branch_gain)
+    _measure_batch_norm_statistics(visual, resolution)
+
+
+def _measure_batch_norm_statistics(visual: nn.Module, resolution: int) -> None:
+    """Running mean and variance of every BatchNorm set to those of its input over photos: one pass in training
+    mode with a cumulative average (momentum None), which is what the running statistics converge to. The photos
+    are the calibration set's, whole (never the parity set, which grades these weights)."""
+    pixels = torch.from_numpy(calibration_photos(Transform(resolution)))
+    norms = [m for m in visual.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    visual.train()
+    try:
+        with torch.no_grad():
+            visual(pixels)
+    finally:
+        visual.eval()
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum

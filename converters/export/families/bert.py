@@ -1,4 +1,5 @@
-"""BERT text tower on an unpadded id sequence with explicit position ids.
+"""BERT text tower: its rewrite for ncnn (an unpadded id sequence with explicit position ids), no smoothing
+sites, its stress hook.
 
 cn_clip builds the attention mask inside the model (`text.ne(0)`,
 `ones_like`, `zeros_like` for token types); pnnx leaves those as `torch.ne`,
@@ -20,6 +21,8 @@ from __future__ import annotations
 import torch
 from cn_clip.clip.model import CLIP
 from torch import nn
+
+from converters.export.families import Site
 
 
 class UnpaddedBert(nn.Module):
@@ -43,3 +46,15 @@ class UnpaddedBert(nn.Module):
 
 def export_module(model: CLIP) -> nn.Module:
     return UnpaddedBert(model).eval()
+
+
+def smoothing_sites(bert: nn.Module) -> list[Site]:
+    """None: post-LN, each LayerNorm's output is also the residual stream, which a rescaling would change."""
+    return []
+
+
+def stress(bert: nn.Module, dims, options, resolution: int) -> None:
+    """A massive activation: one residual dimension gets a large constant from the first layer on."""
+    for layer in bert.encoder.layer:
+        hidden = layer.output.dense.bias.shape[0]
+        layer.output.dense.bias[int(dims(hidden)[0])] += options.residual

@@ -1,4 +1,6 @@
-"""ViT visual tower, batch-first: what ncnn can express of cn_clip's `VisualTransformer`.
+"""ViT visual tower: its batch-first rewrite for ncnn, its smoothing sites, its stress hook.
+
+The rewrite is what ncnn can express of cn_clip's `VisualTransformer`.
 
 cn_clip runs its transformer sequence-first (`x.permute(1, 0, 2)` around
 `nn.MultiheadAttention`). pnnx then treats the sequence axis as ncnn's batch
@@ -16,6 +18,8 @@ from __future__ import annotations
 import torch
 from cn_clip.clip.model import CLIP, ResidualAttentionBlock, VisualTransformer
 from torch import nn
+
+from converters.export.families import Site
 
 
 def batch_first_attention(attn: nn.MultiheadAttention) -> nn.MultiheadAttention:
@@ -61,3 +65,19 @@ class BatchFirstViT(nn.Module):
 
 def export_module(model: CLIP) -> nn.Module:
     return BatchFirstViT(model.visual).eval()
+
+
+def smoothing_sites(visual: VisualTransformer) -> list[Site]:
+    """Pre-LN blocks: ln_1 feeds only the attention's in-projection, ln_2 only the MLP's c_fc."""
+    found = []
+    for block in visual.transformer.resblocks:
+        found.append(Site(block.ln_1, block.attn, block.attn.in_proj_weight))
+        found.append(Site(block.ln_2, block.mlp.c_fc, block.mlp.c_fc.weight))
+    return found
+
+
+def stress(visual: VisualTransformer, dims, options, resolution: int) -> None:
+    """A massive activation: one residual dimension gets a large constant from the second block on."""
+    width = visual.transformer.width
+    for block in visual.transformer.resblocks[1:]:
+        block.mlp.c_proj.bias[int(dims(width)[0])] += options.residual

@@ -5,7 +5,7 @@ import torch
 
 from converters.export.checkpoint import random_model
 from converters.export.config import load_config
-from converters.export.rewrites import resnet, vit
+from converters.export.families import resnet, vit
 from converters.export.towers import export_spec
 
 # The rewrite each family gets, chosen by the config's family, never by looking at the model.

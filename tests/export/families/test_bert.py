@@ -6,7 +6,7 @@ from cn_clip.clip import tokenize
 
 from converters.export.checkpoint import random_model
 from converters.export.config import load_config
-from converters.export.rewrites import bert
+from converters.export.families import bert
 from converters.export.towers import export_spec
 
 # Token counts with [CLS] and [SEP]: 2 (empty text), 5, and 52 (truncated to the context length).

@@ -1,0 +1,35 @@
+"""Dependencies point one way and the torch-free side stays torch-free: import-linter's contracts in
+pyproject.toml ([tool.importlinter]), checked on the real import graph."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    command = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    return subprocess.run([command, "--no-cache"], capture_output=True, text=True, cwd=cwd)
+
+
+def test_the_import_contracts_hold():
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "0 broken" in result.stdout
+
+
+def test_an_import_against_the_layers_breaks_a_contract(tmp_path):
+    """The check can fail: a copy of the package in which the app side imports the export side is refused."""
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "converters", copy / "converters", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    layout = copy / "converters" / "app" / "layout.py"
+    layout.write_text(layout.read_text() + "\nfrom converters.export import pipeline  # noqa\n")
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
+                             "from importlinter.cli import lint_imports_command; lint_imports_command()", "--no-cache"],
+                            capture_output=True, text=True, cwd=copy)
+    assert result.returncode != 0 and "converters.app.layout -> converters.export.pipeline" in result.stdout, result.stdout[-3000:]
