@@ -194,8 +194,8 @@ def cli_problems(page: Page) -> list[str]:
             where = f"{page.name}:{snippet.line}"
             problems += [f"{where}: `{o}` is not an option of the command line" for o in group_options
                          if o not in click_options(cli)]
-            if not words:
-                continue
+            if not words or words[0] in ("…", "..."):
+                continue  # `python -m converters …`: any command
             name, rest = words[0], " ".join(words[1:])
             if name not in COMMANDS:
                 problems.append(f"{where}: `{name}` is not a command (known: {', '.join(COMMANDS)})")
