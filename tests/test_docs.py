@@ -20,6 +20,8 @@ README_MAX_LINES = 200
 PATH_PREFIXES = ("converters/", "clients/", "tests/", "docs/", ".ci/", "configs/")
 # A shell command ends at these; what follows is another command or a redirection.
 COMMAND_END = re.compile(r"\s(?:\||>|&&|;|#)|\|")
+# An inline code span: a run of backticks, then anything (line breaks too) up to the same run.
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 
 
 def doc_pages() -> list[Path]:
@@ -62,11 +64,9 @@ class Page:
             else:
                 prose.append(line)
         text = "".join(prose)
-        spans = []
-        for match in re.finditer(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", text, re.DOTALL):
-            spans.append(Snippet(" ".join(match.group(2).split()), text.count("\n", 0, match.start()) + 1, False))
-        blanked = re.sub(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text,
-                         flags=re.DOTALL)
+        spans = [Snippet(" ".join(m.group(2).split()), text.count("\n", 0, m.start()) + 1, False)
+                 for m in CODE_SPAN.finditer(text)]
+        blanked = CODE_SPAN.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
         return blanked, code + spans
 
     @property
