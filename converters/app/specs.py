@@ -93,7 +93,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("ncnn-fp32", "ncnn", "fp32", "fp32", None, True, "fp32", "pnnx, export-only rewrites"),
     StageSpec("ncnn-fp16", "ncnn", "fp16", "fp16", None, True, "fp16", "pnnx, fp16 weights"),
     StageSpec("ncnn-int8", "ncnn", "int8", "int8", "ncnn-fp32", True, "int8", "ncnn's int8 quantization"),
-    # Asked for by name: they need tpu-mlir's own environment (`make sophgo-env`, about 7 GB).
+    # Asked for by name: they need tpu-mlir's own environment (`make sophgo-env`, about 6.4 GB).
     StageSpec("bm1684x-f16", "bmruntime", "fp16", "bm1684x.f16", "onnx-sim", False, "fp16", "tpu-mlir, F16 bmodels"),
     StageSpec("bm1684x-int8", "bmruntime", "int8", "bm1684x.int8", "onnx-sim", False, "int8", "tpu-mlir, INT8 + F16 op types"),
 )
