@@ -6,6 +6,7 @@ from converters.bench.compare import measurement
 from converters.bench.goals import GOAL_QUERY_CHARS, amount
 from converters.bench.report import ArtifactFidelity, BenchReport, Measurement, TowerBench
 from converters.bench.tower_speed import BATCH, PYTORCH, query_label
+from converters.validate.report import table_head, table_section
 
 METHOD = [
     "Every tower of every artifact is measured in its own fresh Python process: memory peaks never mix, and "
@@ -81,8 +82,7 @@ def _goals(report: BenchReport) -> list[str]:
         "",
         f"Artifacts that pass parity (parity.json): {', '.join(report.parity_passed) or 'none'}.",
         "",
-        "| goal | target | measured | result | detail | limits |",
-        "|---|---|---|---|---|---|",
+        *table_head(["goal", "target", "measured", "result", "detail", "limits"]),
     ]
     for goal in report.goals:
         result = {True: "met", False: "MISSED", None: "not evaluated"}[goal.met]
@@ -130,8 +130,8 @@ def _memory(report: BenchReport) -> list[str]:
     lines = [
         "## Size and memory (peak resident set, MiB)",
         "",
-        "| artifact | tower | runtime | precision | model MiB | load s | after imports | after loading | after runs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *table_head(["artifact", "tower", "runtime", "precision", "model MiB", "load s", "after imports",
+                     "after loading", "after runs"]),
     ]
     for t in report.towers:
         mem = t.memory
@@ -146,16 +146,13 @@ def _choice(report: BenchReport) -> list[str]:
     """Size, speed and fidelity side by side: what a user trades when picking an artifact."""
     if not report.fidelity:
         return []
-    lines = [
-        "## Picking an artifact: size, speed and fidelity",
-        "",
+    lines = table_section(
+        "Picking an artifact: size, speed and fidelity",
         f"Latency at batch 1 from the tables above (image: the photo; text: a {GOAL_QUERY_CHARS}-character query); "
         "cosine against PyTorch on the parity set from parity.json; for the quantized stages, the layers their "
         "automatic mixed precision kept out of the stage's precision (manifest `mixed_precision`).",
-        "",
-        "| tower | artifact | model MiB | latency ms | × ORT fp32 | cos min | cos mean | kept | parity |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        ["tower", "artifact", "model MiB", "latency ms", "× ORT fp32", "cos min", "cos mean", "kept", "parity"],
+    )[1:]  # the section before ends with its blank line
     timed = {(t.artifact, t.tower): t for t in report.towers}
     # The image tower is timed on one input, the photo; the text tower on several lengths.
     photo = next((m.input for t in report.towers if t.tower == "visual" for m in t.measurements), None)
@@ -182,15 +179,12 @@ def _kept(row: ArtifactFidelity) -> str:
 def _device_estimates(report: BenchReport) -> list[str]:
     if not report.device_estimates:
         return []
-    lines = [
-        "## Sophgo BM1684X: the compiler's estimates",
-        "",
+    lines = table_section(
+        "Sophgo BM1684X: the compiler's estimates",
         "tpu-mlir's own estimate of one inference of each bmodel on the chip (its compiler profile), **not a "
         "measurement**: no BM1684X was at hand, and the simulators that check these files run at simulator speed.",
-        "",
-        "| artifact | tower | batch | bmodel MiB | estimated ms per batch | per sample |",
-        "|---|---|---|---|---|---|",
-    ]
+        ["artifact", "tower", "batch", "bmodel MiB", "estimated ms per batch", "per sample"],
+    )[1:]  # the section before ends with its blank line
     for row in report.device_estimates:
         per_sample = None if row.estimated_ms is None else row.estimated_ms / row.batch
         lines.append(f"| {row.artifact} | {row.tower} | {row.batch} | {row.model_mb:.1f} | "
@@ -206,8 +200,7 @@ def _conversion(report: BenchReport) -> list[str]:
         "",
         f"Stages: {', '.join(run.stages)}. Total {run.seconds:.1f} s, peak resident set {run.peak_mb:.0f} MiB.",
         "",
-        "| step | seconds | peak MiB |",
-        "|---|---|---|",
+        *table_head(["step", "seconds", "peak MiB"]),
     ]
     lines += [f"| {step.step} | {step.seconds:.1f} | {_num(step.peak_mb, '.0f')} |" for step in run.steps]
     lines.append(f"| interpreter start and exit | {run.seconds - stepped:.1f} | — |")
@@ -218,8 +211,7 @@ def _search(report: BenchReport) -> list[str]:
     lines = [
         "## Search engine",
         "",
-        "| indexing artifact | photos | batch | seconds | photos/s | decode only, photos/s |",
-        "|---|---|---|---|---|---|",
+        *table_head(["indexing artifact", "photos", "batch", "seconds", "photos/s", "decode only, photos/s"]),
     ]
     lines += [
         f"| {run.artifact} | {run.images} | {run.batch} | {run.seconds:.1f} | {run.images_per_s:.2f} | {run.decode_images_per_s:.1f} |"
@@ -227,8 +219,8 @@ def _search(report: BenchReport) -> list[str]:
     ]
     lines += [
         "",
-        "| backend | vectors | n | dim | threads | median ms | p90 ms | recall@10 | open s | index MiB | process MiB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *table_head(["backend", "vectors", "n", "dim", "threads", "median ms", "p90 ms", "recall@10", "open s",
+                     "index MiB", "process MiB", "note"]),
     ]
     for row in report.search:
         m = row.measured

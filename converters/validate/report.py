@@ -140,13 +140,17 @@ def render_markdown(report: ParityReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table_section(title: str, text: str, columns: list[str]) -> list[str]:
+def table_section(title: str, text: str, columns: list[str]) -> list[str]:
     """A section's heading, its explanation and the head of its table."""
-    return ["", f"## {title}", "", text, "", f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+    return ["", f"## {title}", "", text, "", *table_head(columns)]
+
+
+def table_head(columns: list[str]) -> list[str]:
+    return [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
 
 
 def _cmodel(rows: list[CmodelParity]) -> list[str]:
-    lines = _table_section(
+    lines = table_section(
         "BM1684X: bit-accurate simulator",
         "The bm1684x rows above run the lowered graph in tpu-mlir's interpreter (the compiler's numeric model of the "
         "chip, not bit-accurate) on the whole parity set. Here each .bmodel itself runs on bmruntime over tpu-mlir's "
@@ -162,7 +166,7 @@ def _cmodel(rows: list[CmodelParity]) -> list[str]:
 
 
 def _clients(rows: list[ClientParity]) -> list[str]:
-    lines = _table_section(
+    lines = table_section(
         "C++ reference client",
         "`clients/cpp` (its own tokenizer, JPEG decoder, Pillow-exact resize and ncnn build) on every caption and the "
         "golden photos, against PyTorch, under each stage's tolerance; its token ids must equal cn_clip's and its "
@@ -190,7 +194,7 @@ def _clients(rows: list[ClientParity]) -> list[str]:
 
 
 def _mixed_precision(choices: dict[str, dict]) -> list[str]:
-    lines = _table_section(
+    lines = table_section(
         "Quantized layers kept in float",
         "Measured against each stage's float parent on calibration samples (not the parity set): the all-quantized "
         "tower, and the tower with the most harmful layers back in float (cosine min / mean, norm ratio). "
