@@ -38,6 +38,7 @@ from converters.validate.golden import GOLDEN_COSINE_MIN
 from converters.validate.parity import parity_set_for, reference_embeddings, run_parity
 from tests.app.test_tokenizer import EDGE_CASES
 
+pytestmark = pytest.mark.client
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "cpp"
 ARCH = platform.machine()
 

@@ -34,6 +34,7 @@ def test_no_python_310_is_named_with_what_to_install(tmp_path, monkeypatch):
         find_python310()
 
 
+@pytest.mark.sophgo
 def test_the_worker_reports_a_failed_request_and_answers_the_next():
     worker = ToolWorker(threads=1)
     try:
@@ -46,6 +47,7 @@ def test_the_worker_reports_a_failed_request_and_answers_the_next():
         worker.close()
 
 
+@pytest.mark.sophgo
 def test_a_worker_that_dies_is_an_error_with_its_last_words_and_is_never_asked_again():
     worker = ToolWorker(threads=1)
     # bmruntime aborts the process on a file it cannot open.
