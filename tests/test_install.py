@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 import venv
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from converters.cli import COMMANDS
 from converters.data import PARITY_SET_DIR
 from tests.conftest import convert_random
 
@@ -62,6 +64,11 @@ def fresh_venv(where: Path) -> tuple[Path, Path]:
 
 def run(python: Path, *arguments: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([python, *arguments], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_extra_the_commands_need_is_declared():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {extra for _, extra in COMMANDS.values() if extra} <= set(extras)
 
 
 def test_a_wheel_installed_elsewhere_converts_and_passes_parity(wheel, tmp_path):
