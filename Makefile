@@ -1,12 +1,17 @@
-# The whole set-up on a fresh machine is `make convert MODEL=...` or `make test`:
-# the first use creates .venv and installs everything into it.
+# The whole set-up on a fresh machine is `make convert MODEL=...` or `make test`: the first use creates
+# .venv and installs what that command needs into it. `make system-deps` (root) installs the Debian
+# packages that the C++ client and the browser test need; `make test` asks for them, `make test-core` does not.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # torch and torchvision first, pinned to the builds this machine keeps on disk.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-STAMP  := $(VENV)/.installed
+# One stamp per set of extras, each on top of the one before: the core (index, search, serve; no torch),
+# [convert] (convert, parity, bench, sensitivity, levers), and [convert,test] (the tests).
+CORE_STAMP    := $(VENV)/.installed-core
+CONVERT_STAMP := $(VENV)/.installed-convert
+TEST_STAMP    := $(VENV)/.installed
 
 MODEL   ?=
 CKPT    ?=
@@ -16,88 +21,164 @@ STAGES  ?=
 PYTEST_ARGS ?=
 QUICK   ?=
 ARCH    ?= $(shell uname -m)
+STAGE   ?=
+PHOTOS  ?=
+INDEX   ?=
+Q       ?=
+PORT    ?= 8000
+
+# A misspelt WEIGHTS would otherwise be dropped and the official checkpoint downloaded instead.
+ifneq ($(strip $(WEIGHTS)),$(filter random stress,$(firstword $(WEIGHTS))))
+$(error WEIGHTS='$(WEIGHTS)' is unknown: use WEIGHTS=random or WEIGHTS=stress, or CKPT=... for a checkpoint)
+endif
+ifneq ($(and $(WEIGHTS),$(CKPT)),)
+$(error WEIGHTS=$(WEIGHTS) and CKPT=$(CKPT) both name the weights: give one)
+endif
 
 # Without MODEL: a Hugging Face folder (or hf:…) names its own architecture; anything else means ViT-B-16.
 HF_CKPT = $(filter hf:%,$(CKPT))$(if $(CKPT),$(wildcard $(CKPT)/config.json))
 CONVERT_MODEL = $(or $(MODEL),$(if $(HF_CKPT),,ViT-B-16))
 CONVERT_ARGS = $(CONVERT_MODEL) \
 	$(if $(CKPT),--checkpoint $(CKPT)) \
-	$(if $(filter random stress,$(WEIGHTS)),--checkpoint $(WEIGHTS)) \
+	$(if $(WEIGHTS),--checkpoint $(WEIGHTS)) \
 	$(if $(OUT),--out $(OUT)) \
 	$(if $(STAGES),--stages $(STAGES))
+# parity, bench, sensitivity and levers: MODEL's bundle, or the bundle at OUT (which names its model).
+BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT))
 
-.PHONY: help venv convert parity bench client client-packages parity-client sophgo-env test test-fast test-sophgo clean
+.PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
+	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser clean
 
 help:
+	@echo "Set-up (each target below makes .venv with what it needs on first use):"
+	@echo "make system-deps [ARCH=x86_64|aarch64]   (root: Debian's chromium, chromium-driver and the C++ client's build packages)"
+	@echo "make client-packages [ARCH=...] | browser-packages   (either half of system-deps)"
+	@echo "make venv    (.venv with the [convert] and [test] extras; torch and torchvision pinned to this machine's builds)"
+	@echo "make sophgo-env   (tpu-mlir's own Python 3.10 environment for the bm1684x-* stages; made on first use, 6.4 GB)"
+	@echo "Convert and check:"
 	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random | WEIGHTS=stress] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
 	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]   (or OUT=dir alone: the bundle names its model)"
 	@echo "make bench   MODEL=ViT-B-16 [CKPT=path.pt | WEIGHTS=random] [OUT=dir] [QUICK=1]  (converts first if needed)"
+	@echo "make sensitivity MODEL=ViT-B-16 [OUT=dir] STAGE=onnx-int8|onnx-int4|ncnn-int8   (each layer's quantization cost, alone)"
+	@echo "make levers  MODEL=ViT-B-16 [OUT=dir] [STAGES=onnx-int8,ncnn-int8,onnx-int4]   (what each quantization setting does)"
 	@echo "make client  [ARCH=x86_64|aarch64]   (the C++ reference client, build/client/ARCH/cnclip-embed; ncnn built from its sdist once)"
 	@echo "make parity-client OUT=dir [ARCH=aarch64]   (parity plus the client's rows; aarch64 runs under qemu)"
-	@echo "make sophgo-env   (tpu-mlir's own Python 3.10 environment for the bm1684x-* stages; made on first use, 6.4 GB)"
-	@echo "make test    (all tests, full-size ones included)"
+	@echo "Search photos (the core install: no torch; on a machine that only searches, pip install . is enough):"
+	@echo "make index   PHOTOS=folder [OUT=bundle dir | MODEL=ViT-B-16] [STAGE=onnx-int8] [INDEX=dir]   (a new index needs OUT or MODEL)"
+	@echo "make search  Q='海边的日落' [INDEX=dir]"
+	@echo "make serve   [INDEX=dir] [PORT=8000]   (the search as a web page on 127.0.0.1)"
+	@echo "Tests:"
+	@echo "make test    (all tests, full-size ones included; needs system-deps, hence root, and sophgo-env)"
+	@echo "make test-core (every test that needs neither root, sophgo-env, the client's build nor Chromium; names what it left out)"
 	@echo "make test-fast (tiny architectures only, the BM1684X simulators included)"
-	@echo "make test-sophgo (the BM1684X stages and simulator runtime alone)"
+	@echo "make test-sophgo | test-client | test-browser   (the tests marked sophgo, client or browser alone)"
+	@echo "make clean   (removes artifacts/)"
+	@echo "Every option of a command: $(PY) -m converters COMMAND --help (after any target above; the system python3 lacks the packages)"
 	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
 
-$(STAMP): pyproject.toml
+$(CORE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e .
+	touch $@
 
-venv: $(STAMP)
+$(CONVERT_STAMP): $(CORE_STAMP)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[convert]'
+	touch $@
+
+$(TEST_STAMP): $(CONVERT_STAMP)
+	$(PY) -m pip install --quiet -e '.[convert,test]'
+	touch $@
+
+venv: $(TEST_STAMP)
 
 # The bm1684x stages run tpu-mlir from its own environment, made the first time they are asked for.
 NEEDS_SOPHGO_ENV = $(if $(findstring bm1684x,$(STAGES)),sophgo-env)
 
-convert: $(STAMP) $(NEEDS_SOPHGO_ENV)
+convert: $(CONVERT_STAMP) $(NEEDS_SOPHGO_ENV)
 	$(PY) -m converters convert $(CONVERT_ARGS)
 
-parity: $(STAMP)
-	$(PY) -m converters parity $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT))
+parity: $(CONVERT_STAMP)
+	$(PY) -m converters parity $(BUNDLE_ARGS)
 
 # Converting first skips every stage already done and writes parity.json, which the goals read.
 # A parity failure (exit 3) still gets benchmarked: the goals count passing artifacts only.
-bench: $(STAMP) $(NEEDS_SOPHGO_ENV)
+bench: $(CONVERT_STAMP) $(NEEDS_SOPHGO_ENV)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
-	$(PY) -m converters bench $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) $(if $(QUICK),--quick)
+	$(PY) -m converters bench $(BUNDLE_ARGS) $(if $(QUICK),--quick)
+
+sensitivity: $(CONVERT_STAMP)
+	$(PY) -m converters sensitivity $(BUNDLE_ARGS) --stage $(or $(STAGE),$(error make sensitivity needs STAGE=onnx-int8, onnx-int4 or ncnn-int8))
+
+levers: $(CONVERT_STAMP)
+	$(PY) -m converters levers $(BUNDLE_ARGS) $(if $(STAGES),--stages $(STAGES))
+
+# The search side needs the core install only: no torch. Without OUT or MODEL, index keeps the bundle the index has.
+index: $(CORE_STAMP)
+	$(PY) -m converters index $(or $(PHOTOS),$(error make index needs PHOTOS=folder)) \
+		$(if $(or $(OUT),$(MODEL)),--artifacts $(or $(OUT),artifacts/$(MODEL))) $(if $(STAGE),--stage $(STAGE)) $(if $(INDEX),--index $(INDEX))
+
+search: $(CORE_STAMP)
+	$(PY) -m converters search $(if $(Q),'$(Q)',$(error make search needs Q='words to look for')) $(if $(INDEX),--index $(INDEX))
+
+serve: $(CORE_STAMP)
+	$(PY) -m converters serve --port $(PORT) $(if $(INDEX),--index $(INDEX))
 
 # The C++ client's build tools and libraries, from Debian's packages (arm64 multiarch ones to cross-build).
 CLIENT_PACKAGES_x86_64  := cmake g++ libjpeg62-turbo-dev libpng-dev libssl-dev nlohmann-json3-dev
 CLIENT_PACKAGES_aarch64 := cmake g++-aarch64-linux-gnu qemu-user nlohmann-json3-dev \
 	libjpeg62-turbo-dev:arm64 libpng-dev:arm64 libssl-dev:arm64
+# The browser test drives Debian's Chromium through Selenium.
+BROWSER_PACKAGES := chromium chromium-driver
+
+# Installs the Debian packages of $(1) that are missing; without root, names them and stops.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done); \
+	[ -z "$$missing" ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "missing Debian packages: $$missing(installing them needs root: sudo make system-deps ARCH=$(ARCH); make test-core runs the tests that need none of them)" >&2; exit 1; }; \
+	  $(if $(filter aarch64,$(ARCH)),dpkg --add-architecture arm64 &&) \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
+endef
+
+system-deps: client-packages browser-packages
+
 client-packages:
 	$(if $(CLIENT_PACKAGES_$(ARCH)),,$(error ARCH=$(ARCH): the client builds for x86_64 or aarch64))
-	@dpkg -s $(CLIENT_PACKAGES_$(ARCH)) >/dev/null 2>&1 || { \
-	  $(if $(filter aarch64,$(ARCH)),dpkg --add-architecture arm64 &&) \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES_$(ARCH)); }
+	$(call apt_install,$(CLIENT_PACKAGES_$(ARCH)))
 
-client: $(STAMP) client-packages
+browser-packages:
+	$(call apt_install,$(BROWSER_PACKAGES))
+
+client: $(CORE_STAMP) client-packages
 	$(PY) clients/cpp/build.py --arch $(ARCH)
 
-parity-client: client
-	$(PY) -m converters parity $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT)) --client $(ARCH)
+parity-client: $(CONVERT_STAMP) client
+	$(PY) -m converters parity $(BUNDLE_ARGS) --client $(ARCH)
 
 # tpu-mlir (the BM1684X compiler and simulators) needs Python 3.10 and pins of its own: a venv outside the
 # clone, keyed by version (converters/export/sophgo_env.py says what the recipe fixes).
-sophgo-env: $(STAMP)
+sophgo-env: $(CORE_STAMP)
 	$(PY) -m converters.export.sophgo_env
 
-# The browser test drives Debian's Chromium through Selenium: installed on first use, from Debian's packages.
-CHROMEDRIVER := /usr/bin/chromedriver
-$(CHROMEDRIVER):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
-
-# The tests build the x86 client themselves (tests/clients): they need its packages.
-test: $(STAMP) $(CHROMEDRIVER) client-packages sophgo-env
+# The tests build the x86 client themselves (tests/clients) and drive Chromium: system-deps installs both.
+test: $(TEST_STAMP) system-deps sophgo-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP) $(CHROMEDRIVER) client-packages sophgo-env
+test-fast: $(TEST_STAMP) system-deps sophgo-env
 	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
 
-test-sophgo: $(STAMP) sophgo-env
-	$(PY) -m pytest tests/app/runtimes/test_bm1684x.py tests/export/stages/test_bm1684x.py $(PYTEST_ARGS)
+# The markers (pyproject.toml) say what a test needs; pytest ends by naming the marked tests it left out.
+test-core: $(TEST_STAMP)
+	$(PY) -m pytest -m "not sophgo and not client and not browser" $(PYTEST_ARGS)
+
+test-sophgo: $(TEST_STAMP) sophgo-env
+	$(PY) -m pytest -m sophgo $(PYTEST_ARGS)
+
+test-client: $(TEST_STAMP) client-packages
+	$(PY) -m pytest -m client $(PYTEST_ARGS)
+
+test-browser: $(TEST_STAMP) browser-packages
+	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
 clean:
 	rm -rf artifacts

@@ -9,27 +9,30 @@ only with `--debug`.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import traceback
 import warnings
+from importlib import metadata
 
 import click
 
 from converters.console import say
 from converters.errors import Interrupted, UserError
 
-# name → "module:attribute" of its click command.
+# name → ("module:attribute" of its click command, the extra it needs beyond the core install or None).
 COMMANDS = {
-    "models": "converters.export.commands:models_command",
-    "convert": "converters.export.commands:convert_command",
-    "sensitivity": "converters.export.commands:sensitivity_command",
-    "levers": "converters.export.commands:levers_command",
-    "parity": "converters.export.commands:parity_command",
-    "bench": "converters.bench.command:bench_command",
-    "index": "converters.search.commands:index_command",
-    "search": "converters.search.commands:search_command",
-    "serve": "converters.search.commands:serve_command",
+    "models": ("converters.export.commands:models_command", "convert"),
+    "convert": ("converters.export.commands:convert_command", "convert"),
+    "sensitivity": ("converters.export.commands:sensitivity_command", "convert"),
+    "levers": ("converters.export.commands:levers_command", "convert"),
+    "parity": ("converters.export.commands:parity_command", "convert"),
+    "bench": ("converters.bench.command:bench_command", "convert"),
+    "index": ("converters.search.commands:index_command", None),
+    "search": ("converters.search.commands:search_command", None),
+    "serve": ("converters.search.commands:serve_command", None),
 }
+DISTRIBUTION = "cnclip-converters"
 
 
 class LazyGroup(click.Group):
@@ -39,8 +42,48 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module, attribute = COMMANDS[name].split(":")
+        target, extra = COMMANDS[name]
+        missing = missing_requirements(extra)
+        if missing:
+            return _needs_extra(name, extra, missing)
+        module, attribute = target.split(":")
         return getattr(importlib.import_module(module), attribute)
+
+
+def missing_requirements(extra: str | None) -> list[str]:
+    """The distributions of an extra that are not installed, read from the package's own metadata
+    (none where there is no metadata to read, as when run from a source tree never installed)."""
+    if extra is None:
+        return []
+    try:
+        requirements = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return []
+    wanted = [re.match(r"[\w.-]+", r).group() for r in requirements if re.search(rf"extra\s*==\s*['\"]{extra}['\"]", r)]
+    return [name for name in wanted if not _installed(name)]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _needs_extra(name: str, extra: str, missing: list[str]) -> click.Command:
+    """A stand-in for a command whose extra is missing: listed in --help, and refusing with the install line when run
+    (rather than a ModuleNotFoundError traceback from deep inside the converter)."""
+    message = (f"{name} needs the [{extra}] extra: pip install '{DISTRIBUTION}[{extra}]' "
+               f"(not installed: {', '.join(missing)}).")
+
+    def refuse() -> None:
+        raise UserError(message)
+
+    return click.Command(
+        name, callback=refuse, help=message, short_help=f"(needs the [{extra}] extra)", add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

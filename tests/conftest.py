@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny bundles converted once per test session, with random weights."""
+"""Shared fixtures: tiny bundles converted once per test session, with random weights; and what a run left out."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,13 @@ def tiny_bundle(request, tmp_path_factory) -> Path:
     report = convert_random(request.param, out).parity
     assert report.passed, render_markdown(report)
     return out
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """Name what `-m` left out and how to run it (`make test-core`), from the markers' own lines in pyproject.toml
+    (those naming the targets that run them; plugins register markers of their own)."""
+    described = {name: text for name, text in (line.split(":", 1) for line in config.getini("markers")) if "run by make" in text}
+    left_out = Counter(name for item in terminalreporter.stats.get("deselected", [])
+                       for name in {mark.name for mark in item.iter_markers()} if name in described)
+    for name, count in sorted(left_out.items()):
+        terminalreporter.write_line(f"left out {count} test{'s' * (count != 1)} marked {name}: {described[name].strip()}")

@@ -39,6 +39,7 @@ from converters.export.bundle_parity import run_parity
 from converters.validate.parity import parity_set_for, reference_embeddings
 from tests.app.test_tokenizer import EDGE_CASES
 
+pytestmark = pytest.mark.client
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "cpp"
 ARCH = platform.machine()
 

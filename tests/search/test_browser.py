@@ -26,6 +26,7 @@ from converters.cli import cli
 from converters.data import PARITY_SET_DIR
 from converters.search.serve import Library, create_app
 
+pytestmark = pytest.mark.browser
 PHOTOS = PARITY_SET_DIR / "images"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # Chromium's own calls home are refused by this network; these flags keep it from making them.

@@ -23,6 +23,7 @@ def test_a_half_built_tool_environment_is_not_used(tmp_path, monkeypatch):
         tool_python()
 
 
+@pytest.mark.sophgo
 def test_the_worker_reports_a_failed_request_and_answers_the_next():
     worker = ToolWorker(threads=1)
     try:
@@ -35,6 +36,7 @@ def test_the_worker_reports_a_failed_request_and_answers_the_next():
         worker.close()
 
 
+@pytest.mark.sophgo
 def test_a_worker_that_dies_is_an_error_with_its_last_words_and_is_never_asked_again():
     worker = ToolWorker(threads=1)
     # bmruntime aborts the process on a file it cannot open.

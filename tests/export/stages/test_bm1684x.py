@@ -28,6 +28,7 @@ from converters.validate.report import render_markdown
 from tests.conftest import TINY_MODELS, convert_random
 from tests.search.test_commands import invoke
 
+pytestmark = pytest.mark.sophgo
 BM_STAGES = ("bm1684x-f16", "bm1684x-int8")
 STAGES = ("onnx-fp32", "onnx-sim", *BM_STAGES)
 
