@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.app.runtimes.bm1684x import ToolWorker
-from converters.app.runtimes.bm1684x.env import TPU_MLIR_VERSION, tool_env, tool_python
+from converters.app.runtimes.bm1684x.env import TPU_MLIR, TPU_MLIR_VERSION
 from converters.errors import ConversionError
 
 CHIP = "bm1684x"
@@ -36,8 +36,8 @@ def run_tool(tool: str, arguments: list[str], cwd: Path, what: str, advice: str 
     stage and batch size, for the message and the log's name)."""
     # A session of its own: tpu-mlir's tools run the compiler through a shell, and an interrupted run must stop
     # all of it, not leave tpuc-opt computing on the two cores.
-    process = subprocess.Popen([str(tool_python().parent / tool), *arguments], cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True)
+    process = subprocess.Popen([str(TPU_MLIR.python().parent / tool), *arguments], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=TPU_MLIR.process_env(), start_new_session=True)
     try:
         output = process.communicate()[0].decode(errors="replace")
     except BaseException:

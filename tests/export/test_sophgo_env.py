@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from converters.errors import UserError
-from converters.export.sophgo_env import create, find_python310
+from converters.export.sophgo_env import create_sophgo_env as create, find_python310
 
 
 def test_no_python_310_is_named_with_what_to_install(tmp_path, monkeypatch):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from converters.app.runtimes.bm1684x import ToolWorker
-from converters.app.runtimes.bm1684x.env import tool_python
+from converters.app.runtimes.bm1684x.env import TPU_MLIR
 from converters.errors import ArtifactError, UserError
 
 
 def test_a_missing_tool_environment_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=r"make sophgo-env.*CNCLIP_TPU_MLIR_ENV"):
-        tool_python()
+        TPU_MLIR.python()
 
 
 def test_a_half_built_tool_environment_is_not_used(tmp_path, monkeypatch):
@@ -20,7 +20,7 @@ def test_a_half_built_tool_environment_is_not_used(tmp_path, monkeypatch):
     (tmp_path / "bin" / "python").write_text("")
     monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path))
     with pytest.raises(UserError, match="not installed"):
-        tool_python()
+        TPU_MLIR.python()
 
 
 @pytest.mark.sophgo
@@ -49,4 +49,4 @@ def test_a_worker_that_dies_is_an_error_with_its_last_words_and_is_never_asked_a
 def test_an_environment_path_with_a_space_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CNCLIP_TPU_MLIR_ENV", str(tmp_path / "my envs" / "tpu"))
     with pytest.raises(UserError, match="spaces"):
-        tool_python()
+        TPU_MLIR.python()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.app.artifact import Artifact
-from converters.app.runtimes.bm1684x.env import REBUILD_HINT, tool_env, tool_python
+from converters.app.runtimes.bm1684x.env import TPU_MLIR
 from converters.errors import ArtifactError, UserError
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -40,15 +40,15 @@ class ToolWorker:
 
     def __init__(self, threads: int = 0):
         env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-        python = tool_python()
+        python = TPU_MLIR.python()
         # tpu-mlir's chatter goes to a file: a pipe nobody reads would fill and stall the worker.
         self.log = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=self.log, env={**tool_env(), **env})
+                                            stderr=self.log, env={**TPU_MLIR.process_env(), **env})
         except OSError as error:
             raise UserError(f"Cannot start the tpu-mlir environment's Python {python} ({error}). "
-                            f"{REBUILD_HINT.format(root=python.parent.parent)}") from None
+                            f"{TPU_MLIR.rebuild_hint()}") from None
         self._stop = weakref.finalize(self, _stop, self.process)
 
     def ask(self, request: dict, **arrays: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
@@ -70,7 +70,7 @@ class ToolWorker:
                 raise
             raise ArtifactError(
                 f"The tpu-mlir worker stopped while {_describe(request)}. Its last output:\n{self._output_tail()}\n"
-                f"If tpu-mlir itself fails to start, {REBUILD_HINT.format(root=tool_python().parent.parent)}"
+                f"If tpu-mlir itself fails to start, {TPU_MLIR.rebuild_hint()}"
             ) from None
         response = json.loads(str(answer.pop("response")))
         if "error" in response:
