@@ -1,4 +1,8 @@
-"""onnxruntime (CPU) runner for the ONNX towers."""
+"""onnxruntime (CPU) runner for the ONNX towers.
+
+An artifact's `runtime_options` are onnxruntime session config entries, on or off; the ONNX stages record
+`RUNTIME_OPTIONS`, so an app sets what parity measured with.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,33 @@ from converters.app.artifact import Artifact
 from converters.errors import ArtifactError
 
 
-def session(model: str | bytes, threads: int = 0) -> ort.InferenceSession:
+# Denormal floats flushed to zero: heavy-tailed (trained-like) weights make them, and each costs a slow
+# microcode path on x86 (the stress ViT-B-16 onnx-int8 image tower went from 141 to 96 ms with it when the work
+# was planned); they are below 1.2e-38, so no embedding moves (parity checks). onnxruntime sets the flags on its
+# own threads, and on the calling thread when the process's first session asks for them: the rest of that
+# thread's arithmetic (numpy's too) then flushes as well (tests/app/runtimes/test_onnx_runtime.py).
+RUNTIME_OPTIONS = {"session.set_denormal_as_zero": True}
+KNOWN_OPTIONS = frozenset(RUNTIME_OPTIONS)
+
+
+def session(model: str | bytes, threads: int = 0, runtime_options: dict[str, bool] = RUNTIME_OPTIONS) -> ort.InferenceSession:
     """A CPU session for a model file (or serialized model); `threads=0` lets onnxruntime use every core."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise to a user
+    for key, on in runtime_options.items():
+        options.add_session_config_entry(key, "1" if on else "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxTower:
     def __init__(self, artifact: Artifact, threads: int = 0):
+        unknown = [key for key, value in artifact.runtime_options.items() if key not in KNOWN_OPTIONS or not isinstance(value, bool)]
+        if unknown:
+            raise ArtifactError(f"{artifact.key}: this runner knows no onnxruntime option {unknown} "
+                                f"(it knows {sorted(KNOWN_OPTIONS)}, on or off); convert again.")
         try:
-            self.session = session(str(artifact.model_file), threads)
+            self.session = session(str(artifact.model_file), threads, artifact.runtime_options)
         except Exception as error:  # onnxruntime reports a bad file as InvalidProtobuf, Fail, …
             raise ArtifactError(f"onnxruntime cannot load {artifact.model_file}: {error}") from None
         graph_inputs = [i.name for i in self.session.get_inputs()]

@@ -18,6 +18,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS
 from converters.errors import ConversionError
 from converters.export import onnx_io
 from converters.app.specs import stage_spec
@@ -44,7 +45,7 @@ def run(parent: Artifact, options: Fp16Options, context: StageContext) -> Artifa
     except Exception as exc:  # the converter raises whatever its graph walk hits
         raise ConversionError(f"float16 conversion of {parent.model_file} failed: {exc}") from None
     (path,) = BundleLayout(context.workdir).model_files(parent.tower, "onnx-fp16")
-    return Artifact(parent.tower, "onnx-fp16", "fp16", tuple(onnx_io.save(converted, path)), parent.spec,
+    return Artifact(parent.tower, "onnx-fp16", "fp16", tuple(onnx_io.save(converted, path)), parent.spec, dict(RUNTIME_OPTIONS),
                     execution_providers=EXECUTION_PROVIDERS)
 
 

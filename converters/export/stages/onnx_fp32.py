@@ -16,6 +16,7 @@ import onnx
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS
 from converters.export import onnx_io
 from converters.app.specs import stage_spec
 from converters.export.context import StageContext
@@ -58,7 +59,7 @@ def run(parent: ModelTower, options: OnnxOptions, context: StageContext) -> Arti
     # Large exports scatter one file per tensor; loading and re-saving gathers them into one.
     model = onnx.load(str(exported))
     (path,) = BundleLayout(context.workdir).model_files(spec.tower, "onnx-fp32")
-    return Artifact(spec.tower, "onnx-fp32", "fp32", tuple(onnx_io.save(model, path)), spec.graph)
+    return Artifact(spec.tower, "onnx-fp32", "fp32", tuple(onnx_io.save(model, path)), spec.graph, dict(RUNTIME_OPTIONS))
 
 
 STAGES = (Stage(stage_spec("onnx-fp32"), OnnxOptions, run),)

@@ -22,6 +22,7 @@ import onnx.version_converter
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS
 from converters.errors import ConversionError
 from converters.export import onnx_io
 from converters.app.specs import stage_spec
@@ -85,7 +86,8 @@ def quantizer(parent: Artifact, options: Int4Options, context: StageContext) -> 
         if kept_layers and options.kept_as == "int8":
             result = _int8(result, sorted(kept_layers), folder)
         (path,) = BundleLayout(folder).model_files(parent.tower, "onnx-int4")
-        return Artifact(parent.tower, "onnx-int4", "int4", tuple(onnx_io.save(result, path)), parent.spec)
+        return Artifact(parent.tower, "onnx-int4", "int4", tuple(onnx_io.save(result, path)), parent.spec,
+                        dict(RUNTIME_OPTIONS))
 
     return Quantizer(layers, build, kept_as=options.kept_as)
 

@@ -21,6 +21,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS
 from converters.errors import ConversionError
 from converters.export import onnx_io
 from converters.app.specs import stage_spec
@@ -106,7 +107,7 @@ def quantized_artifact(parent: Artifact, folder: Path, quantize: Callable[[Path]
     files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
     for scratch in folder.glob("quantized.onnx*"):
         scratch.unlink()
-    return Artifact(parent.tower, "onnx-int8", "int8", files, parent.spec)
+    return Artifact(parent.tower, "onnx-int8", "int8", files, parent.spec, dict(RUNTIME_OPTIONS))
 
 
 class _QuantizerAdvice(logging.Filter):

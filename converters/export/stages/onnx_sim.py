@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS
 from converters.errors import ConversionError
 from converters.export import onnx_io
 from converters.app.specs import stage_spec
@@ -28,7 +29,7 @@ def run(parent: Artifact, options: SimplifyOptions, context: StageContext) -> Ar
     if not ok:
         raise ConversionError(f"onnx-simplifier could not validate its result for {parent.model_file}.")
     (path,) = BundleLayout(context.workdir).model_files(parent.tower, "onnx-sim")
-    return Artifact(parent.tower, "onnx-sim", "fp32", tuple(onnx_io.save(model, path)), parent.spec)
+    return Artifact(parent.tower, "onnx-sim", "fp32", tuple(onnx_io.save(model, path)), parent.spec, dict(RUNTIME_OPTIONS))
 
 
 STAGES = (Stage(stage_spec("onnx-sim"), SimplifyOptions, run),)
