@@ -101,6 +101,8 @@ STAGE_SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_SPECS)
 DEFAULT_STAGES: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.by_default)
 RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "ncnn", "bmruntime")
+# Runtimes of an accelerator that only a vendor's simulator runs on this machine: their speed here says nothing.
+SIMULATED_RUNTIMES: frozenset[Runtime] = frozenset({"bmruntime"})
 
 
 def stage_spec(stage: str) -> StageSpec:

@@ -54,6 +54,7 @@ def render_markdown(report: BenchReport) -> str:
     lines += _device_estimates(report)
     lines += _conversion(report)
     lines += _search(report)
+    lines += _query_paths(report)
     lines += _method(report)
     if report.notes:
         lines += ["## Notes", "", *(f"- {note}" for note in report.notes), ""]
@@ -177,19 +178,17 @@ def _kept(row: ArtifactFidelity) -> str:
 
 
 def _device_estimates(report: BenchReport) -> list[str]:
-    if not report.device_estimates:
-        return []
-    lines = table_section(
+    rows = []
+    for row in report.device_estimates:
+        per_sample = None if row.estimated_ms is None else row.estimated_ms / row.batch
+        rows.append(f"| {row.artifact} | {row.tower} | {row.batch} | {row.model_mb:.1f} | "
+                    f"{_num(row.estimated_ms, '.3g')} | {_num(per_sample, '.3g')} |")
+    return _section(
         "Sophgo BM1684X: the compiler's estimates",
         "tpu-mlir's own estimate of one inference of each bmodel on the chip (its compiler profile), **not a "
         "measurement**: no BM1684X was at hand, and the simulators that check these files run at simulator speed.",
-        ["artifact", "tower", "batch", "bmodel MiB", "estimated ms per batch", "per sample"],
-    )[1:]  # the section before ends with its blank line
-    for row in report.device_estimates:
-        per_sample = None if row.estimated_ms is None else row.estimated_ms / row.batch
-        lines.append(f"| {row.artifact} | {row.tower} | {row.batch} | {row.model_mb:.1f} | "
-                     f"{_num(row.estimated_ms, '.3g')} | {_num(per_sample, '.3g')} |")
-    return [*lines, ""]
+        ["artifact", "tower", "batch", "bmodel MiB", "estimated ms per batch", "per sample"], rows,
+    )
 
 
 def _conversion(report: BenchReport) -> list[str]:
@@ -233,6 +232,24 @@ def _search(report: BenchReport) -> list[str]:
                 f"{row.note or '—'} |"
             )
     return lines + [""]
+
+
+def _query_paths(report: BenchReport) -> list[str]:
+    return _section(
+        "A query end to end",
+        "What an app runs for one query, in one timing: tokenize (text) or decode and preprocess (image), embed "
+        "with the artifact's tower, search the top 10 as `search` does, over synthetic clustered vectors.",
+        ["artifact", "query", "photos", "backend", "median ms", "p90 ms"],
+        [f"| {path.artifact} | {path.query} | {path.photos:,} | {path.backend} | {path.timing.median_ms:.2f} | "
+         f"{path.timing.p90_ms:.2f} |" for path in report.query_paths],
+    )
+
+
+def _section(title: str, text: str, columns: list[str], rows: list[str]) -> list[str]:
+    """A section with a table of `rows`, or nothing when there are none."""
+    if not rows:
+        return []
+    return [*table_section(title, text, columns)[1:], *rows, ""]  # the section before ends with its blank line
 
 
 def _method(report: BenchReport) -> list[str]:

@@ -83,6 +83,17 @@ class TopkRow:
 
 
 @dataclass
+class QueryPath:
+    """One query as an app runs it, timed whole: tokenize or decode and preprocess, embed, search the top 10."""
+
+    artifact: str
+    query: str  # "text, 10 chars" or "image <file>"
+    photos: int  # the library's size
+    backend: str  # the search backend `search` chose for that size
+    timing: Timing
+
+
+@dataclass
 class Goal:
     name: str
     target: float
@@ -148,6 +159,7 @@ class BenchReport:
     conversion: ConversionRun
     indexing: list[IndexingRun]
     search: list[TopkRow]
+    query_paths: list[QueryPath]
     goals: list[Goal]
     notes: list[str] = field(default_factory=list)
     device_estimates: list[DeviceEstimate] = field(default_factory=list)

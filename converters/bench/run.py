@@ -10,13 +10,14 @@ from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
-from converters.app.specs import TOWERS, runtime_of
+from converters.app.specs import SIMULATED_RUNTIMES, TOWERS, runtime_of
 from converters.bench import goals
 from converters.bench.compare import BASELINE_STAGE, add_comparisons, fastest
 from converters.bench.conversion import bench_conversion
 from converters.bench.flops import best_peak, graph_gflop, measure_matmul_peak
 from converters.bench.machine import load_average, versions
 from converters.bench.markdown import render_markdown
+from converters.bench.query_path import bench_query_paths
 from converters.bench.processes import run_fresh, usable_cores
 from converters.bench.report import ArtifactFidelity, BenchReport, DeviceEstimate, Machine, TowerBench
 from converters.bench.search import bench_indexing, bench_topk
@@ -79,6 +80,8 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
         progress(f"search: indexing photos with {stage}")
         indexing.append(bench_indexing(layout.root, stage, scale.photo_copies, threads))
     search = bench_topk(bundle.embedding_dim, scale.search_sizes, scale.search_queries, threads, progress)
+    measured_here = [s for s in bundle.manifest.complete_stages() if runtime_of(s) not in SIMULATED_RUNTIMES]
+    query_paths = bench_query_paths(layout.root, measured_here, scale.search_sizes, scale.budget, threads, progress)
 
     progress("conversion: every stage, in a scratch folder")
     conversion = bench_conversion(request.config, bundle.manifest.checkpoint.source, threads)
@@ -98,8 +101,9 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
         conversion=conversion,
         indexing=indexing,
         search=search,
+        query_paths=query_paths,
         goals=goals.evaluate(
-            towers, image_input, query_label(goals.GOAL_QUERY_CHARS), tokenize.median_ms, passed, conversion
+            towers, image_input, query_label(goals.GOAL_QUERY_CHARS), tokenize.median_ms, passed, conversion, query_paths
         ),
         notes=_notes(machine, layout),
         device_estimates=device_estimates(bundle),
@@ -113,7 +117,7 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
 def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: Budget, progress: Progress) -> list[TowerBench]:
     towers = []
     # A simulator's speed says nothing about the chip's: bm1684x artifacts get the compiler's estimate instead.
-    for artifact in (PYTORCH, *(s for s in bundle.stages() if runtime_of(s) != "bmruntime")):
+    for artifact in (PYTORCH, *(s for s in bundle.stages() if runtime_of(s) not in SIMULATED_RUNTIMES)):
         for tower in TOWERS:
             progress(f"{artifact}: {tower} tower, {threads} threads")
             job = TowerJob(request.bundle, request.config, artifact, tower, threads, budget)

@@ -76,7 +76,7 @@ def measure_topk(
     source = VectorSource(vectors, n, dim, seed)
     probes = source.draw(queries, stream=-1)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="cnclip-scale-") as folder:
-        truth = _write_index(Path(folder), source, probes, k)
+        truth = write_index(Path(folder), source, probes, k)
         # A process of its own, so that memory counts what `search` would hold, not our leftovers.
         timed = run_fresh(time_searches, folder, backend, threads, k, probes.tolist(), threads=threads)
     recall = float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(timed["found"], truth)]))
@@ -136,7 +136,7 @@ class VectorSource:
             yield self.draw(min(CHUNK_ROWS, self.n - start), number)
 
 
-def _write_index(folder: Path, source: VectorSource, probes: np.ndarray, k: int) -> list[np.ndarray]:
+def write_index(folder: Path, source: VectorSource, probes: np.ndarray, k: int) -> list[np.ndarray]:
     """Write the index of `source`'s vectors; return each probe's exact float32 top-k rows."""
     database = IndexDatabase(folder, create_for=ArtifactStamp(source.kind, source.kind, "none", source.dim, ""))
     run = database.start_run(f"/{source.kind}")
