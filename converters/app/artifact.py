@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.app.fsutil import sha256_file
-from converters.app.specs import TensorSpec, Tower, TowerSpec, runtime_of
+from converters.app.specs import TensorSpec, Tower, TowerSpec, runtime_of, stage_spec
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,6 @@ class Artifact:
 
     tower: Tower
     stage: str
-    precision: str
     files: tuple[Path, ...]
     spec: TowerSpec
     # Settings the app must give the runtime to reproduce the parity numbers.
@@ -47,6 +46,10 @@ class Artifact:
     @property
     def runtime(self) -> str:
         return runtime_of(self.stage)
+
+    @property
+    def precision(self) -> str:
+        return stage_spec(self.stage).precision
 
     @property
     def model_file(self) -> Path:
@@ -96,7 +99,7 @@ class ArtifactEntry:
             tuple(TensorSpec.from_json(t) for t in data["outputs"]),
         )
         files = tuple(FileRecord(**f) for f in data["files"])
-        artifact = Artifact(data["tower"], data["stage"], data["precision"], tuple(root / f.path for f in files), spec,
+        artifact = Artifact(data["tower"], data["stage"], tuple(root / f.path for f in files), spec,
                             data["runtime_options"], data.get("mixed_precision"),
                             tuple(data.get("execution_providers", ())), data.get("bmodel"))
         return cls(artifact, files, data["inputs_digest"])

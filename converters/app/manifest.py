@@ -21,7 +21,7 @@ from converters import __version__
 from converters.app.artifact import Artifact, ArtifactEntry, FileRecord
 from converters.app.fsutil import atomic_write_text, sha256_file
 from converters.app.preprocess import Transform
-from converters.app.specs import STAGE_NAMES, TOWER_INPUT_ROLES, TOWERS, runtime_of
+from converters.app.specs import STAGE_NAMES, TOWER_INPUT_ROLES, TOWERS, stage_spec
 from converters.app.tokenizer import Tokenizer
 from converters.errors import ArtifactError
 
@@ -37,9 +37,10 @@ def schema() -> dict:
 def _inconsistency(data: dict) -> str | None:
     """What the schema cannot say: facts that must agree with each other, numbers that must be finite."""
     for key, entry in data["artifacts"].items():
-        if key != f"{entry['tower']}.{entry['stage']}" or entry["runtime"] != runtime_of(entry["stage"]):
-            return (f"at artifacts/{key}: tower {entry['tower']!r}, stage {entry['stage']!r} and runtime "
-                    f"{entry['runtime']!r} do not belong together")
+        spec = stage_spec(entry["stage"])
+        if key != f"{entry['tower']}.{entry['stage']}" or (entry["runtime"], entry["precision"]) != (spec.runtime, spec.precision):
+            return (f"at artifacts/{key}: tower {entry['tower']!r}, stage {entry['stage']!r}, runtime "
+                    f"{entry['runtime']!r} and precision {entry['precision']!r} do not belong together")
         roles = {tensor["role"] for tensor in entry["inputs"]}
         if TOWER_INPUT_ROLES[entry["tower"]] not in roles or [t["role"] for t in entry["outputs"]] != ["embedding"]:
             return f"at artifacts/{key}: the inputs {sorted(roles)} and outputs are not those of a {entry['tower']} tower"

@@ -74,7 +74,6 @@ class StageSpec:
     parent: str | None  # the stage whose artifact it is made from; None: the PyTorch model
     by_default: bool  # built by `convert` unless --stages says otherwise; else asked for by name
     tolerance: ToleranceFamily  # which of parity's default tolerances it is held to
-    made_by: str  # the converter, in a few words (docs and --help)
 
     @property
     def config_key(self) -> str:
@@ -84,18 +83,18 @@ class StageSpec:
 
 # The one stage table, in pipeline order (a parent before its children).
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("onnx-fp32", "onnxruntime", "fp32", "fp32", None, True, "fp32", "torch.onnx export"),
-    StageSpec("onnx-sim", "onnxruntime", "fp32", "sim", "onnx-fp32", True, "fp32", "onnx-simplifier"),
-    StageSpec("onnx-fp16", "onnxruntime", "fp16", "fp16", "onnx-sim", True, "fp16", "onnxruntime's float16 converter"),
-    StageSpec("onnx-int8", "onnxruntime", "int8", "int8", "onnx-sim", True, "int8", "onnxruntime dynamic quantization"),
+    StageSpec("onnx-fp32", "onnxruntime", "fp32", "fp32", None, True, "fp32"),
+    StageSpec("onnx-sim", "onnxruntime", "fp32", "sim", "onnx-fp32", True, "fp32"),
+    StageSpec("onnx-fp16", "onnxruntime", "fp16", "fp16", "onnx-sim", True, "fp16"),
+    StageSpec("onnx-int8", "onnxruntime", "int8", "int8", "onnx-sim", True, "int8"),
     # Asked for by name: its fallback's sensitivity pass is most of a full-size conversion's time.
-    StageSpec("onnx-int4", "onnxruntime", "int4", "int4", "onnx-sim", False, "int8", "onnxruntime 4-bit weights (MatMulNBits)"),
-    StageSpec("ncnn-fp32", "ncnn", "fp32", "fp32", None, True, "fp32", "pnnx, export-only rewrites"),
-    StageSpec("ncnn-fp16", "ncnn", "fp16", "fp16", None, True, "fp16", "pnnx, fp16 weights"),
-    StageSpec("ncnn-int8", "ncnn", "int8", "int8", "ncnn-fp32", True, "int8", "ncnn's int8 quantization"),
+    StageSpec("onnx-int4", "onnxruntime", "int4", "int4", "onnx-sim", False, "int8"),
+    StageSpec("ncnn-fp32", "ncnn", "fp32", "fp32", None, True, "fp32"),
+    StageSpec("ncnn-fp16", "ncnn", "fp16", "fp16", None, True, "fp16"),
+    StageSpec("ncnn-int8", "ncnn", "int8", "int8", "ncnn-fp32", True, "int8"),
     # Asked for by name: they need tpu-mlir's own environment (`make sophgo-env`, about 6.4 GB).
-    StageSpec("bm1684x-f16", "bmruntime", "fp16", "bm1684x.f16", "onnx-sim", False, "fp16", "tpu-mlir, F16 bmodels"),
-    StageSpec("bm1684x-int8", "bmruntime", "int8", "bm1684x.int8", "onnx-sim", False, "int8", "tpu-mlir, INT8 + F16 op types"),
+    StageSpec("bm1684x-f16", "bmruntime", "fp16", "bm1684x.f16", "onnx-sim", False, "fp16"),
+    StageSpec("bm1684x-int8", "bmruntime", "int8", "bm1684x.int8", "onnx-sim", False, "int8"),
 )
 STAGE_SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_SPECS)

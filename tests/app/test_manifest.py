@@ -104,8 +104,10 @@ def test_a_symlink_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
 
 def mutations():
     """A path into a manifest (keys and list indexes, chosen by position) and a value to put there."""
+    # No subnormal floats: onnxruntime sessions made earlier in this process turned on flush-to-zero on this
+    # thread (converters.app.runtimes.onnx_runtime.RUNTIME_OPTIONS), and hypothesis refuses to draw them then.
     values = st.one_of(
-        st.none(), st.booleans(), st.integers(-2, 2**40), st.floats(allow_nan=True), st.text(max_size=20),
+        st.none(), st.booleans(), st.integers(-2, 2**40), st.floats(allow_nan=True, allow_subnormal=False), st.text(max_size=20),
         st.just("../../etc/passwd"), st.just("/tmp/x.onnx"), st.lists(st.integers(), max_size=3), st.just({}),
     )
     return st.tuples(st.lists(st.integers(0, 50), min_size=1, max_size=5), values)

@@ -42,8 +42,6 @@ from converters.export.context import StageContext
 from converters.export.mixed_precision import FloatFallback, Quantizer, build_with_fallback
 from converters.export.stages import Stage, StageOptions
 
-# tpu-mlir's quantization modes → the precision names every stage uses.
-PRECISIONS = {"F16": "fp16", "INT8": "int8"}
 # bmruntime's names for tensor dtypes → the manifest's.
 DTYPES = {"f32": "float32", "f16": "float16", "i32": "int32", "si32": "int32", "i8": "int8", "u8": "uint8"}
 
@@ -143,7 +141,7 @@ class _Compiler:
                          "estimated_ms": tpu_mlir.estimated_ms(self.top_mlir(batch).parent)})
         lowered, weights = self._lowered(f16_types, layout)
         description = self._describe(bmodels[0], lowered.name, nets)
-        return Artifact(self.tower, self.stage, PRECISIONS[self.quantize], (*bmodels, lowered, weights),
+        return Artifact(self.tower, self.stage, (*bmodels, lowered, weights),
                         self._spec(description), bmodel=description)
 
     def lowered_trial(self, f16_types: frozenset[str], folder: Path) -> Artifact:
@@ -154,7 +152,7 @@ class _Compiler:
         dtype = "int32" if self.tower == "text" else onnx_input.dtype
         spec = TowerSpec(self.tower, (TensorSpec(onnx_input.name, dtype, ("batch", *self.sample_shape), onnx_input.role),),
                          self.parent.spec.outputs)
-        return Artifact(self.tower, self.stage, PRECISIONS[self.quantize], (lowered, weights), spec,
+        return Artifact(self.tower, self.stage, (lowered, weights), spec,
                         bmodel={"lowered_graph": lowered.name, "nets": []})
 
     def _lowered(self, f16_types: frozenset[str], layout: BundleLayout) -> tuple[Path, Path]:

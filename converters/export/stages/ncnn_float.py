@@ -50,8 +50,7 @@ def run(parent: ModelTower, options: NcnnOptions, context: StageContext, *, stag
         fp16,
         dynamic_example=spec.example_inputs(DYNAMIC_PROBE_LENGTH) if spec.has_dynamic_sequence else None,
     )
-    precision = "fp16" if fp16 else "fp32"
-    return Artifact(parent.tower, stage, precision, (param, binary), spec.graph, FP16_OPTIONS if fp16 else FP32_OPTIONS)
+    return Artifact(parent.tower, stage, (param, binary), spec.graph, FP16_OPTIONS if fp16 else FP32_OPTIONS)
 
 
 STAGES = tuple(Stage(stage_spec(name), NcnnOptions, partial(run, stage=name)) for name in ("ncnn-fp32", "ncnn-fp16"))

@@ -86,7 +86,7 @@ def quantizer(parent: Artifact, options: NcnnInt8Options, context: StageContext)
         quantize(variant, table, float_layers)
         param, binary = BundleLayout(folder).model_files(parent.tower, "ncnn-int8")
         write_model(variant, param, binary)
-        return Artifact(parent.tower, "ncnn-int8", "int8", (param, binary), parent.spec, dict(RUNTIME_OPTIONS))
+        return Artifact(parent.tower, "ncnn-int8", (param, binary), parent.spec, dict(RUNTIME_OPTIONS))
 
     return Quantizer(quantizable_layers(model, table), build, fitted=options.samples)
 

@@ -45,7 +45,7 @@ def run(parent: Artifact, options: Fp16Options, context: StageContext) -> Artifa
     except Exception as exc:  # the converter raises whatever its graph walk hits
         raise ConversionError(f"float16 conversion of {parent.model_file} failed: {exc}") from None
     (path,) = BundleLayout(context.workdir).model_files(parent.tower, "onnx-fp16")
-    return Artifact(parent.tower, "onnx-fp16", "fp16", tuple(onnx_io.save(converted, path)), parent.spec, dict(RUNTIME_OPTIONS),
+    return Artifact(parent.tower, "onnx-fp16", tuple(onnx_io.save(converted, path)), parent.spec, dict(RUNTIME_OPTIONS),
                     execution_providers=EXECUTION_PROVIDERS)
 
 

@@ -59,7 +59,7 @@ def run(parent: ModelTower, options: OnnxOptions, context: StageContext) -> Arti
     # Large exports scatter one file per tensor; loading and re-saving gathers them into one.
     model = onnx.load(str(exported))
     (path,) = BundleLayout(context.workdir).model_files(spec.tower, "onnx-fp32")
-    return Artifact(spec.tower, "onnx-fp32", "fp32", tuple(onnx_io.save(model, path)), spec.graph, dict(RUNTIME_OPTIONS))
+    return Artifact(spec.tower, "onnx-fp32", tuple(onnx_io.save(model, path)), spec.graph, dict(RUNTIME_OPTIONS))
 
 
 STAGES = (Stage(stage_spec("onnx-fp32"), OnnxOptions, run),)

@@ -86,7 +86,7 @@ def quantizer(parent: Artifact, options: Int4Options, context: StageContext) -> 
         if kept_layers and options.kept_as == "int8":
             result = _int8(result, sorted(kept_layers), folder)
         (path,) = BundleLayout(folder).model_files(parent.tower, "onnx-int4")
-        return Artifact(parent.tower, "onnx-int4", "int4", tuple(onnx_io.save(result, path)), parent.spec,
+        return Artifact(parent.tower, "onnx-int4", tuple(onnx_io.save(result, path)), parent.spec,
                         dict(RUNTIME_OPTIONS))
 
     return Quantizer(layers, build, kept_as=options.kept_as)

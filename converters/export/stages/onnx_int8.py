@@ -107,7 +107,7 @@ def quantized_artifact(parent: Artifact, folder: Path, quantize: Callable[[Path]
     files = tuple(onnx_io.save(onnx.load(str(quantized)), path))
     for scratch in folder.glob("quantized.onnx*"):
         scratch.unlink()
-    return Artifact(parent.tower, "onnx-int8", "int8", files, parent.spec, dict(RUNTIME_OPTIONS))
+    return Artifact(parent.tower, "onnx-int8", files, parent.spec, dict(RUNTIME_OPTIONS))
 
 
 class _QuantizerAdvice(logging.Filter):

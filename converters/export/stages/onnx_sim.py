@@ -29,7 +29,7 @@ def run(parent: Artifact, options: SimplifyOptions, context: StageContext) -> Ar
     if not ok:
         raise ConversionError(f"onnx-simplifier could not validate its result for {parent.model_file}.")
     (path,) = BundleLayout(context.workdir).model_files(parent.tower, "onnx-sim")
-    return Artifact(parent.tower, "onnx-sim", "fp32", tuple(onnx_io.save(model, path)), parent.spec, dict(RUNTIME_OPTIONS))
+    return Artifact(parent.tower, "onnx-sim", tuple(onnx_io.save(model, path)), parent.spec, dict(RUNTIME_OPTIONS))
 
 
 STAGES = (Stage(stage_spec("onnx-sim"), SimplifyOptions, run),)

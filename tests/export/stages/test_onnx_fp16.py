@@ -52,7 +52,7 @@ def test_weights_beyond_fp16_range_fail_parity(tiny_bundle, tmp_path):
     weights[name].CopyFrom(numpy_helper.from_array(values, name))
     scaled = tmp_path / "text.sim.onnx"
     onnx.save(model, scaled)
-    scaled_parent = Artifact("text", "onnx-sim", "fp32", (scaled,), parent.spec)
+    scaled_parent = Artifact("text", "onnx-sim", (scaled,), parent.spec)
     converted = onnx_fp16.run(scaled_parent, Fp16Options(), StageContext(Manifest.load(layout.manifest), tmp_path))
     ids = np.array([[101, 3862, 6804, 4638, 102], [101, 4344, 102, 0, 0]])
     reference = OnnxTower(scaled_parent).embed(ids)
