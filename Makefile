@@ -140,10 +140,15 @@ define apt_install
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
 endef
 
-system-deps: client-packages browser-packages
+CHECK_ARCH = $(if $(CLIENT_PACKAGES_$(ARCH)),,$(error ARCH=$(ARCH): the client builds for x86_64 or aarch64))
+
+# One apt-get for both lists: two at once would wait on each other's lock (.ci/run makes the set-ups side by side).
+system-deps:
+	$(CHECK_ARCH)
+	$(call apt_install,$(CLIENT_PACKAGES_$(ARCH)) $(BROWSER_PACKAGES))
 
 client-packages:
-	$(if $(CLIENT_PACKAGES_$(ARCH)),,$(error ARCH=$(ARCH): the client builds for x86_64 or aarch64))
+	$(CHECK_ARCH)
 	$(call apt_install,$(CLIENT_PACKAGES_$(ARCH)))
 
 browser-packages:
