@@ -22,12 +22,13 @@ RUNTIME_OPTIONS = {"session.set_denormal_as_zero": True}
 KNOWN_OPTIONS = frozenset(RUNTIME_OPTIONS)
 
 
-def session(model: str | bytes, threads: int = 0, runtime_options: dict[str, bool] = RUNTIME_OPTIONS) -> ort.InferenceSession:
-    """A CPU session for a model file (or serialized model); `threads=0` lets onnxruntime use every core."""
+def session(model: str | bytes, threads: int = 0, runtime_options: dict[str, bool] | None = None) -> ort.InferenceSession:
+    """A CPU session for a model file (or serialized model) with an artifact's `runtime_options` (none: onnxruntime's
+    defaults); `threads=0` lets onnxruntime use every core."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise to a user
-    for key, on in runtime_options.items():
+    for key, on in (runtime_options or {}).items():
         options.add_session_config_entry(key, "1" if on else "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 

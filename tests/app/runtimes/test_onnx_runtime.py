@@ -56,7 +56,7 @@ def test_the_option_makes_onnxruntime_compute_with_denormals_flushed(threads):
         name: float(subprocess.run(
             [sys.executable, "-c", code.format(here=here, denormal=DENORMAL, threads=threads, options=options)],
             capture_output=True, text=True, check=True).stdout)
-        for name, options in (("on", RUNTIME_OPTIONS), ("off", {}))
+        for name, options in (("on", RUNTIME_OPTIONS), ("off", None))
     }
     assert flushed == {"on": 1.0, "off": 0.0}
 
