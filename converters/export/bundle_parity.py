@@ -22,7 +22,7 @@ def parity_checker(config: ModelConfig, manifest: Manifest, model: Callable[[], 
     parity_set = parity_set_for(manifest)
 
     def compute(parity_set) -> Embeddings:
-        return model().reference(parity_set, config.context_length)
+        return model().reference(parity_set, manifest.tokenizer["context_length"])
 
     reference = reference_embeddings(manifest, parity_set, compute, progress)
     return ParityChecker(config.parity_settings(), manifest, parity_set, reference, progress)

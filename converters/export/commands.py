@@ -16,8 +16,6 @@ from converters.validate.client import ARCHES
 
 DEFAULT_CACHE = Path(os.environ.get("CNCLIP_CACHE", Path.home() / ".cache" / "clip"))
 BUNDLE_HELP = "Bundle directory (default: artifacts/MODEL below the working directory)"
-# The stages `sensitivity` and `levers` study: those a float fallback chooses layers for.
-QUANTIZED_STAGES = ("onnx-int8", "onnx-int4", "ncnn-int8")
 
 
 @click.command("models")
@@ -100,7 +98,7 @@ def parity_command(model: str | None, bundle: Path | None, arches: tuple[str, ..
 @click.command("sensitivity")
 @optional_model_argument
 @bundle_option(BUNDLE_HELP)
-@click.option("--stage", type=click.Choice(QUANTIZED_STAGES), required=True, help="The quantized stage to measure.")
+@click.option("--stage", required=True, help="The quantized stage to measure, e.g. onnx-int8 (any stage with a float fallback).")
 @click.option(
     "--samples", type=click.IntRange(1, 1000), default=None,
     help="Calibration samples per tower (default: the config's float_fallback.samples).",
@@ -131,10 +129,10 @@ def sensitivity_command(model: str | None, bundle: Path | None, stage: str, samp
 @optional_model_argument
 @bundle_option(BUNDLE_HELP)
 @click.option(
-    "--stages", "stages", default="onnx-int8,ncnn-int8,onnx-int4", show_default=True,
-    help="The quantized stages whose settings to compare (comma-separated: onnx-int8, ncnn-int8, onnx-int4).",
+    "--stages", "stages", default=None,
+    help="The quantized stages whose settings to compare, comma-separated (default: every stage that has levers).",
 )
-def levers_command(model: str | None, bundle: Path | None, stages: str) -> None:
+def levers_command(model: str | None, bundle: Path | None, stages: str | None) -> None:
     """Measure what each quantization setting does to the bundle's all-quantized towers.
 
     For onnx-int8: per-tensor weights, 8-bit weights, static QDQ, activation
@@ -148,8 +146,8 @@ def levers_command(model: str | None, bundle: Path | None, stages: str) -> None:
     from converters.app.layout import BundleLayout
     from converters.export.levers import LEVERS, measure_levers, render_table
 
-    known = sorted({lever.stage for lever in LEVERS})
-    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    known = list(dict.fromkeys(lever.stage for lever in LEVERS))
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else tuple(known)
     if not chosen or set(chosen) - set(known):
         raise click.BadParameter(f"choose among {', '.join(known)}", param_hint="--stages")
     config, out = bundle_config(model, bundle)

@@ -113,7 +113,7 @@ class _Conversion:
     def exported_model(self):
         """What the export stages read: the checkpoint's model, smoothed when the config asks (parity's reference
         stays the checkpoint's own, so the fp32 stages check that smoothing changed nothing)."""
-        return smoothing.smooth(self.loaded().model, self.config)
+        return smoothing.smooth(self.loaded().model, self.config, self.manifest.image_transform())
 
     def _checker(self) -> ParityChecker:
         return parity_checker(self.config, self.manifest, self.loaded, self.progress)

@@ -19,17 +19,16 @@ from converters.errors import UserError
 from converters.export.config import ModelConfig
 from converters.export.context import StageContext
 from converters.export.mixed_precision import LayerSensitivity, Probe, sensitivity
-from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
-
-# The quantized stages whose layers can be measured one by one, and their quantizers.
-QUANTIZERS = {"onnx-int8": onnx_int8.quantizer, "onnx-int4": onnx_int4.quantizer, "ncnn-int8": ncnn_int8.quantizer}
+from converters.export.stages import quantized_stages, registered
 
 
 def measure_sensitivity(
     config: ModelConfig, layout: BundleLayout, stage: str, samples: int | None = None
 ) -> dict[str, list[LayerSensitivity]]:
     """Per tower, every quantizable layer of `stage` quantized alone, most harmful first; written to sensitivity.json."""
-    quantizer = QUANTIZERS[stage]
+    if stage not in quantized_stages():
+        raise UserError(f"{stage} offers no layers to measure one by one; choose among {', '.join(quantized_stages())}.")
+    quantizer = registered()[stage].quantizer
     options = config.stage_options(stage)
     target = options.float_fallback.model_copy(update={"samples": samples or options.float_fallback.samples})
     with layout.exclusive():

@@ -38,15 +38,16 @@ SAMPLES = 16
 EPSILON = 1e-5
 
 
-def smooth(model: CLIP, config: ModelConfig) -> CLIP:
+def smooth(model: CLIP, config: ModelConfig, transform: Transform) -> CLIP:
     """A copy of `model` with its visual tower's activation outliers migrated into the weights (or `model` itself
-    when the config's smoothing is off or the tower has no site)."""
+    when the config's smoothing is off or the tower has no site); activations are measured on calibration photos
+    preprocessed by `transform`, the bundle's."""
     options, sites = config.smoothing, family(config, "visual").smoothing_sites
     if not options.enabled or not sites(model.visual):
         return model
     smoothed = copy.deepcopy(model).eval()
     chosen = sites(smoothed.visual)
-    ranges = _input_ranges(smoothed.visual, [site.consumer for site in chosen], config.image_resolution)
+    ranges = _input_ranges(smoothed.visual, [site.consumer for site in chosen], transform)
     with torch.no_grad():
         for site, activation in zip(chosen, ranges):
             weight = site.weight.abs().transpose(0, 1).flatten(1).amax(dim=1).clamp_min(EPSILON)
@@ -58,8 +59,8 @@ def smooth(model: CLIP, config: ModelConfig) -> CLIP:
     return smoothed
 
 
-def _input_ranges(visual: nn.Module, consumers: list[nn.Module], resolution: int) -> list[torch.Tensor]:
+def _input_ranges(visual: nn.Module, consumers: list[nn.Module], transform: Transform) -> list[torch.Tensor]:
     """Per input channel of each consumer, the largest absolute value it sees over the calibration samples."""
-    pixels = torch.from_numpy(calibration_pixels(SAMPLES, Transform(resolution)))
+    pixels = torch.from_numpy(calibration_pixels(SAMPLES, transform))
     ranges = dict(input_channel_peaks(lambda: visual(pixels), consumers))  # each consumer runs once per pass
     return [ranges[consumer] for consumer in consumers]

@@ -82,4 +82,4 @@ def test_smoothed_parents_of_other_weights_are_refused(plain_int8):
 def test_an_unknown_stage_is_a_usage_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "converters", "levers", "tiny-vit", "--out", str(tmp_path),
                              "--stages", "ncnn-fp16"], capture_output=True, text=True)
-    assert result.returncode == 2 and "choose among ncnn-int8, onnx-int4, onnx-int8" in result.stderr
+    assert result.returncode == 2 and "choose among onnx-int8, ncnn-int8, onnx-int4" in result.stderr

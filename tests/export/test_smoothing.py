@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from converters.app.preprocess import Transform
 from converters.export import smoothing
 from converters.export.checkpoint import random_model
 from converters.export.families import Site, family, resnet
@@ -33,7 +34,7 @@ def photos(config) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
 def test_smoothing_leaves_the_embedding_and_shrinks_the_largest_channels_at_its_sites(name):
     config, model = stressed(name)
-    smoothed = smoothing.smooth(model, smoothing_on(config))
+    smoothed = smoothing.smooth(model, smoothing_on(config), Transform(config.image_resolution))
     assert smoothed is not model  # a copy: the reference the artifacts are checked against stays the checkpoint's
     pixels = photos(config)
     with torch.no_grad():
@@ -49,8 +50,8 @@ def test_smoothing_leaves_the_embedding_and_shrinks_the_largest_channels_at_its_
 
 def test_the_text_tower_and_a_disabled_option_are_left_alone():
     config, model = stressed("tiny-vit")
-    assert smoothing.smooth(model, smoothing_on(config, Smoothing())) is model
-    smoothed = smoothing.smooth(model, smoothing_on(config))
+    assert smoothing.smooth(model, smoothing_on(config, Smoothing()), Transform(config.image_resolution)) is model
+    smoothed = smoothing.smooth(model, smoothing_on(config), Transform(config.image_resolution))
     for name, parameter in model.bert.named_parameters():
         assert torch.equal(parameter, dict(smoothed.bert.named_parameters())[name]), name
 

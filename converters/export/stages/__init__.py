@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType, ModuleType
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,6 +42,9 @@ class Stage:
     spec: StageSpec
     options: type[StageOptions]
     run: Callable[[object, StageOptions, StageContext], Artifact]
+    # A quantized stage's layers and how to quantize all but some of them (`mixed_precision.Quantizer`), given its
+    # parent, options and context: what `sensitivity` and `levers` measure. None: the stage offers none.
+    quantizer: Callable[[Artifact, StageOptions, StageContext], object] | None = None
 
     @property
     def name(self) -> str:
@@ -52,17 +56,29 @@ class Stage:
 
 
 @cache
-def registered() -> dict[str, Stage]:
+def registered() -> Mapping[str, Stage]:
     """Every stage of the table with the module that runs it, in the table's order."""
+    return _register(importlib.import_module(f"{__name__}.{module.name}") for module in pkgutil.iter_modules(__path__))
+
+
+def _register(modules: Iterable[ModuleType]) -> Mapping[str, Stage]:
     found: dict[str, Stage] = {}
-    for module in pkgutil.iter_modules(__path__):
-        for stage in importlib.import_module(f"{__name__}.{module.name}").STAGES:
+    for module in modules:
+        for stage in getattr(module, "STAGES", ()):
             if stage.name in found:
-                raise RuntimeError(f"stage {stage.name} is registered twice ({module.name})")
+                raise RuntimeError(f"Stage {stage.name} is registered twice (again in {module.__name__}): "
+                                   "each row of the stage table is run by one module.")
             found[stage.name] = stage
     missing = [spec.name for spec in STAGES if spec.name not in found]
     unknown = [name for name in found if name not in {spec.name for spec in STAGES}]
     if missing or unknown:
-        raise RuntimeError(f"the stage table and the stage modules disagree: no module runs {missing}, "
-                           f"no row for {unknown}")
-    return {spec.name: found[spec.name] for spec in STAGES}
+        raise RuntimeError(
+            f"The stage table (converters/app/specs.py) and the modules in converters/export/stages disagree: no "
+            f"module runs {missing}, no row for {unknown}. Add the row, or the module's STAGES entry, or rename one."
+        )
+    return MappingProxyType({spec.name: found[spec.name] for spec in STAGES})
+
+
+def quantized_stages() -> list[str]:
+    """The stages that offer a quantizer, in table order."""
+    return [name for name, stage in registered().items() if stage.quantizer]

@@ -101,4 +101,4 @@ def _check(param: Path, binary: Path) -> None:
         raise ConversionError(f"ncnn cannot load the int8 model {param.name} with {binary.name}.")
 
 
-STAGES = (Stage(stage_spec("ncnn-int8"), NcnnInt8Options, run),)
+STAGES = (Stage(stage_spec("ncnn-int8"), NcnnInt8Options, run, quantizer),)

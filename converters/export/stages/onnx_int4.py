@@ -123,4 +123,4 @@ def _quiet_quantizer():
         logger.setLevel(level)
 
 
-STAGES = (Stage(stage_spec("onnx-int4"), Int4Options, run),)
+STAGES = (Stage(stage_spec("onnx-int4"), Int4Options, run, quantizer),)

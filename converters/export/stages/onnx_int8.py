@@ -127,4 +127,4 @@ def without_quantizer_advice():
         logging.getLogger().removeFilter(advice)
 
 
-STAGES = (Stage(stage_spec("onnx-int8"), Int8Options, run),)
+STAGES = (Stage(stage_spec("onnx-int8"), Int8Options, run, quantizer),)
