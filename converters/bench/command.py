@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from converters.cli import say
+from converters.search.options import THREADS
 from converters.export.commands import (
     bundle_config,
     optional_model_argument,
@@ -22,7 +23,7 @@ from converters.export.commands import (
 @optional_model_argument
 @out_option
 @click.option("--quick", is_flag=True, help="Smoke run for CI: few repetitions, 10k vectors for search, no 100k or 1M.")
-@click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="Threads for every runtime (0: all usable cores).")
+@click.option("--threads", type=THREADS, default=0, show_default=True, help="Threads for every runtime (0: all usable cores).")
 def bench_command(model: str | None, out: Path | None, quick: bool, threads: int) -> None:
     """Benchmark every artifact of MODEL's bundle (or the bundle at --out), PyTorch fp32 included, in one run.
 

@@ -21,25 +21,11 @@ from converters.app.specs import STAGE_NAMES
 from converters.cli import say
 from converters.errors import Interrupted, UserError
 from converters.search.backends import APPROXIMATE_FROM, AUTO, BACKENDS, DEFAULT_BACKEND, HnswScan, backend_for
+from converters.search.options import artifacts_option, index_option, threads_option
 from converters.search.query import Searcher, TimeRange, image_query, text_query
 from converters.search.render import render_html, render_json, render_table
 from converters.search.store import load_index, read_artifact
-from converters.search.updater import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_INDEX_DIR,
-    IndexUpdater,
-    UpdateReport,
-)
-
-index_option = click.option(
-    "--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_DIR,
-    show_default=True, help="Index directory (env CNCLIP_INDEX).",
-)
-artifacts_option = click.option(
-    "--artifacts", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Bundle directory, e.g. artifacts/ViT-B-16 (default: the bundle the index was made with).",
-)
-
+from converters.search.updater import DEFAULT_BATCH_SIZE, IndexUpdater, UpdateReport
 
 @click.command("index")
 @click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -52,9 +38,7 @@ artifacts_option = click.option(
 @click.option(
     "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH_SIZE, show_default=True, help="Photos per model call."
 )
-@click.option(
-    "--threads", type=click.IntRange(0), default=0, show_default=True, help="Inference threads (0: all cores)."
-)
+@threads_option(0, "Inference")
 def index_command(
     photos: Path, artifacts: Path | None, stage: str | None, index_dir: Path, batch_size: int, threads: int,
 ) -> None:
@@ -147,7 +131,7 @@ def _report_update(report: UpdateReport) -> None:
     help=f"auto: int8 below {APPROXIMATE_FROM:,} photos, hnsw from there on; int8: scan of int8 codes; exact: float32 "
     "over every vector; faiss: needs faiss-cpu; hnsw: approximate graph, built on first use and kept in the index folder.",
 )
-@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="Scan threads (0: all cores).")
+@threads_option(1, "Scan")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @click.option(
     "--html", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a page of thumbnails here."
@@ -187,7 +171,7 @@ def search_command(
     "anyone who reaches it search the indexed photos and open them, with no password.",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
-@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="Inference and scan threads (0: all cores).")
+@threads_option(1, "Inference and scan")
 def serve_command(index_dir: Path, artifacts: Path | None, host: str, port: int, threads: int) -> None:
     """Serve the index as a local web page: search by text or by a dropped photo, dates, "more like this".
 
