@@ -23,7 +23,8 @@ from converters.errors import Interrupted, UserError
 from converters.search.backends import APPROXIMATE_FROM, AUTO, BACKENDS, DEFAULT_BACKEND, HnswScan, backend_for
 from converters.search.options import artifacts_option, index_option, threads_option
 from converters.search.query import Searcher, TimeRange, image_query, text_query
-from converters.search.render import render_html, render_json, render_table
+from converters.search.render import one_line, render_html, render_json, render_table
+from converters.search.stamp import weights_warning
 from converters.search.store import load_index, read_artifact
 from converters.search.updater import DEFAULT_BATCH_SIZE, IndexUpdater, UpdateReport
 
@@ -52,7 +53,7 @@ def index_command(
     bundle, stage = _indexing_artifact(index_dir, artifacts, stage)
     with IndexUpdater(index_dir, bundle, stage, threads) as updater, _stop_signals_interrupt():
         plan = updater.plan(photos)
-        say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {len(plan.gone)} gone since last time")
+        say(f"{one_line(plan.root)}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {len(plan.gone)} gone since last time")
         with tqdm(total=len(plan.to_embed), unit="photo", disable=not plan.to_embed) as bar:
             report = updater.run(plan, bar.update, batch_size)
     _report_update(report)
@@ -107,11 +108,11 @@ def _indexing_artifact(index_dir: Path, artifacts: Path | None, stage: str | Non
 
 def _report_update(report: UpdateReport) -> None:
     say(
-        f"{report.index_file}: {report.total} photos ({report.added} added, {report.updated} updated, "
+        f"{one_line(str(report.index_file))}: {report.total} photos ({report.added} added, {report.updated} updated, "
         f"{report.removed} removed, {report.unchanged} unchanged, {len(report.skipped)} skipped)"
     )
     for reason in report.skipped:
-        say(f"skipped: {reason}")
+        say(f"skipped: {one_line(reason)}")  # a newline in a file name would forge a line
 
 
 @click.command("search")
@@ -151,12 +152,17 @@ def search_command(
     index = load_index(index_dir)
     bundle = index.artifact.open_bundle(artifacts, index.file)
     embedder = bundle.embedder(index.artifact.stage)
+    if warning := weights_warning(bundle):
+        say(f"warning: {warning}")
     query = text_query(bundle, embedder, text) if image is None else image_query(bundle, embedder, image)
     label = text if image is None else f"image: {image}"
     result = Searcher(index, backend, threads).find(label, query, top, time_range)
     if html is not None:
-        atomic_write_text(html, render_html(result))
-        say(f"wrote {html}")
+        try:
+            atomic_write_text(html, render_html(result))
+        except OSError as error:  # the error names the temporary file beside the target, not the target
+            raise UserError(f"Cannot write {html}: {error.strerror or error}. Choose another --html path.") from None
+        say(f"wrote {one_line(str(html))}")
     click.echo(render_json(result) if as_json else render_table(result))
     if not index.complete:
         say("this index is from an interrupted `index` run; run it again to finish indexing.")

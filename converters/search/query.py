@@ -101,7 +101,16 @@ class SearchResult:
 
 
 def text_query(bundle: Bundle, embedder: Embedder, text: str) -> np.ndarray:
-    return normalize_rows(embedder.embed_texts(bundle.token_ids([text])))
+    ids = bundle.token_ids([text])
+    special = bundle.tokenizer.special_ids
+    words = [i for i in ids[0] if i not in (special["[CLS]"], special["[SEP]"], 0)]
+    if all(i == special["[UNK]"] for i in words):
+        # Every piece [UNK]: the model would embed "unknown" and rank photos by noise.
+        raise QueryError(
+            f"The text {text!r} holds no word the model knows (every character is outside its vocabulary, "
+            f"{bundle.tokenizer.vocab_file}); write what to look for in Chinese or English, e.g. 海边的日落."
+        )
+    return normalize_rows(embedder.embed_texts(ids))
 
 
 def image_query(bundle: Bundle, embedder: Embedder, path: Path) -> np.ndarray:

@@ -111,6 +111,21 @@ def corrupt(file: Path, why: str) -> IndexFileError:
     )
 
 
+def writable(folder: Path) -> bool:
+    """Whether this user can write the index in `folder` (the folder, and its database when there is one)."""
+    database = Path(folder) / INDEX_FILE
+    return os.access(folder, os.W_OK) and (not database.exists() or os.access(database, os.W_OK))
+
+
+def require_writable(folder: Path) -> None:
+    if not writable(folder):
+        raise IndexFileError(
+            f"The index folder {folder} is read-only for this user: `index` writes {INDEX_FILE} and its journal there. "
+            "The index in it is intact and `search` and `serve` can read it; to update it, make the folder and "
+            "its files writable (chmod u+w), run as their owner, or index into another --index."
+        )
+
+
 def _encode(path: str) -> bytes:
     return os.fsencode(path)
 
@@ -137,11 +152,19 @@ class IndexDatabase:
             )
         if create_for is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
+            require_writable(self.file.parent)
+        # SQLite writes a WAL index beside the file even to read it; in a folder this user cannot write (a
+        # read-only share, another user's index) the file is read as immutable, as it stands on disk.
+        self.read_only = not writable(self.file.parent)
         try:
-            self.connection = sqlite3.connect(self.file, isolation_level=None)
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a power cut may lose the last transactions, never the database.
-            self.connection.execute("PRAGMA synchronous=NORMAL")
+            if self.read_only:
+                self.connection = sqlite3.connect(f"{self.file.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                                  isolation_level=None)
+            else:
+                self.connection = sqlite3.connect(self.file, isolation_level=None)
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a power cut may lose the last transactions, never the database.
+                self.connection.execute("PRAGMA synchronous=NORMAL")
             tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables and create_for is not None:
                 self._create(create_for)
