@@ -173,24 +173,56 @@ def search_command(
 @artifacts_option
 @click.option(
     "--host", default="127.0.0.1", show_default=True,
-    help="Address to listen on. The default answers this machine only; another (0.0.0.0: every interface) lets "
-    "anyone who reaches it search the indexed photos and open them, with no password.",
+    help="Address to listen on. Loopback (127.0.0.0/8, ::1, localhost) answers this machine only; any other "
+    "(0.0.0.0: every interface) needs a password (--password-file or $CNCLIP_PASSWORD) or --no-auth.",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
 @threads_option(1, "Inference and scan")
-def serve_command(index_dir: Path, artifacts: Path | None, host: str, port: int, threads: int) -> None:
-    """Serve the index as a local web page: search by text or by a dropped photo, dates, "more like this".
+@click.option(
+    "--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="A file whose first line is the password for signing in (else $CNCLIP_PASSWORD). Only a salted hash is kept.",
+)
+@click.option("--no-auth", is_flag=True, help="Serve a non-loopback address without a password: anyone who reaches it sees every photo.")
+@click.option(
+    "--allowed-host", "allowed", multiple=True, metavar="NAME",
+    help="A Host name the server answers besides loopback and --host (repeatable), e.g. nas.local; with "
+    "--host 0.0.0.0 and none given, any name is answered.",
+)
+def serve_command(index_dir: Path, artifacts: Path | None, host: str, port: int, threads: int, password_file: Path | None,
+                  no_auth: bool, allowed: tuple[str, ...]) -> None:
+    """Serve the index as a web page: search by text or by a dropped photo, dates, "more like this".
 
     The page, a JSON API under /api (search, search/image, similar, status) and
     the photos' thumbnails; only files inside the indexed folders are served.
+    A re-run of `index` is picked up without a restart.
     """
     import uvicorn
 
-    from converters.search.serve import Library, create_app
+    from converters.search.auth import read_password
+    from converters.search.library import Library
+    from converters.search.network import allowed_hosts, is_loopback
+    from converters.search.serve import Security, create_app
 
+    password = read_password(password_file)
+    if password is None and not no_auth and not is_loopback(host):
+        raise UserError(
+            f"Listening on {host} would let every device that reaches it search and open the indexed photos. "
+            "Set a password (--password-file FILE, or the variable CNCLIP_PASSWORD), or pass --no-auth to serve "
+            "without one on purpose, or listen on 127.0.0.1."
+        )
     library = Library.open(index_dir, artifacts, threads)
     _check_port(host, port)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"warning: listening on {host}: every device that reaches it can search and open these photos.")
-    say(f"{len(library.index)} photos on http://{host}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(create_app(library), host=host, port=port, log_level="warning")
+    if password is None and not is_loopback(host):
+        say(f"warning: listening on {host} without a password (--no-auth): every device that reaches it can search and open these photos.")
+    snapshot = library.current()
+    if snapshot.weights_warning:
+        say(f"warning: {snapshot.weights_warning}")
+    security = Security(password, tuple(allowed_hosts(host, allowed)))
+    say(f"{len(snapshot.index)} photos on http://{_url_host(host)}:{port}/ ({'password required' if password else 'no password'}; Ctrl-C stops)")
+    # Bounded: a crowd of slow clients gets 503s instead of exhausting the process's files.
+    uvicorn.run(create_app(library, security), host=host, port=port, log_level="warning", limit_concurrency=256,
+                timeout_keep_alive=5)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

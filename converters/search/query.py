@@ -30,11 +30,12 @@ class TimeRange:
     until: datetime | None = None
 
     @classmethod
-    def parse(cls, since: str | None, until: str | None) -> "TimeRange":
-        start = _parse_moment("--since", since, end_of_day=False)
-        stop = _parse_moment("--until", until, end_of_day=True)
+    def parse(cls, since: str | None, until: str | None, names: tuple[str, str] = ("--since", "--until")) -> "TimeRange":
+        """`names` are what the user typed them as: the CLI's options, the web API's parameters."""
+        start = _parse_moment(names[0], since, end_of_day=False)
+        stop = _parse_moment(names[1], until, end_of_day=True)
         if start and stop and start >= stop:
-            raise QueryError(f"--since {since} is not before --until {until}; no photo could match.")
+            raise QueryError(f"{names[0]} {since} is not before {names[1]} {until}; no photo could match.")
         return cls(start, stop)
 
     def allowed(self, times: np.ndarray) -> np.ndarray | None:
@@ -120,21 +121,31 @@ def image_query(bundle: Bundle, embedder: Embedder, path: Path) -> np.ndarray:
 # ---- search -----------------------------------------------------------------------------------
 
 
+def empty_index(index: PhotoIndex) -> QueryError:
+    return QueryError(
+        f"The index {index.file} holds no photos; run `python -m converters index PHOTOS --index {index.file.parent}` "
+        "on a folder of photos."
+    )
+
+
 class Searcher:
     """Searches one loaded index with one backend; build once, query many times."""
 
     def __init__(self, index: PhotoIndex, backend: str = DEFAULT_BACKEND, threads: int = 1):
         if len(index) == 0:
-            raise QueryError(
-                f"The index {index.file} holds no photos; run `python -m converters index` on a folder of photos."
-            )
+            raise empty_index(index)
         self.index = index
         self.scan = BACKENDS[backend_for(backend, len(index))](index, threads)
 
-    def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange()) -> SearchResult:
-        """The best `k` photos for one normalized query vector ([D] or [1, D]), described by `label`."""
+    def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange(),
+             exclude: int | None = None) -> SearchResult:
+        """The best `k` photos for one normalized query vector ([D] or [1, D]), described by `label`;
+        never the photo in row `exclude` ("more like this" would list the photo itself first)."""
         photos = self.index.photos
         allowed = time_range.allowed(photos.time)
+        if exclude is not None:
+            allowed = np.ones(len(self.index), bool) if allowed is None else allowed.copy()
+            allowed[exclude] = False
         rows, scores = self.top_rows(np.reshape(query, (1, -1)), k, allowed)[0]
         hits = [
             Hit(

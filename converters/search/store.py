@@ -260,6 +260,15 @@ class IndexDatabase:
     # ---- what search reads ---------------------------------------------------------------------
 
     def load(self) -> PhotoIndex:
+        """Every photo as committed at one moment: the reads share one transaction, so an `index` run
+        committing meanwhile (a running `serve` reloads) cannot change the count under the rows."""
+        self.connection.execute("BEGIN")
+        try:
+            return self._load()
+        finally:
+            self.connection.execute("COMMIT")
+
+    def _load(self) -> PhotoIndex:
         dim = self.stamp.dim
         bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
         if bad:
