@@ -58,10 +58,9 @@ class Library:
     def __init__(self, index_dir: Path, artifacts: Path | None, threads: int):
         self.index_dir, self.artifacts, self.threads = Path(index_dir), artifacts, threads
         self.problem: str | None = None
+        # Reloads take turns; model runs need no lock: onnxruntime's sessions are thread-safe and ncnn
+        # makes an extractor per call.
         self._lock = threading.Lock()
-        # One model run at a time: ncnn's extractors are not meant to be shared across threads, and two
-        # runs on a 2-core box only slow each other down.
-        self.model_lock = threading.Lock()
         self._watch: tuple[int, sqlite3.Connection] | None = None
         self._snapshot = self._load(self._signature())
         self.reloads = 0

@@ -93,8 +93,7 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
     def search(request: Request) -> Response:
         top, time_range = options(request)
         text, snapshot = request.query_params.get("q", ""), library.current()
-        with library.model_lock:
-            query = text_query(snapshot.bundle, snapshot.embedder, text)
+        query = text_query(snapshot.bundle, snapshot.embedder, text)
         return answer(searcher(snapshot).find(text, query, top, time_range))
 
     def image_search(data: bytes, label: str, top: int, time_range: TimeRange) -> Response:
@@ -108,8 +107,7 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
                 raise ImageError(str(error).replace(str(path), "The uploaded file")) from None
         pixels = snapshot.bundle.pixels([image])
         del image  # a 50-megapixel photo is 150 MB decoded: not kept while the model runs
-        with library.model_lock:
-            query = normalize_rows(snapshot.embedder.embed_images(pixels))
+        query = normalize_rows(snapshot.embedder.embed_images(pixels))
         return answer(searcher(snapshot).find(label, query, top, time_range))
 
     async def search_image(request: Request) -> Response:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -39,3 +45,23 @@ def library(tiny_bundle, tmp_path) -> tuple[Path, Path, Path]:
 def served(library) -> tuple[TestClient, Path]:
     photos, index_dir, _ = library
     return TestClient(create_app(Library.open(index_dir, None, 1)), base_url="http://localhost"), photos
+
+
+@contextlib.contextmanager
+def live(app) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port in a thread, as `serve` runs it; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
