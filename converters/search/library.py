@@ -26,10 +26,11 @@ from converters.app.preprocess import load_image
 from converters.app.runtimes import Embedder
 from converters.app.specs import TOWERS
 from converters.errors import UserError
+from converters.search.photos import PhotoIndex
 from converters.search.query import Searcher
 from converters.search.render import THUMBNAIL_PX
 from converters.search.stamp import weights_warning
-from converters.search.store import INDEX_FILE, IndexDatabase, PhotoIndex, load_index
+from converters.search.store import INDEX_FILE, IndexDatabase, load_index
 
 THUMBNAIL_FOLDER = "thumbnails"
 

@@ -13,7 +13,7 @@ from converters.app.preprocess import load_image
 from converters.app.runtimes import Embedder
 from converters.search.backends import BACKENDS, DEFAULT_BACKEND, backend_for
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import PhotoIndex, wall_seconds, wall_time
+from converters.search.photos import PhotoIndex, wall_seconds, wall_time
 from converters.search.vectors import normalize_rows
 
 # Candidates rescored per query. Measured on 1M random 512-d vectors, the int8 scan's 20 best

@@ -24,15 +24,16 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from converters import __version__
 from converters.errors import UserError
+from converters.search.photos import PhotoFacts, PhotoIndex, PhotoRow
 from converters.search.stamp import ArtifactStamp
-from converters.search.vectors import Int8Codes, int8_codes
+from converters.search.vectors import int8_codes
 
 INDEX_FILE = "index.sqlite"
 # The single-file format of earlier versions; such an index is refused with how to rebuild it.
@@ -40,9 +41,6 @@ LEGACY_FILE = "index.cnclip"
 FORMAT = "cnclip-photo-index"
 VERSION = 3
 MAX_DIM = 65_536
-# Photo times are wall-clock seconds since this naive epoch: EXIF DateTimeOriginal carries no time
-# zone, so capture times and modification times are both compared as local wall-clock time.
-WALL_EPOCH = datetime(1970, 1, 1)
 PHOTO_COLUMNS = ("path", "size", "mtime_ns", "time", "captured", "width", "height", "orientation", "embedding")
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -62,46 +60,6 @@ CREATE TABLE skipped (root BLOB NOT NULL, reason TEXT NOT NULL) STRICT;
 
 class IndexFileError(UserError):
     """The index is missing, corrupt, of another format version, or cannot be written."""
-
-
-@dataclass
-class PhotoFacts:
-    """One row per photo, in the order of the index's vectors."""
-
-    paths: list[str]
-    size: np.ndarray  # int64 bytes
-    mtime_ns: np.ndarray  # int64; with size, tells whether a file changed
-    time: np.ndarray  # int64 wall-clock seconds since WALL_EPOCH: the EXIF capture time, else the mtime
-    captured: np.ndarray  # bool: `time` comes from EXIF
-
-
-@dataclass(frozen=True)
-class PhotoRow:
-    """What the indexer writes for one photo."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    time: int
-    captured: bool
-    width: int
-    height: int
-    orientation: int  # EXIF orientation 1–8, 0 when the file has none
-    embedding: np.ndarray  # float16 [dim], L2-normalized
-
-
-@dataclass
-class PhotoIndex:
-    file: Path
-    artifact: ArtifactStamp
-    roots: list[str]
-    complete: bool  # False while the latest run over a folder has not finished (it is running, or was stopped)
-    photos: PhotoFacts
-    vectors: np.ndarray  # float16 [N, D], L2-normalized
-    int8: Int8Codes
-
-    def __len__(self) -> int:
-        return len(self.photos.paths)
 
 
 def corrupt(file: Path, why: str) -> IndexFileError:
@@ -333,10 +291,3 @@ def read_artifact(index_dir: Path) -> ArtifactStamp | None:
     database.close()
     return database.stamp
 
-
-def wall_seconds(moment: datetime) -> int:
-    return int((moment - WALL_EPOCH).total_seconds())
-
-
-def wall_time(seconds: int) -> datetime:
-    return WALL_EPOCH + timedelta(seconds=int(seconds))

@@ -23,7 +23,8 @@ from converters.search.scanner import (
     read_photo,
 )
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import WALL_EPOCH, IndexDatabase, PhotoRow, require_writable, wall_seconds
+from converters.search.photos import WALL_EPOCH, PhotoRow, wall_seconds
+from converters.search.store import IndexDatabase, require_writable
 from converters.search.vectors import normalize_rows
 
 LOCK_FILE = "index.lock"

@@ -22,7 +22,8 @@ from converters.app.bundle import Bundle
 from converters.data import PARITY_SET_DIR
 from converters.search import store
 from converters.search.stamp import ArtifactMismatchError, ArtifactStamp
-from converters.search.store import INDEX_FILE, IndexFileError, load_index, wall_seconds
+from converters.search.photos import wall_seconds
+from converters.search.store import INDEX_FILE, IndexFileError, load_index
 from converters.search.updater import IndexBusyError, IndexUpdater
 from converters.search.vectors import normalize_rows
 from tests.search.helpers import indexed_rows, integrity
