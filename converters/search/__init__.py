@@ -1,6 +1,7 @@
 """The reference photo search engine: index a folder with any converted artifact, search it by text or image.
 
-    store.py     the index database (SQLite): its schema, batches written, the rows loaded
+    store.py     the index database (SQLite): batches written, the rows loaded (again: only what changed)
+    schema.py    its tables and format version
     photos.py    the loaded photos: facts, float16 vectors, int8 codes; wall-clock times
     stamp.py     which artifact made the embeddings; others are refused
     vectors.py   float16 rows read on demand, int8 codes, normalizing and quantizing

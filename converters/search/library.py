@@ -117,8 +117,8 @@ class Library:
             return self._snapshot
 
     def _load(self, signature: tuple) -> Snapshot:
-        index = load_index(self.index_dir)
         previous = getattr(self, "_snapshot", None)
+        index = load_index(self.index_dir, previous.index if previous is not None else None)
         if previous is not None and previous.index.artifact == index.artifact and signature[1] == previous.signature[1]:
             bundle, embedder = previous.bundle, previous.embedder  # only the index changed
         else:
@@ -144,19 +144,18 @@ class Library:
 
     # ---- files ---------------------------------------------------------------------------------
 
-    def photo_file(self, row: int, snapshot: Snapshot) -> Path:
-        """The photo of `row`, if it is still a regular file inside an indexed folder."""
+    def photo_file(self, photo_id: int, snapshot: Snapshot) -> Path:
+        """The photo `photo_id` (its rowid), if it is still indexed and a regular file inside an indexed folder."""
         index = snapshot.index
-        if not 0 <= row < len(index):
-            raise LookupError(row)
+        row = index.row_of(photo_id)
         resolved = Path(index.photos.paths[row]).resolve()
         inside = any(resolved.is_relative_to(Path(root).resolve()) for root in index.roots)
         if not inside or not resolved.is_file():
             raise LookupError(row)
         return resolved
 
-    def thumbnail(self, row: int, snapshot: Snapshot) -> bytes:
-        path = self.photo_file(row, snapshot)
+    def thumbnail(self, photo_id: int, snapshot: Snapshot) -> bytes:
+        path = self.photo_file(photo_id, snapshot)
         stat = path.stat()
         key = hashlib.sha256(f"{os.fsencode(path)!r}:{stat.st_size}:{stat.st_mtime_ns}:{THUMBNAIL_PX}".encode()).hexdigest()
         cached = self.index_dir / THUMBNAIL_FOLDER / f"{key}.jpg"

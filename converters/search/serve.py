@@ -4,12 +4,12 @@
     GET  /status                the index at a glance (photos, artifact, last run, skipped files, problems)
     GET  /api/search?q=…&top=…&since=…&until=…     text search, JSON as `search --json` plus ids and URLs
     POST /api/search/image      image search: the photo as the multipart field `image`
-    GET  /api/similar/{id}      photos like the indexed photo `id` (not itself)
+    GET  /api/similar/{id}      photos like the indexed photo `id` (not itself); an id is the photo's rowid
     GET  /api/status            the status as JSON
     GET  /thumb/{id}, /photo/{id}                  a thumbnail (cached beside the index), the photo itself
     GET, POST /login; POST /logout                 signing in, when a password is set (auth.py)
 
-Photos are addressed by their row in the index, never by a path from the request, and a file is
+Photos are addressed by their id in the index, never by a path from the request, and a file is
 served only while it is a regular file inside an indexed folder: no URL reaches any other file.
 Decoding, model runs and scans run in worker threads, never on the event loop, so one slow
 upload does not hold up anyone else; image decoding takes at most one thread per core, which
@@ -67,11 +67,13 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
     if security.password is not None and gate is None:
         gate = Gate(security.password)
 
-    def answer(result: SearchResult) -> JSONResponse:
+    def answer(result: SearchResult, snapshot: Snapshot) -> JSONResponse:
         data = to_dict(result)
         for hit, entry in zip(result.hits, data["hits"]):
-            entry |= {"id": hit.row, "thumb": f"/thumb/{hit.row}", "photo": f"/photo/{hit.row}",
-                      "similar": f"/api/similar/{hit.row}", "name": Path(readable_path(hit.path)).name}
+            # The rowid, not the row: a row number would name another photo once `index` removes one before it.
+            photo_id = int(snapshot.index.rowids[hit.row])
+            entry |= {"id": photo_id, "thumb": f"/thumb/{photo_id}", "photo": f"/photo/{photo_id}",
+                      "similar": f"/api/similar/{photo_id}", "name": Path(readable_path(hit.path)).name}
         return JSONResponse(data)
 
     def options(request: Request) -> tuple[int, TimeRange]:
@@ -94,7 +96,7 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
         top, time_range = options(request)
         text, snapshot = request.query_params.get("q", ""), library.current()
         query = text_query(snapshot.bundle, snapshot.embedder, text)
-        return answer(searcher(snapshot).find(text, query, top, time_range))
+        return answer(searcher(snapshot).find(text, query, top, time_range), snapshot)
 
     def image_search(data: bytes, label: str, top: int, time_range: TimeRange) -> Response:
         snapshot = library.current()
@@ -108,7 +110,7 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
         pixels = snapshot.bundle.pixels([image])
         del image  # a 50-megapixel photo is 150 MB decoded: not kept while the model runs
         query = normalize_rows(snapshot.embedder.embed_images(pixels))
-        return answer(searcher(snapshot).find(label, query, top, time_range))
+        return answer(searcher(snapshot).find(label, query, top, time_range), snapshot)
 
     async def search_image(request: Request) -> Response:
         top, time_range = options(request)
@@ -125,19 +127,22 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
 
     def similar(request: Request) -> Response:
         top, time_range = options(request)
-        row, snapshot = request.path_params["row"], library.current()
-        if not 0 <= row < len(snapshot.index):
-            return JSONResponse({"error": f"No photo {row} in the index."}, status_code=404)
+        photo_id, snapshot = request.path_params["id"], library.current()
+        try:
+            row = snapshot.index.row_of(photo_id)
+        except LookupError:
+            return JSONResponse({"error": f"No photo {photo_id} in the index (removed by a later `index` run?)."},
+                                status_code=404)
         query = snapshot.index.vectors[row].astype(np.float32)
         name = Path(readable_path(snapshot.index.photos.paths[row])).name
-        return answer(searcher(snapshot).find(f"like {name}", query, top, time_range, exclude=row))
+        return answer(searcher(snapshot).find(f"like {name}", query, top, time_range, exclude=row), snapshot)
 
     def status(request: Request) -> Response:
         return JSONResponse(library.status())
 
     def thumb(request: Request) -> Response:
         try:
-            data = library.thumbnail(request.path_params["row"], library.current())
+            data = library.thumbnail(request.path_params["id"], library.current())
         except (LookupError, ImageError):
             return Response(status_code=404)
         # private: with a password, a shared cache between the box and the browser must not keep photos
@@ -145,7 +150,7 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
 
     def photo(request: Request) -> Response:
         try:
-            return FileResponse(library.photo_file(request.path_params["row"], library.current()),
+            return FileResponse(library.photo_file(request.path_params["id"], library.current()),
                                 headers={"Cache-Control": "private, max-age=3600"})
         except LookupError:
             return Response(status_code=404)
@@ -188,8 +193,8 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
     routes = [
         Route("/", page), Route("/status", status_page),
         Route("/api/search", search), Route(UPLOAD_PATH, search_image, methods=["POST"]),
-        Route("/api/similar/{row:int}", similar), Route("/api/status", status),
-        Route("/thumb/{row:int}", thumb), Route("/photo/{row:int}", photo),
+        Route("/api/similar/{id:int}", similar), Route("/api/status", status),
+        Route("/thumb/{id:int}", thumb), Route("/photo/{id:int}", photo),
         Route("/login", sign_in, methods=["GET", "POST"]), Route("/logout", sign_out, methods=["POST"]),
     ]
     return Starlette(routes=routes, middleware=_middleware(security, gate),

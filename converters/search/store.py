@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -31,32 +31,10 @@ import numpy as np
 
 from converters import __version__
 from converters.errors import UserError
-from converters.search.photos import PhotoFacts, PhotoIndex, PhotoRow
+from converters.search.photos import PhotoIndex, PhotoRow, PhotoRows, assemble
+from converters.search.schema import FORMAT, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, SCHEMA, VERSION, table_columns
 from converters.search.stamp import ArtifactStamp
 from converters.search.vectors import int8_codes
-
-INDEX_FILE = "index.sqlite"
-# The single-file format of earlier versions; such an index is refused with how to rebuild it.
-LEGACY_FILE = "index.cnclip"
-FORMAT = "cnclip-photo-index"
-VERSION = 3
-MAX_DIM = 65_536
-PHOTO_COLUMNS = ("path", "size", "mtime_ns", "time", "captured", "width", "height", "orientation", "embedding")
-SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
-CREATE TABLE roots (path BLOB PRIMARY KEY) STRICT;
-CREATE TABLE photos (
-    path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, time INTEGER NOT NULL,
-    captured INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, orientation INTEGER NOT NULL,
-    embedding BLOB NOT NULL
-) STRICT;
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY, root BLOB NOT NULL, started TEXT NOT NULL, finished TEXT,
-    added INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0, removed INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE TABLE skipped (root BLOB NOT NULL, reason TEXT NOT NULL) STRICT;
-"""
-
 
 class IndexFileError(UserError):
     """The index is missing, corrupt, of another format version, or cannot be written."""
@@ -142,7 +120,7 @@ class IndexDatabase:
         """The schema, the format version and the stamp as this tool writes them, before any row is used."""
         for table in ("meta", "roots", "photos", "runs", "skipped"):
             columns = [row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")]
-            expected = [line.split()[0] for line in _table_columns(table)]
+            expected = [line.split()[0] for line in table_columns(table)]
             if columns != expected:
                 raise corrupt(self.file, f"its table '{table}' has columns {columns}, expected {expected}")
         meta = dict(self.connection.execute("SELECT key, value FROM meta"))
@@ -217,35 +195,61 @@ class IndexDatabase:
 
     # ---- what search reads ---------------------------------------------------------------------
 
-    def load(self) -> PhotoIndex:
+    def load(self, previous: PhotoIndex | None = None) -> PhotoIndex:
         """Every photo as committed at one moment: the reads share one transaction, so an `index` run
-        committing meanwhile (a running `serve` reloads) cannot change the count under the rows."""
+        committing meanwhile (a running `serve` reloads) cannot change the count under the rows.
+
+        With `previous` (this index loaded earlier), only rows it does not hold are read: a row is
+        kept when its rowid, path, size and mtime are unchanged, since the indexer never updates a
+        row in place but replaces it. 100,000 photos take seconds to read whole, a batch's change little.
+        """
         self.connection.execute("BEGIN")
         try:
-            return self._load()
+            return self._load(previous if previous is not None and previous.artifact == self.stamp else None)
         finally:
             self.connection.execute("COMMIT")
 
-    def _load(self) -> PhotoIndex:
+    def _load(self, previous: PhotoIndex | None) -> PhotoIndex:
         dim = self.stamp.dim
         bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
         if bad:
             raise corrupt(self.file, f"{bad} embeddings are not {dim} float16 values long")
-        count = self.count()
-        vectors = np.empty((count, dim), np.float16)
-        paths, numbers = [], np.empty((count, 4), np.int64)
-        rows = self.connection.execute("SELECT path, size, mtime_ns, time, captured, embedding FROM photos ORDER BY rowid")
-        for i, (path, size, mtime, moment, captured, embedding) in enumerate(rows):
-            paths.append(_decode(path))
-            numbers[i] = (size, mtime, moment, captured)
-            vectors[i] = np.frombuffer(embedding, "<f2")
-        photos = PhotoFacts(paths, numbers[:, 0].copy(), numbers[:, 1].copy(), numbers[:, 2].copy(), numbers[:, 3] != 0)
+        parts = [self._rows("", (), self.count())] if previous is None else self._changes(previous)
+        rowids, photos, vectors, int8 = assemble(parts, dim)
         roots = [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
         # Complete when the latest run over every folder finished; an earlier killed run was finished by a later one.
         unfinished = self.connection.execute(
             "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
         ).fetchone()[0]
-        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8_codes(vectors))
+        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids)
+
+    def _changes(self, previous: PhotoIndex) -> list[PhotoRows]:
+        """The rows of `previous` that are unchanged, and the others read anew."""
+        known = {int(rowid): row for row, rowid in enumerate(previous.rowids)}
+        facts, kept, fresh = previous.photos, [], []
+        for rowid, path, size, mtime in self.connection.execute("SELECT rowid, path, size, mtime_ns FROM photos"):
+            row = known.get(rowid)
+            if row is not None and facts.paths[row] == _decode(path) and (facts.size[row], facts.mtime_ns[row]) == (size, mtime):
+                kept.append(row)
+            else:
+                fresh.append(rowid)
+        parts = [PhotoRows.kept(previous, np.array(kept, np.int64))]
+        for start in range(0, len(fresh), 500):  # SQLite's limit on parameters is far above 500
+            chunk = fresh[start : start + 500]
+            parts.append(self._rows(f"WHERE rowid IN ({', '.join('?' * len(chunk))})", chunk, len(chunk)))
+        return parts
+
+    def _rows(self, where: str, parameters, count: int) -> PhotoRows:
+        vectors = np.empty((count, self.stamp.dim), np.float16)
+        rowids, paths, numbers = np.empty(count, np.int64), [], np.empty((count, 4), np.int64)
+        rows = self.connection.execute(
+            f"SELECT rowid, path, size, mtime_ns, time, captured, embedding FROM photos {where} ORDER BY rowid", parameters
+        )
+        for i, (rowid, path, size, mtime, moment, captured, embedding) in enumerate(rows):  # one row at a time in memory
+            rowids[i], numbers[i] = rowid, (size, mtime, moment, captured)
+            paths.append(_decode(path))
+            vectors[i] = np.frombuffer(embedding, "<f2")
+        return PhotoRows(rowids, paths, numbers, vectors, int8_codes(vectors))
 
     def status(self) -> dict:
         """The index at a glance: photos, artifact, last run, skipped files."""
@@ -265,20 +269,15 @@ class IndexDatabase:
         }
 
 
-def _table_columns(table: str) -> list[str]:
-    body = SCHEMA.split(f"CREATE TABLE {table} (")[1].split(") STRICT;")[0]
-    return [part.strip() for part in body.replace("\n", " ").split(",") if part.strip()]
-
-
 def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def load_index(index_dir: Path) -> PhotoIndex:
-    """Open the index in `index_dir` for searching: every embedding in memory."""
+def load_index(index_dir: Path, previous: PhotoIndex | None = None) -> PhotoIndex:
+    """Open the index in `index_dir` for searching: every embedding in memory (reusing `previous`'s unchanged rows)."""
     database = IndexDatabase(index_dir)
     try:
-        return database.load()
+        return database.load(previous)
     finally:
         database.close()
 

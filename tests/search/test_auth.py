@@ -71,7 +71,7 @@ def test_basic_credentials_open_every_route_and_wrong_ones_do_not(guarded):
     right = {"Authorization": "Basic " + base64.b64encode(f"me:{SECRET}".encode()).decode()}
     wrong = {"Authorization": "Basic " + base64.b64encode(b"me:guess").decode()}
     assert client.get("/api/search", params={"q": "猫"}, headers=right).status_code == 200
-    assert client.get("/thumb/0", headers=right).status_code == 200
+    assert client.get("/thumb/1", headers=right).status_code == 200
     assert client.get("/api/search", params={"q": "猫"}, headers=wrong).status_code == 401
     assert client.get("/api/status", headers={"Authorization": "Basic !!!"}).status_code == 401
 
@@ -85,7 +85,7 @@ def test_signing_in_gives_a_strict_http_only_session_and_signing_out_ends_it(gua
     assert signed.status_code == 303 and signed.headers["location"] == "/status"
     cookie = signed.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
-    assert client.get("/api/status").status_code == 200 and client.get("/thumb/0").status_code == 200
+    assert client.get("/api/status").status_code == 200 and client.get("/thumb/1").status_code == 200
     client.post("/logout", follow_redirects=False)
     assert client.get("/api/status").status_code == 401
 
@@ -127,7 +127,7 @@ def test_posts_from_another_site_are_refused(guarded):
 def test_pages_carry_a_policy_that_allows_exactly_their_own_scripts(guarded):
     client, _ = guarded
     client.post("/login", data={"password": SECRET})
-    for url in ("/", "/status", "/login", "/api/status", "/thumb/0"):
+    for url in ("/", "/status", "/login", "/api/status", "/thumb/1"):
         response = client.get(url)
         assert response.headers["x-content-type-options"] == "nosniff" and response.headers["x-frame-options"] == "DENY"
         policy = response.headers["content-security-policy"]

@@ -76,7 +76,7 @@ def test_a_damaged_upload_is_an_error(served):
 
 @ON_TINY_VIT
 @pytest.mark.parametrize("url", [
-    "/photo/-1", "/photo/15", "/thumb/99", "/photo/../../secret.txt", "/photo/%2e%2e%2f%2e%2e%2fsecret.txt",
+    "/photo/-1", "/photo/0", "/photo/16", "/thumb/99", "/photo/../../secret.txt", "/photo/%2e%2e%2f%2e%2e%2fsecret.txt",
     "/thumb/..%2F..%2Fsecret.txt", "/photo//etc/passwd", "/photo/1/../../../secret.txt", "/../secret.txt",
 ])
 def test_no_url_reaches_a_file_outside_the_index(served, url):

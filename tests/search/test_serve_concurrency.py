@@ -96,7 +96,7 @@ def test_a_full_disk_for_the_thumbnail_cache_still_shows_thumbnails(served, libr
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(library_module, "atomic_write_bytes", full)
-    for row in range(3):
+    for row in range(1, 4):  # photo ids are rowids, from 1
         response = client.get(f"/thumb/{row}")
         assert response.status_code == 200 and response.content[:2] == b"\xff\xd8"
     assert not (library[1] / "thumbnails").exists()

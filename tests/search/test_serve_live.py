@@ -118,7 +118,7 @@ def test_a_client_trickling_a_request_holds_no_one_up(base):
 
 @ON_TINY_VIT
 def test_a_client_leaving_mid_response_harms_no_one(base):
-    for url in ("/photo/0", "/api/search?q=%E7%8C%AB&top=200", "/thumb/1"):
+    for url in ("/photo/1", "/api/search?q=%E7%8C%AB&top=200", "/thumb/2"):
         gone = connect(base)
         gone.sendall(f"GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         gone.recv(10)  # the answer has begun
