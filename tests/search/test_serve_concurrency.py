@@ -114,3 +114,33 @@ def test_concurrent_searches_equal_single_threaded_ones(library):
             concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda text: (text, served_answer(base, text, 10)), texts * 8))
     assert all(answer == expected[text] for text, answer in answers)
+
+
+def resident_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@ON_TINY_VIT
+def test_memory_does_not_grow_with_requests(served, library):
+    client, photos = served
+    upload = {"image": ("q.jpg", (PHOTOS / "cat_chelsea.jpg").read_bytes(), "image/jpeg")}
+
+    def round_of_requests() -> None:
+        ids = [hit["id"] for hit in client.get("/api/search", params={"q": "猫", "top": 15}).json()["hits"]]
+        for photo_id in ids:
+            assert client.get(f"/thumb/{photo_id}").status_code == 200
+            assert client.get(f"/photo/{photo_id}").status_code == 200
+        assert client.post("/api/search/image", files=upload).status_code == 200
+        assert client.get(f"/api/similar/{ids[0]}").status_code == 200
+        assert client.get("/api/status").status_code == 200
+
+    for _ in range(10):  # warm: thumbnails cached, thread pool and allocator at their working size
+        round_of_requests()
+    before = resident_mb()
+    for _ in range(40):  # 40 × 34 requests
+        round_of_requests()
+    # A coarse guard: it catches what keeps half a megabyte or more per round (a decoded photo, a session).
+    assert resident_mb() - before < 20, "memory grew with the requests"
