@@ -41,10 +41,10 @@ CONVERT_MODEL = $(or $(MODEL),$(if $(HF_CKPT),,ViT-B-16))
 CONVERT_ARGS = $(CONVERT_MODEL) \
 	$(if $(CKPT),--checkpoint $(CKPT)) \
 	$(if $(WEIGHTS),--checkpoint $(WEIGHTS)) \
-	$(if $(OUT),--out $(OUT)) \
+	$(if $(OUT),--bundle $(OUT)) \
 	$(if $(STAGES),--stages $(STAGES))
 # parity, bench, sensitivity and levers: MODEL's bundle, or the bundle at OUT (which names its model).
-BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT))
+BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--bundle $(OUT))
 
 .PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
 	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser clean
@@ -116,7 +116,7 @@ levers: $(CONVERT_STAMP)
 # The search side needs the core install only: no torch. Without OUT or MODEL, index keeps the bundle the index has.
 index: $(CORE_STAMP)
 	$(PY) -m converters index $(or $(PHOTOS),$(error make index needs PHOTOS=folder)) \
-		$(if $(or $(OUT),$(MODEL)),--artifacts $(or $(OUT),artifacts/$(MODEL))) $(if $(STAGE),--stage $(STAGE)) $(if $(INDEX),--index $(INDEX))
+		$(if $(or $(OUT),$(MODEL)),--bundle $(or $(OUT),artifacts/$(MODEL))) $(if $(STAGE),--stage $(STAGE)) $(if $(INDEX),--index $(INDEX))
 
 search: $(CORE_STAMP)
 	$(PY) -m converters search $(if $(Q),'$(Q)',$(error make search needs Q='words to look for')) $(if $(INDEX),--index $(INDEX))

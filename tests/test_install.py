@@ -112,7 +112,7 @@ def test_the_core_install_indexes_searches_and_serves_a_bundle_without_torch(whe
 
     index = tmp_path / "index"
     cli = (python, "-m", "converters")
-    indexed = run(*cli, "index", str(photos), "--artifacts", str(bundle), "--index", str(index), cwd=elsewhere)
+    indexed = run(*cli, "index", str(photos), "--bundle", str(bundle), "--index", str(index), cwd=elsewhere)
     assert indexed.returncode == 0, indexed.stderr[-3000:]
     found = run(*cli, "search", "一只猫", "--index", str(index), "--top", "3", "--json", cwd=elsewhere)
     assert found.returncode == 0, found.stderr[-3000:]

@@ -51,8 +51,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     The file is fsynced, renamed over `path`, and the folder is fsynced so the
     rename itself survives a power cut.
     """
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a folder where a file belongs; move the folder away, then run the same command again.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # it names the temporary file, which the user never asked for
+        raise OSError(error.errno, error.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:

@@ -87,6 +87,8 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ArtifactError(f"No manifest at {path}: run `make convert` (or `python -m converters convert`) first.") from None
+        except IsADirectoryError:
+            raise ArtifactError(f"{path} is a folder, not the bundle's manifest file; move it away and {CONVERT_AGAIN}.") from None
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{path} is not valid JSON ({exc}); {CONVERT_AGAIN}.") from None
         if not isinstance(data, dict):

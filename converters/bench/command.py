@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from converters.console import bundle_option, optional_model_argument, say
+from converters.console import THREADS, bundle_option, optional_model_argument, say
 from converters.export.commands import BUNDLE_HELP, bundle_config
 
 
@@ -18,7 +18,7 @@ from converters.export.commands import BUNDLE_HELP, bundle_config
 @optional_model_argument
 @bundle_option(BUNDLE_HELP)
 @click.option("--quick", is_flag=True, help="Smoke run for CI: few repetitions, 10k vectors for search, no 100k or 1M.")
-@click.option("--threads", type=click.IntRange(0), default=0, show_default=True, help="Threads for every runtime (0: all usable cores).")
+@click.option("--threads", type=THREADS, default=0, show_default=True, help="Threads for every runtime (0: all usable cores).")
 def bench_command(model: str | None, bundle: Path | None, quick: bool, threads: int) -> None:
     """Benchmark every artifact of MODEL's bundle (or the bundle at --bundle), PyTorch fp32 included, in one run.
 

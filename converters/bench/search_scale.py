@@ -30,7 +30,8 @@ from converters.bench.processes import run_fresh
 from converters.search.backends import BACKENDS, CHUNK_ROWS, import_faiss
 from converters.search.query import Searcher
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import IndexDatabase, PhotoRow, load_index
+from converters.search.photos import PhotoRow
+from converters.search.store import IndexDatabase, load_index
 from converters.search.vectors import normalize_rows
 
 

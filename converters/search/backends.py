@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from converters.errors import UserError
-from converters.search.store import PhotoIndex
+from converters.search.photos import PhotoIndex
 from converters.search.vectors import quantize
 
 # Rows per step of the exact scan and of faiss's training: bounded memory at any index size.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.app.fsutil import atomic_path
-from converters.search.store import PhotoIndex
+from converters.search.photos import PhotoIndex
 
 GRAPH_PREFIX = "approximate-"
 GRAPH_SUFFIX = ".usearch"

@@ -13,7 +13,7 @@ from converters.app.preprocess import load_image
 from converters.app.runtimes import Embedder
 from converters.search.backends import BACKENDS, DEFAULT_BACKEND, backend_for
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import PhotoIndex, wall_seconds, wall_time
+from converters.search.photos import PhotoIndex, wall_seconds, wall_time
 from converters.search.vectors import normalize_rows
 
 # Candidates rescored per query. Measured on 1M random 512-d vectors, the int8 scan's 20 best
@@ -30,11 +30,12 @@ class TimeRange:
     until: datetime | None = None
 
     @classmethod
-    def parse(cls, since: str | None, until: str | None) -> "TimeRange":
-        start = _parse_moment("--since", since, end_of_day=False)
-        stop = _parse_moment("--until", until, end_of_day=True)
+    def parse(cls, since: str | None, until: str | None, names: tuple[str, str] = ("--since", "--until")) -> "TimeRange":
+        """`names` are what the user typed them as: the CLI's options, the web API's parameters."""
+        start = _parse_moment(names[0], since, end_of_day=False)
+        stop = _parse_moment(names[1], until, end_of_day=True)
         if start and stop and start >= stop:
-            raise QueryError(f"--since {since} is not before --until {until}; no photo could match.")
+            raise QueryError(f"{names[0]} {since} is not before {names[1]} {until}; no photo could match.")
         return cls(start, stop)
 
     def allowed(self, times: np.ndarray) -> np.ndarray | None:
@@ -101,7 +102,16 @@ class SearchResult:
 
 
 def text_query(bundle: Bundle, embedder: Embedder, text: str) -> np.ndarray:
-    return normalize_rows(embedder.embed_texts(bundle.token_ids([text])))
+    ids = bundle.token_ids([text])
+    special = bundle.tokenizer.special_ids
+    words = [i for i in ids[0] if i not in (special["[CLS]"], special["[SEP]"], 0)]
+    if all(i == special["[UNK]"] for i in words):
+        # Every piece [UNK]: the model would embed "unknown" and rank photos by noise.
+        raise QueryError(
+            f"The text {text!r} holds no word the model knows (every character is outside its vocabulary, "
+            f"{bundle.tokenizer.vocab_file}); write what to look for in Chinese or English, e.g. 海边的日落."
+        )
+    return normalize_rows(embedder.embed_texts(ids))
 
 
 def image_query(bundle: Bundle, embedder: Embedder, path: Path) -> np.ndarray:
@@ -111,21 +121,31 @@ def image_query(bundle: Bundle, embedder: Embedder, path: Path) -> np.ndarray:
 # ---- search -----------------------------------------------------------------------------------
 
 
+def empty_index(index: PhotoIndex) -> QueryError:
+    return QueryError(
+        f"The index {index.file} holds no photos; run `python -m converters index PHOTOS --index {index.file.parent}` "
+        "on a folder of photos."
+    )
+
+
 class Searcher:
     """Searches one loaded index with one backend; build once, query many times."""
 
     def __init__(self, index: PhotoIndex, backend: str = DEFAULT_BACKEND, threads: int = 1):
         if len(index) == 0:
-            raise QueryError(
-                f"The index {index.file} holds no photos; run `python -m converters index` on a folder of photos."
-            )
+            raise empty_index(index)
         self.index = index
         self.scan = BACKENDS[backend_for(backend, len(index))](index, threads)
 
-    def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange()) -> SearchResult:
-        """The best `k` photos for one normalized query vector ([D] or [1, D]), described by `label`."""
+    def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange(),
+             exclude: int | None = None) -> SearchResult:
+        """The best `k` photos for one normalized query vector ([D] or [1, D]), described by `label`;
+        never the photo in row `exclude` ("more like this" would list the photo itself first)."""
         photos = self.index.photos
         allowed = time_range.allowed(photos.time)
+        if exclude is not None:
+            allowed = np.ones(len(self.index), bool) if allowed is None else allowed.copy()
+            allowed[exclude] = False
         rows, scores = self.top_rows(np.reshape(query, (1, -1)), k, allowed)[0]
         hits = [
             Hit(

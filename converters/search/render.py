@@ -65,7 +65,7 @@ def render_table(result: SearchResult) -> str:
     if not result.hits:
         return "\n".join([*lines, "No photo matches."])
     lines.append(f"{'#':>3}  {'score':>6}  {'date':<17}  path")
-    lines += [f"{hit.rank:>3}  {hit.score:>6.3f}  {_when(hit):<17}  {_one_line(readable_path(hit.path))}" for hit in result.hits]
+    lines += [f"{hit.rank:>3}  {hit.score:>6.3f}  {_when(hit):<17}  {one_line(readable_path(hit.path))}" for hit in result.hits]
     if any(not hit.captured for hit in result.hits):
         lines.append(f"{MTIME_MARK} no EXIF capture time: the file's modification time")
     return "\n".join(lines)
@@ -105,7 +105,7 @@ def _figure(hit: Hit, thumbnail_px: int) -> str:
     except ImageError as error:
         # Indexed earlier, since moved, deleted or damaged: the hit stays, without its picture.
         picture = f'<div class="missing">{html.escape(str(error))}</div>'
-    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(_one_line(readable_path(hit.path)))}"
+    caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(one_line(readable_path(hit.path)))}"
     link = html.escape(Path(hit.path).as_uri())
     return f'<figure><a href="{link}">{picture}</a><figcaption>{caption}</figcaption></figure>'
 
@@ -125,7 +125,7 @@ def _path_base64(path: str) -> str:
     return base64.b64encode(path.encode("utf-8", "surrogateescape")).decode("ascii")
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     # A newline or other control character in a file name would forge a row of the table.
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 

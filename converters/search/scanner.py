@@ -35,16 +35,17 @@ class FoundFile:
     mtime_ns: int
 
 
-def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str]) -> list[FoundFile]:
+def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str], exclude: Path | None = None) -> list[FoundFile]:
     """Regular image files under `root`, recursively, in a stable order; what is left out goes to `skipped`.
 
     Symlinked folders are not followed (a link back up the tree would loop forever), and each is
     named in `skipped`; a symlink to a file inside `root` is read like the file, one to a file
-    elsewhere is left out. Anything that is not a regular file (a FIFO would block the reader
+    elsewhere is left out. The folder `exclude` (the index's own, which holds thumbnails) is not entered. Anything that is not a regular file (a FIFO would block the reader
     forever, a device would never end) is left out.
     """
     found = []
     real_root = Path(os.path.realpath(root))
+    excluded = os.path.realpath(exclude) if exclude is not None else None
 
     def note(error: OSError) -> None:
         skipped.append(f"{error.filename}: cannot list this folder: {error.strerror}.")
@@ -54,7 +55,8 @@ def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str]) -> lis
             if not name.startswith(".") and os.path.islink(os.path.join(folder, name)):
                 skipped.append(f"{os.path.join(folder, name)}: a symlinked folder, not followed; index its target itself.")
         # Hidden folders hold caches, thumbnails and app data (and often the index itself), not photos.
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        folders[:] = sorted(name for name in folders
+                            if not name.startswith(".") and os.path.realpath(os.path.join(folder, name)) != excluded)
         for name in sorted(files):
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in suffixes:
                 continue

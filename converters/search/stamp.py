@@ -44,8 +44,21 @@ class ArtifactStamp:
         if artifacts is None and not Path(self.bundle).is_dir():
             raise ArtifactError(
                 f"The index {index_file} was made with the bundle at {self.bundle}, which is no longer there; "
-                f"pass --artifacts with the directory of that {self.model} bundle."
+                f"pass --bundle with the directory of that {self.model} bundle."
             )
         bundle = Bundle.open(artifacts or self.bundle)
         self.require_same(ArtifactStamp.of(bundle, self.stage), index_file)
         return bundle
+
+
+def weights_warning(bundle: Bundle) -> str | None:
+    """A sentence for people when the bundle's weights were never trained (test bundles), else None.
+
+    Such a bundle ranks photos at random: searching "猫" put a coffee cup first, with no hint why.
+    """
+    source = bundle.manifest.checkpoint.source if bundle.manifest.checkpoint else None
+    kinds = {"random": "random weights", "stress": "stress weights (random, made to test quantization)"}
+    if source not in kinds:
+        return None
+    return (f"the bundle {bundle.manifest.root} has {kinds[source]}, not a trained model: results are meaningless. "
+            "Convert a real checkpoint (python -m converters convert MODEL) and index with it.")

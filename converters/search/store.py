@@ -23,85 +23,21 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from converters import __version__
 from converters.errors import UserError
+from converters.search.photos import PhotoIndex, PhotoRow, PhotoRows, assemble
+from converters.search.schema import FORMAT, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, SCHEMA, VERSION, table_columns
 from converters.search.stamp import ArtifactStamp
-from converters.search.vectors import Int8Codes, int8_codes
-
-INDEX_FILE = "index.sqlite"
-# The single-file format of earlier versions; such an index is refused with how to rebuild it.
-LEGACY_FILE = "index.cnclip"
-FORMAT = "cnclip-photo-index"
-VERSION = 3
-MAX_DIM = 65_536
-# Photo times are wall-clock seconds since this naive epoch: EXIF DateTimeOriginal carries no time
-# zone, so capture times and modification times are both compared as local wall-clock time.
-WALL_EPOCH = datetime(1970, 1, 1)
-PHOTO_COLUMNS = ("path", "size", "mtime_ns", "time", "captured", "width", "height", "orientation", "embedding")
-SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
-CREATE TABLE roots (path BLOB PRIMARY KEY) STRICT;
-CREATE TABLE photos (
-    path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, time INTEGER NOT NULL,
-    captured INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, orientation INTEGER NOT NULL,
-    embedding BLOB NOT NULL
-) STRICT;
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY, root BLOB NOT NULL, started TEXT NOT NULL, finished TEXT,
-    added INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0, removed INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE TABLE skipped (root BLOB NOT NULL, reason TEXT NOT NULL) STRICT;
-"""
-
+from converters.search.vectors import int8_codes
 
 class IndexFileError(UserError):
     """The index is missing, corrupt, of another format version, or cannot be written."""
-
-
-@dataclass
-class PhotoFacts:
-    """One row per photo, in the order of the index's vectors."""
-
-    paths: list[str]
-    size: np.ndarray  # int64 bytes
-    mtime_ns: np.ndarray  # int64; with size, tells whether a file changed
-    time: np.ndarray  # int64 wall-clock seconds since WALL_EPOCH: the EXIF capture time, else the mtime
-    captured: np.ndarray  # bool: `time` comes from EXIF
-
-
-@dataclass(frozen=True)
-class PhotoRow:
-    """What the indexer writes for one photo."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    time: int
-    captured: bool
-    width: int
-    height: int
-    orientation: int  # EXIF orientation 1–8, 0 when the file has none
-    embedding: np.ndarray  # float16 [dim], L2-normalized
-
-
-@dataclass
-class PhotoIndex:
-    file: Path
-    artifact: ArtifactStamp
-    roots: list[str]
-    complete: bool  # False while the latest run over a folder has not finished (it is running, or was stopped)
-    photos: PhotoFacts
-    vectors: np.ndarray  # float16 [N, D], L2-normalized
-    int8: Int8Codes
-
-    def __len__(self) -> int:
-        return len(self.photos.paths)
 
 
 def corrupt(file: Path, why: str) -> IndexFileError:
@@ -109,6 +45,21 @@ def corrupt(file: Path, why: str) -> IndexFileError:
         f"The photo index {file} is unusable: {why}. "
         "Delete it and run `python -m converters index` again to rebuild it."
     )
+
+
+def writable(folder: Path) -> bool:
+    """Whether this user can write the index in `folder` (the folder, and its database when there is one)."""
+    database = Path(folder) / INDEX_FILE
+    return os.access(folder, os.W_OK) and (not database.exists() or os.access(database, os.W_OK))
+
+
+def require_writable(folder: Path) -> None:
+    if not writable(folder):
+        raise IndexFileError(
+            f"The index folder {folder} is read-only for this user: `index` writes {INDEX_FILE} and its journal there. "
+            "The index in it is intact and `search` and `serve` can read it; to update it, make the folder and "
+            "its files writable (chmod u+w), run as their owner, or index into another --index."
+        )
 
 
 def _encode(path: str) -> bytes:
@@ -132,16 +83,24 @@ class IndexDatabase:
             )
         if not self.file.is_file() and create_for is None:
             raise IndexFileError(
-                f"No photo index at {self.file}. Build one with `python -m converters index PHOTOS --artifacts BUNDLE`, "
+                f"No photo index at {self.file}. Build one with `python -m converters index PHOTOS --bundle BUNDLE`, "
                 "or point --index at the directory that holds it."
             )
         if create_for is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
+            require_writable(self.file.parent)
+        # SQLite writes a WAL index beside the file even to read it; in a folder this user cannot write (a
+        # read-only share, another user's index) the file is read as immutable, as it stands on disk.
+        self.read_only = not writable(self.file.parent)
         try:
-            self.connection = sqlite3.connect(self.file, isolation_level=None)
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a power cut may lose the last transactions, never the database.
-            self.connection.execute("PRAGMA synchronous=NORMAL")
+            if self.read_only:
+                self.connection = sqlite3.connect(f"{self.file.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                                                  isolation_level=None)
+            else:
+                self.connection = sqlite3.connect(self.file, isolation_level=None)
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a power cut may lose the last transactions, never the database.
+                self.connection.execute("PRAGMA synchronous=NORMAL")
             tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables and create_for is not None:
                 self._create(create_for)
@@ -161,7 +120,7 @@ class IndexDatabase:
         """The schema, the format version and the stamp as this tool writes them, before any row is used."""
         for table in ("meta", "roots", "photos", "runs", "skipped"):
             columns = [row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")]
-            expected = [line.split()[0] for line in _table_columns(table)]
+            expected = [line.split()[0] for line in table_columns(table)]
             if columns != expected:
                 raise corrupt(self.file, f"its table '{table}' has columns {columns}, expected {expected}")
         meta = dict(self.connection.execute("SELECT key, value FROM meta"))
@@ -236,26 +195,61 @@ class IndexDatabase:
 
     # ---- what search reads ---------------------------------------------------------------------
 
-    def load(self) -> PhotoIndex:
+    def load(self, previous: PhotoIndex | None = None) -> PhotoIndex:
+        """Every photo as committed at one moment: the reads share one transaction, so an `index` run
+        committing meanwhile (a running `serve` reloads) cannot change the count under the rows.
+
+        With `previous` (this index loaded earlier), only rows it does not hold are read: a row is
+        kept when its rowid, path, size and mtime are unchanged, since the indexer never updates a
+        row in place but replaces it. 100,000 photos take seconds to read whole, a batch's change little.
+        """
+        self.connection.execute("BEGIN")
+        try:
+            return self._load(previous if previous is not None and previous.artifact == self.stamp else None)
+        finally:
+            self.connection.execute("COMMIT")
+
+    def _load(self, previous: PhotoIndex | None) -> PhotoIndex:
         dim = self.stamp.dim
         bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
         if bad:
             raise corrupt(self.file, f"{bad} embeddings are not {dim} float16 values long")
-        count = self.count()
-        vectors = np.empty((count, dim), np.float16)
-        paths, numbers = [], np.empty((count, 4), np.int64)
-        rows = self.connection.execute("SELECT path, size, mtime_ns, time, captured, embedding FROM photos ORDER BY rowid")
-        for i, (path, size, mtime, moment, captured, embedding) in enumerate(rows):
-            paths.append(_decode(path))
-            numbers[i] = (size, mtime, moment, captured)
-            vectors[i] = np.frombuffer(embedding, "<f2")
-        photos = PhotoFacts(paths, numbers[:, 0].copy(), numbers[:, 1].copy(), numbers[:, 2].copy(), numbers[:, 3] != 0)
+        parts = [self._rows("", (), self.count())] if previous is None else self._changes(previous)
+        rowids, photos, vectors, int8 = assemble(parts, dim)
         roots = [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
         # Complete when the latest run over every folder finished; an earlier killed run was finished by a later one.
         unfinished = self.connection.execute(
             "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
         ).fetchone()[0]
-        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8_codes(vectors))
+        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids)
+
+    def _changes(self, previous: PhotoIndex) -> list[PhotoRows]:
+        """The rows of `previous` that are unchanged, and the others read anew."""
+        known = {int(rowid): row for row, rowid in enumerate(previous.rowids)}
+        facts, kept, fresh = previous.photos, [], []
+        for rowid, path, size, mtime in self.connection.execute("SELECT rowid, path, size, mtime_ns FROM photos"):
+            row = known.get(rowid)
+            if row is not None and facts.paths[row] == _decode(path) and (facts.size[row], facts.mtime_ns[row]) == (size, mtime):
+                kept.append(row)
+            else:
+                fresh.append(rowid)
+        parts = [PhotoRows.kept(previous, np.array(kept, np.int64))]
+        for start in range(0, len(fresh), 500):  # SQLite's limit on parameters is far above 500
+            chunk = fresh[start : start + 500]
+            parts.append(self._rows(f"WHERE rowid IN ({', '.join('?' * len(chunk))})", chunk, len(chunk)))
+        return parts
+
+    def _rows(self, where: str, parameters, count: int) -> PhotoRows:
+        vectors = np.empty((count, self.stamp.dim), np.float16)
+        rowids, paths, numbers = np.empty(count, np.int64), [], np.empty((count, 4), np.int64)
+        rows = self.connection.execute(
+            f"SELECT rowid, path, size, mtime_ns, time, captured, embedding FROM photos {where} ORDER BY rowid", parameters
+        )
+        for i, (rowid, path, size, mtime, moment, captured, embedding) in enumerate(rows):  # one row at a time in memory
+            rowids[i], numbers[i] = rowid, (size, mtime, moment, captured)
+            paths.append(_decode(path))
+            vectors[i] = np.frombuffer(embedding, "<f2")
+        return PhotoRows(rowids, paths, numbers, vectors, int8_codes(vectors))
 
     def status(self) -> dict:
         """The index at a glance: photos, artifact, last run, skipped files."""
@@ -275,20 +269,15 @@ class IndexDatabase:
         }
 
 
-def _table_columns(table: str) -> list[str]:
-    body = SCHEMA.split(f"CREATE TABLE {table} (")[1].split(") STRICT;")[0]
-    return [part.strip() for part in body.replace("\n", " ").split(",") if part.strip()]
-
-
 def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def load_index(index_dir: Path) -> PhotoIndex:
-    """Open the index in `index_dir` for searching: every embedding in memory."""
+def load_index(index_dir: Path, previous: PhotoIndex | None = None) -> PhotoIndex:
+    """Open the index in `index_dir` for searching: every embedding in memory (reusing `previous`'s unchanged rows)."""
     database = IndexDatabase(index_dir)
     try:
-        return database.load()
+        return database.load(previous)
     finally:
         database.close()
 
@@ -301,10 +290,3 @@ def read_artifact(index_dir: Path) -> ArtifactStamp | None:
     database.close()
     return database.stamp
 
-
-def wall_seconds(moment: datetime) -> int:
-    return int((moment - WALL_EPOCH).total_seconds())
-
-
-def wall_time(seconds: int) -> datetime:
-    return WALL_EPOCH + timedelta(seconds=int(seconds))

@@ -23,7 +23,8 @@ from converters.search.scanner import (
     read_photo,
 )
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import WALL_EPOCH, IndexDatabase, PhotoRow, wall_seconds
+from converters.search.photos import WALL_EPOCH, PhotoRow, wall_seconds
+from converters.search.store import IndexDatabase, require_writable
 from converters.search.vectors import normalize_rows
 
 LOCK_FILE = "index.lock"
@@ -78,6 +79,7 @@ class IndexUpdater:
 
     def __enter__(self) -> "IndexUpdater":
         self.index_dir.mkdir(parents=True, exist_ok=True)
+        require_writable(self.index_dir)  # before the lock, which a read-only folder would call busy
         with contextlib.ExitStack() as opening:
             busy = f"Another `index` run is updating {self.index_dir}; wait for it to finish or use another --index."
             opening.enter_context(exclusive(self.index_dir / LOCK_FILE, busy, IndexBusyError))
@@ -93,7 +95,8 @@ class IndexUpdater:
     def plan(self, photos_dir: Path) -> UpdatePlan:
         root = str(Path(photos_dir).resolve())
         skipped: list[str] = []
-        found = find_photos(Path(root), image_suffixes(), skipped)
+        # An index folder inside the photos would have its own thumbnails indexed on the next run.
+        found = find_photos(Path(root), image_suffixes(), skipped, exclude=self.index_dir)
         known = self.database.known_files()
         to_embed = [f for f in found if known.get(f.path) != (f.size, f.mtime_ns)]
         under_root = root.rstrip(os.sep) + os.sep

@@ -35,7 +35,7 @@ def indexed(tiny_bundle, tmp_path) -> tuple[Path, Path]:
     photos = tmp_path / "photos"
     shutil.copytree(PHOTOS, photos)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    result = invoke("index", photos, "--artifacts", tiny_bundle, "--index", tmp_path / "index")
+    result = invoke("index", photos, "--bundle", tiny_bundle, "--index", tmp_path / "index")
     assert result.exit_code == 0, result.output
     return photos, tmp_path / "index"
 
@@ -82,7 +82,7 @@ def test_every_stage_of_the_bundle_indexes_and_searches(tiny_bundle, tmp_path, s
     for name in ("cat_chelsea.jpg", "grass.jpg", "rocket_launch.jpg", "coffee_cup.jpg"):
         shutil.copy(PHOTOS / name, photos / name)
     index_dir = tmp_path / "index"
-    made = invoke("index", photos, "--artifacts", tiny_bundle, "--stage", stage, "--index", index_dir)
+    made = invoke("index", photos, "--bundle", tiny_bundle, "--stage", stage, "--index", index_dir)
     assert made.exit_code == 0, made.output
     found = invoke("search", "--image", photos / "grass.jpg", "--index", index_dir, "--json")
     assert found.exit_code == 0, found.output
@@ -95,7 +95,7 @@ def test_every_stage_of_the_bundle_indexes_and_searches(tiny_bundle, tmp_path, s
 def test_a_library_from_the_approximate_size_on_gets_its_graph_at_index_time(tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "APPROXIMATE_FROM", len(list(PHOTOS.glob("*.jpg"))))
     index_dir = tmp_path / "index"
-    made = invoke("index", PHOTOS, "--artifacts", tiny_bundle, "--index", index_dir)
+    made = invoke("index", PHOTOS, "--bundle", tiny_bundle, "--index", index_dir)
     assert made.exit_code == 0, made.output
     assert "approximate index (HNSW graph)" in made.output
     assert len(list(index_dir.glob("approximate-*.usearch"))) == 1
@@ -117,7 +117,7 @@ def test_search_needs_one_query_and_a_new_index_needs_a_bundle(tmp_path):
     for result in (neither, both):
         assert result.exit_code == 2 and "Give either a TEXT query or --image FILE" in result.output
     new = invoke("index", PHOTOS, "--index", tmp_path / "new")
-    assert new.exit_code == 2 and "give --artifacts BUNDLE to create one" in new.output
+    assert new.exit_code == 2 and "give --bundle BUNDLE to create one" in new.output
 
 
 @ON_TINY_VIT
@@ -127,7 +127,7 @@ def test_user_errors_reach_the_cli_as_user_errors(indexed, tiny_bundle, tmp_path
     assert isinstance(missing.exception, IndexFileError)
     empty = invoke("search", "   ", "--index", index_dir)
     assert isinstance(empty.exception, QueryError)
-    other_stage = invoke("index", photos, "--artifacts", tiny_bundle, "--stage", "onnx-int8", "--index", index_dir)
+    other_stage = invoke("index", photos, "--bundle", tiny_bundle, "--stage", "onnx-int8", "--index", index_dir)
     assert isinstance(other_stage.exception, ArtifactMismatchError)
 
 

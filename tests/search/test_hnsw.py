@@ -12,7 +12,7 @@ from converters.bench.search_scale import VectorSource, measure_topk
 from converters.search import backends, hnsw
 from converters.search.backends import HnswScan
 from converters.search.query import Searcher
-from converters.search.store import PhotoFacts, PhotoIndex
+from converters.search.photos import PhotoFacts, PhotoIndex
 from converters.search.vectors import int8_codes, normalize_rows
 
 

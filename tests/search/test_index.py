@@ -22,7 +22,8 @@ from converters.app.bundle import Bundle
 from converters.data import PARITY_SET_DIR
 from converters.search import store
 from converters.search.stamp import ArtifactMismatchError, ArtifactStamp
-from converters.search.store import INDEX_FILE, IndexFileError, load_index, wall_seconds
+from converters.search.photos import wall_seconds
+from converters.search.store import INDEX_FILE, IndexFileError, load_index
 from converters.search.updater import IndexBusyError, IndexUpdater
 from converters.search.vectors import normalize_rows
 from tests.search.helpers import indexed_rows, integrity
@@ -233,7 +234,7 @@ def test_a_process_killed_at_any_moment_leaves_a_whole_database_and_a_rerun_fini
     for copy in range(20):
         for photo in PHOTOS.glob("*.jpg"):
             shutil.copy(photo, photos / f"{copy:02d}-{photo.name}")
-    command = [sys.executable, "-m", "converters", "index", str(photos), "--artifacts", str(tiny_bundle),
+    command = [sys.executable, "-m", "converters", "index", str(photos), "--bundle", str(tiny_bundle),
                "--index", str(tmp_path / "index"), "--batch-size", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -308,7 +309,7 @@ def test_an_index_of_the_earlier_single_file_format_is_refused_with_how_to_rebui
 
 
 def test_a_missing_index_says_how_to_make_one(tmp_path):
-    with pytest.raises(IndexFileError, match="python -m converters index PHOTOS --artifacts BUNDLE"):
+    with pytest.raises(IndexFileError, match="python -m converters index PHOTOS --bundle BUNDLE"):
         load_index(tmp_path / "nowhere")
 
 

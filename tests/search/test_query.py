@@ -25,7 +25,8 @@ from converters.search.query import (
     text_query,
 )
 from converters.search.stamp import ArtifactMismatchError
-from converters.search.store import PhotoFacts, PhotoIndex, load_index
+from converters.search.photos import PhotoFacts, PhotoIndex
+from converters.search.store import load_index
 from converters.search.updater import IndexUpdater
 from converters.search.vectors import Int8Codes, normalize_rows, quantize
 

@@ -1,32 +1,14 @@
-"""`serve`'s JSON API and files, through Starlette's test client on the tiny model's index of the shipped photos."""
+"""`serve`'s JSON API and files, through Starlette's test client on the tiny model's index of the shipped photos
+(the `served` fixture: tests/search/conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from starlette.testclient import TestClient
 
-from converters.cli import cli
-from converters.data import PARITY_SET_DIR
-from converters.search.serve import Library, create_app
 
-PHOTOS = PARITY_SET_DIR / "images"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
-
-
-@pytest.fixture
-def served(tiny_bundle, tmp_path) -> tuple[TestClient, Path]:
-    photos = tmp_path / "photos"
-    shutil.copytree(PHOTOS, photos)
-    os.utime(photos / "grass.jpg", (1_600_000_000, 1_600_000_000))  # 2020-09-13: the only photo before 2021
-    (tmp_path / "secret.txt").write_text("not for the web")
-    result = CliRunner().invoke(cli, ["index", str(photos), "--artifacts", str(tiny_bundle), "--index", str(tmp_path / "index")])
-    assert result.exit_code == 0, result.output
-    return TestClient(create_app(Library.open(tmp_path / "index", None, 1))), photos
 
 
 @ON_TINY_VIT
@@ -59,7 +41,8 @@ def test_an_uploaded_photo_and_more_like_this_find_the_photo_itself_first(served
     first = data["hits"][0]
     assert first["name"] == "cat_chelsea.jpg" and first["score"] == pytest.approx(1, abs=1e-3)
     like = client.get(first["similar"], params={"top": 3}).json()
-    assert like["hits"][0]["id"] == first["id"] and like["query"] == "like cat_chelsea.jpg"
+    assert like["query"] == "like cat_chelsea.jpg" and len(like["hits"]) == 3
+    assert first["id"] not in [hit["id"] for hit in like["hits"]] and like["considered"] == 14  # never itself
 
 
 @ON_TINY_VIT
@@ -93,7 +76,7 @@ def test_a_damaged_upload_is_an_error(served):
 
 @ON_TINY_VIT
 @pytest.mark.parametrize("url", [
-    "/photo/-1", "/photo/15", "/thumb/99", "/photo/../../secret.txt", "/photo/%2e%2e%2f%2e%2e%2fsecret.txt",
+    "/photo/-1", "/photo/0", "/photo/16", "/thumb/99", "/photo/../../secret.txt", "/photo/%2e%2e%2f%2e%2e%2fsecret.txt",
     "/thumb/..%2F..%2Fsecret.txt", "/photo//etc/passwd", "/photo/1/../../../secret.txt", "/../secret.txt",
 ])
 def test_no_url_reaches_a_file_outside_the_index(served, url):

@@ -175,7 +175,7 @@ def test_the_search_engine_indexes_and_searches_with_a_bmodel_stage(bm_bundle, t
     photos.mkdir()
     for name in ("cat_chelsea.jpg", "grass.jpg", "coffee_cup.jpg"):
         shutil.copy(PARITY_SET_DIR / "images" / name, photos / name)
-    made = invoke("index", photos, "--artifacts", bundle, "--stage", stage, "--index", tmp_path / "index")
+    made = invoke("index", photos, "--bundle", bundle, "--stage", stage, "--index", tmp_path / "index")
     assert made.exit_code == 0, made.output
     found = invoke("search", "--image", photos / "grass.jpg", "--index", tmp_path / "index", "--json")
     assert found.exit_code == 0, found.output

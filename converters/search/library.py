@@ -1,0 +1,188 @@
+"""What `serve` holds: the index as last committed, its bundle and embedder, and the thumbnail cache.
+
+A nightly `index` run commits batches while the server answers, and people replace bundles and
+indexes under a running server. Every request first asks `current()`, which compares cheap
+signatures (SQLite's data_version, the database's inode, the bundle files' inodes, sizes and
+mtimes) with those of what is loaded, and reloads when they differ; a search therefore answers
+from the index as committed when it started. What cannot be used (a bundle replaced by another
+artifact) becomes a `problem`: searches refuse with it and the status says it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import ImageOps
+
+from converters.app.bundle import Bundle
+from converters.app.fsutil import atomic_write_bytes
+from converters.app.preprocess import load_image
+from converters.app.runtimes import Embedder
+from converters.app.specs import TOWERS
+from converters.errors import UserError
+from converters.search.photos import PhotoIndex
+from converters.search.query import Searcher
+from converters.search.render import THUMBNAIL_PX
+from converters.search.stamp import weights_warning
+from converters.search.store import INDEX_FILE, IndexDatabase, load_index
+
+THUMBNAIL_FOLDER = "thumbnails"
+
+
+class LibraryProblem(UserError):
+    """The index or bundle changed under the server into something it cannot search with."""
+
+    status_code = 409
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent state: searches use one snapshot from start to end."""
+
+    index: PhotoIndex
+    searcher: Searcher | None  # None while the index holds no photos
+    bundle: Bundle
+    embedder: Embedder
+    weights_warning: str | None
+    signature: tuple
+
+
+class Library:
+    """The served index and bundle, reloaded when either changes on disk."""
+
+    def __init__(self, index_dir: Path, artifacts: Path | None, threads: int):
+        self.index_dir, self.artifacts, self.threads = Path(index_dir), artifacts, threads
+        self.problem: str | None = None
+        # Reloads take turns; model runs need no lock: onnxruntime's sessions are thread-safe and ncnn
+        # makes an extractor per call.
+        self._lock = threading.Lock()
+        self._watch: tuple[int, sqlite3.Connection] | None = None
+        self._snapshot = self._load(self._signature())
+        self.reloads = 0
+
+    @classmethod
+    def open(cls, index_dir: Path, artifacts: Path | None, threads: int) -> "Library":
+        return cls(index_dir, artifacts, threads)
+
+    # ---- noticing changes ----------------------------------------------------------------------
+
+    def _data_version(self) -> tuple:
+        """(inode, data_version) of the index database: data_version changes with every commit by another
+        connection, the inode when the file was replaced (a deleted and rebuilt index)."""
+        database = self.index_dir / INDEX_FILE
+        try:
+            inode = database.stat().st_ino
+        except FileNotFoundError:
+            return (None, None)
+        if self._watch is None or self._watch[0] != inode:
+            if self._watch is not None:
+                self._watch[1].close()
+            uri = f"{database.resolve().as_uri()}?mode=ro"
+            self._watch = (inode, sqlite3.connect(uri, uri=True, check_same_thread=False))
+        try:
+            return (inode, self._watch[1].execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:  # a read-only folder (no WAL index can be made): the inode is all there is
+            return (inode, None)
+
+    def _bundle_files(self, bundle: Bundle, stage: str) -> tuple:
+        paths = [bundle.manifest.path, *(f for t in TOWERS for f in bundle.manifest.artifact(t, stage).files)]
+        return tuple(_file_signature(path) for path in paths)
+
+    def _signature(self, snapshot: Snapshot | None = None) -> tuple:
+        bundle_files = None if snapshot is None else self._bundle_files(snapshot.bundle, snapshot.index.artifact.stage)
+        return self._data_version(), bundle_files
+
+    def current(self) -> Snapshot:
+        """The snapshot to answer with, reloaded first if the index or bundle changed; may take a while
+        (call it from a worker thread). Raises LibraryProblem when what changed cannot be used."""
+        with self._lock:
+            signature = self._signature(self._snapshot)
+            if signature != self._snapshot.signature:
+                try:
+                    self._snapshot = self._load(signature)
+                    self.problem = None
+                except UserError as error:
+                    self.problem = (f"The index or bundle changed while serving and cannot be used: {error} "
+                                    "Searches are refused until it is fixed; the server notices by itself.")
+                    self._snapshot = _with_signature(self._snapshot, signature)
+                self.reloads += 1
+            if self.problem:
+                raise LibraryProblem(self.problem)
+            return self._snapshot
+
+    def _load(self, signature: tuple) -> Snapshot:
+        previous = getattr(self, "_snapshot", None)
+        index = load_index(self.index_dir, previous.index if previous is not None else None)
+        if previous is not None and previous.index.artifact == index.artifact and signature[1] == previous.signature[1]:
+            bundle, embedder = previous.bundle, previous.embedder  # only the index changed
+        else:
+            bundle = index.artifact.open_bundle(self.artifacts, index.file)
+            embedder = bundle.embedder(index.artifact.stage, self.threads)
+        searcher = Searcher(index, threads=self.threads) if len(index) else None
+        return Snapshot(index, searcher, bundle, embedder, weights_warning(bundle),
+                        (signature[0], self._bundle_files(bundle, index.artifact.stage)))
+
+    def status(self) -> dict:
+        """The database's facts, what is loaded, and any problem."""
+        try:
+            snapshot = self.current()
+        except LibraryProblem:
+            snapshot = self._snapshot
+        database = IndexDatabase(self.index_dir)
+        try:
+            facts = database.status()
+        finally:
+            database.close()
+        return facts | {"loaded_photos": len(snapshot.index), "bundle": str(snapshot.bundle.manifest.root),
+                        "weights_warning": snapshot.weights_warning, "problem": self.problem}
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def photo_file(self, photo_id: int, snapshot: Snapshot) -> Path:
+        """The photo `photo_id` (its rowid), if it is still indexed and a regular file inside an indexed folder."""
+        index = snapshot.index
+        row = index.row_of(photo_id)
+        resolved = Path(index.photos.paths[row]).resolve()
+        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in index.roots)
+        if not inside or not resolved.is_file():
+            raise LookupError(row)
+        return resolved
+
+    def thumbnail(self, photo_id: int, snapshot: Snapshot) -> bytes:
+        path = self.photo_file(photo_id, snapshot)
+        stat = path.stat()
+        key = hashlib.sha256(f"{os.fsencode(path)!r}:{stat.st_size}:{stat.st_mtime_ns}:{THUMBNAIL_PX}".encode()).hexdigest()
+        cached = self.index_dir / THUMBNAIL_FOLDER / f"{key}.jpg"
+        if cached.is_file():
+            return cached.read_bytes()
+        # Turned upright for people, unlike the model's pixels, which use the file as stored.
+        image = ImageOps.exif_transpose(load_image(path))
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=80)
+        try:
+            atomic_write_bytes(cached, buffer.getvalue())
+        except OSError:  # a full disk or a read-only index folder: the thumbnail is still shown, only not kept
+            pass
+        return buffer.getvalue()
+
+
+def _file_signature(path: Path) -> tuple | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _with_signature(snapshot: Snapshot, signature: tuple) -> Snapshot:
+    """The old snapshot marked as having seen `signature`, so that a problem is not reloaded on every request."""
+    return Snapshot(snapshot.index, snapshot.searcher, snapshot.bundle, snapshot.embedder, snapshot.weights_warning,
+                    signature)
+

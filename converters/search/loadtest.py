@@ -1,0 +1,205 @@
+"""A bounded load run against `serve` on loopback (issue 26): simulated household users on an asyncio httpx client.
+
+    python -m converters.search.loadtest --bundle BUNDLE --photos 100000 --users 32 --seconds 120
+    python -m converters.search.loadtest --bundle BUNDLE --photos 100000 --users 8 --seconds 60 --no-pause
+
+It builds a library in --workdir: --photos hard links to the shipped test photos (real files, so
+thumbnails are real work) and an index of them with synthetic unit embeddings made for the bundle's
+artifact, starts `serve` on a free loopback port, and runs the users for --seconds: text searches,
+uploads, "more like this", thumbnails, status, each user pausing 1–3 s between actions (none with
+--no-pause, which finds the saturation throughput). With --with-index, `index` adds and removes a
+batch of photos in the same library in a loop meanwhile. The report: requests/s, p50/p95/p99 per
+route, errors, the server's memory over the run, the CPU. Only loopback; bounded in time and users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+import httpx
+import numpy as np
+
+from converters.app.bundle import DEFAULT_STAGE, Bundle
+from converters.cpu import cpu_description
+from converters.data import PARITY_SET_DIR
+from converters.search.photos import PhotoRow
+from converters.search.stamp import ArtifactStamp
+from converters.search.store import IndexDatabase
+from converters.search.vectors import normalize_rows
+
+MAX_USERS, MAX_SECONDS = 64, 900
+TEXTS = ("猫", "海边的日落", "草地", "一杯咖啡", "火箭发射", "宇航员", "雪山", "生日蛋糕", "a dog", "孩子在公园")
+ACTIONS = {"search": 0.5, "thumbs": 0.2, "similar": 0.1, "upload": 0.1, "status": 0.1}
+
+
+def build_library(workdir: Path, bundle: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
+    """(photos folder, index folder): `count` hard links to the shipped photos, indexed with synthetic vectors."""
+    photos, index_dir = workdir / "photos", workdir / "index"
+    shutil.rmtree(workdir, ignore_errors=True)
+    photos.mkdir(parents=True)
+    sources = sorted(PARITY_SET_DIR.joinpath("images").glob("*.jpg"))
+    opened = Bundle.open(bundle)
+    stamp = ArtifactStamp.of(opened, DEFAULT_STAGE)
+    database = IndexDatabase(index_dir, create_for=stamp)
+    run = database.start_run(str(photos.resolve()))
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, 10_000):
+        rows = []
+        vectors = normalize_rows(rng.standard_normal((min(10_000, count - start), stamp.dim))).astype(np.float16)
+        for i, vector in enumerate(vectors):
+            path = photos.resolve() / f"{(start + i) // 1000:03d}" / f"{start + i:06d}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            os.link(sources[(start + i) % len(sources)], path)
+            info = path.stat()
+            rows.append(PhotoRow(str(path), info.st_size, info.st_mtime_ns, int(info.st_mtime), False, 1, 1, 0, vector))
+        database.write(run, str(photos.resolve()), rows, [], [])
+    database.finish_run(run)
+    database.close()
+    return photos, index_dir
+
+
+class Stats:
+    def __init__(self):
+        self.latency, self.statuses, self.errors = defaultdict(list), defaultdict(int), defaultdict(int)
+
+    def record(self, route: str, started: float, status: int | None) -> None:
+        self.latency[route].append(time.perf_counter() - started)
+        self.statuses[(route, status)] += 1
+        if status is None or status >= 500:
+            self.errors[route] += 1
+
+
+async def timed(stats: Stats, route: str, request) -> httpx.Response | None:
+    started = time.perf_counter()
+    try:
+        response = await request
+    except httpx.HTTPError:
+        stats.record(route, started, None)
+        return None
+    stats.record(route, started, response.status_code)
+    return response
+
+
+async def user(client: httpx.AsyncClient, stats: Stats, deadline: float, pace: bool, rng: random.Random, upload: bytes) -> None:
+    ids: list[int] = []
+    while time.perf_counter() < deadline:
+        action = rng.choices(list(ACTIONS), weights=list(ACTIONS.values()))[0]
+        if action in ("thumbs", "similar") and not ids:
+            action = "search"
+        if action == "search":
+            answer = await timed(stats, "text search", client.get("/api/search", params={"q": rng.choice(TEXTS)}))
+            if answer is not None and answer.status_code == 200:
+                ids = [hit["id"] for hit in answer.json()["hits"]]
+        elif action == "thumbs":
+            for photo_id in ids[:8]:
+                await timed(stats, "thumbnail", client.get(f"/thumb/{photo_id}"))
+        elif action == "similar":
+            await timed(stats, "more like this", client.get(f"/api/similar/{rng.choice(ids)}"))
+        elif action == "upload":
+            await timed(stats, "image search", client.post("/api/search/image", files={"image": ("q.jpg", upload, "image/jpeg")}))
+        else:
+            await timed(stats, "status", client.get("/api/status"))
+        if pace:
+            await asyncio.sleep(rng.uniform(1, 3))
+
+
+async def drive(base: str, users: int, seconds: float, pace: bool, seed: int) -> Stats:
+    stats, deadline = Stats(), time.perf_counter() + seconds
+    upload = PARITY_SET_DIR.joinpath("images", "cat_chelsea.jpg").read_bytes()
+    limits = httpx.Limits(max_connections=users)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        await asyncio.gather(*(user(client, stats, deadline, pace, random.Random(seed + i), upload) for i in range(users)))
+    return stats
+
+
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def index_loop(photos: Path, index_dir: Path, stop: float) -> int:
+    """Adds 16 photos and removes 16 per `index` run, until `stop`; returns the runs made."""
+    sources, runs = sorted(PARITY_SET_DIR.joinpath("images").glob("*.jpg")), 0
+    incoming = photos / "incoming"
+    incoming.mkdir(exist_ok=True)
+    while time.perf_counter() < stop:
+        for i in range(16):
+            shutil.copy(sources[i % len(sources)], incoming / f"run{runs:04d}-{i:02d}.jpg")
+        for old in sorted(incoming.glob(f"run{runs - 1:04d}-*.jpg")):
+            old.unlink()
+        subprocess.run([sys.executable, "-m", "converters", "index", str(photos), "--index", str(index_dir), "--threads", "1"],
+                       check=True, capture_output=True)
+        runs += 1
+    return runs
+
+
+def report(stats: Stats, seconds: float, memory: list[float], runs: int | None) -> str:
+    total = sum(len(v) for v in stats.latency.values())
+    lines = [f"CPU: {cpu_description()}, {os.cpu_count()} cores", f"{total} requests in {seconds:.0f} s: {total / seconds:.1f}/s",
+             "| route | requests | req/s | p50 ms | p95 ms | p99 ms | errors (5xx or failed) |", "|---|---|---|---|---|---|---|"]
+    for route, values in sorted(stats.latency.items()):
+        p50, p95, p99 = np.percentile(np.array(values) * 1000, [50, 95, 99])
+        lines.append(f"| {route} | {len(values)} | {len(values) / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {stats.errors[route]} |")
+    lines.append("statuses: " + ", ".join(f"{route} {status}: {n}" for (route, status), n in sorted(stats.statuses.items(), key=str)))
+    tenth = max(1, len(memory) // 10)
+    first, last = np.mean(memory[:tenth]), np.mean(memory[-tenth:])
+    lines.append(f"server memory: {first:.0f} MB in the first tenth of the run, {last:.0f} MB in the last ({(last / first - 1) * 100:+.1f} %), peak {max(memory):.0f} MB")
+    if runs is not None:
+        lines.append(f"`index` runs meanwhile (16 added, 16 removed each): {runs}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--photos", "count", type=click.IntRange(1, 1_000_000), default=100_000, show_default=True)
+@click.option("--users", type=click.IntRange(1, MAX_USERS), default=32, show_default=True)
+@click.option("--seconds", type=click.IntRange(5, MAX_SECONDS), default=120, show_default=True)
+@click.option("--no-pause", is_flag=True, help="No pause between actions: the saturation run.")
+@click.option("--with-index", is_flag=True, help="Run `index` adding and removing photos meanwhile.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp/cnclip-load"), show_default=True)
+def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, with_index: bool, workdir: Path) -> None:
+    photos, index_dir = build_library(workdir, bundle, count)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--port", str(port)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        while "photos on http://" not in (line := server.stderr.readline()):
+            if not line:
+                raise click.ClickException("serve did not start")
+        memory, runs = [], None
+
+        async def sample(until: float) -> None:
+            while time.perf_counter() < until:
+                memory.append(resident_mb(server.pid))
+                await asyncio.sleep(1)
+
+        async def everything() -> tuple[Stats, int | None]:
+            until = time.perf_counter() + seconds
+            indexing = asyncio.to_thread(index_loop, photos, index_dir, until) if with_index else asyncio.sleep(0, None)
+            stats, _, made = await asyncio.gather(drive(f"http://127.0.0.1:{port}", users, seconds, not no_pause, 0),
+                                                  sample(until), indexing)
+            return stats, made
+
+        stats, runs = asyncio.run(everything())
+        click.echo(report(stats, seconds, memory, runs))
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The index database's schema and format: what `store` creates, and checks before it reads a row."""
+
+from __future__ import annotations
+
+INDEX_FILE = "index.sqlite"
+# The single-file format of earlier versions; such an index is refused with how to rebuild it.
+LEGACY_FILE = "index.cnclip"
+FORMAT = "cnclip-photo-index"
+VERSION = 3
+MAX_DIM = 65_536
+PHOTO_COLUMNS = ("path", "size", "mtime_ns", "time", "captured", "width", "height", "orientation", "embedding")
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE roots (path BLOB PRIMARY KEY) STRICT;
+CREATE TABLE photos (
+    path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, time INTEGER NOT NULL,
+    captured INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, orientation INTEGER NOT NULL,
+    embedding BLOB NOT NULL
+) STRICT;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, root BLOB NOT NULL, started TEXT NOT NULL, finished TEXT,
+    added INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0, removed INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE skipped (root BLOB NOT NULL, reason TEXT NOT NULL) STRICT;
+"""
+
+
+def table_columns(table: str) -> list[str]:
+    body = SCHEMA.split(f"CREATE TABLE {table} (")[1].split(") STRICT;")[0]
+    return [part.strip() for part in body.replace("\n", " ").split(",") if part.strip()]

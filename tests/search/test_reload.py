@@ -1,0 +1,50 @@
+"""A running server's reload: only what `index` changed is read again, and photo ids outlive other photos' removal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from converters.search.store import IndexDatabase, load_index
+from tests.search.conftest import PHOTOS, index
+
+ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+
+
+@ON_TINY_VIT
+def test_a_reload_reads_only_the_changed_rows_and_equals_a_full_load(library, monkeypatch):
+    photos, index_dir, _ = library
+    before = load_index(index_dir)
+    (photos / "coffee_cup.jpg").unlink()
+    os.utime(photos / "astronaut.jpg", (1_700_000_000, 1_700_000_000))  # changed: its row is replaced
+    shutil.copy(PHOTOS / "grass.jpg", photos / "new.jpg")
+    index(photos, index_dir)
+    read = []
+    rows = IndexDatabase._rows
+    monkeypatch.setattr(IndexDatabase, "_rows", lambda self, where, parameters, count: read.append(count) or rows(self, where, parameters, count))
+    reloaded = load_index(index_dir, before)
+    assert sum(read) == 2  # astronaut.jpg and new.jpg; the 13 others are kept from before
+    full = load_index(index_dir)
+    assert np.array_equal(reloaded.rowids, full.rowids) and reloaded.photos.paths == full.photos.paths
+    for name in ("size", "mtime_ns", "time", "captured"):
+        assert np.array_equal(getattr(reloaded.photos, name), getattr(full.photos, name))
+    assert np.array_equal(reloaded.vectors, full.vectors)
+    assert np.array_equal(reloaded.int8.codes, full.int8.codes) and np.array_equal(reloaded.int8.scales, full.int8.scales)
+    assert (reloaded.roots, reloaded.complete, len(reloaded)) == (full.roots, full.complete, 15)
+
+
+@ON_TINY_VIT
+def test_photo_ids_outlive_the_removal_of_other_photos(served, library):
+    client, photos = served
+    ids = {hit["name"]: hit["id"] for hit in client.get("/api/search", params={"q": "猫", "top": 15}).json()["hits"]}
+    first = min(ids, key=ids.get)
+    (photos / first).unlink()
+    index(photos, library[1])
+    for name, photo_id in ids.items():
+        if name != first:
+            assert client.get(f"/photo/{photo_id}").content == (photos / name).read_bytes()
+    for url in (f"/photo/{ids[first]}", f"/thumb/{ids[first]}", f"/api/similar/{ids[first]}"):
+        assert client.get(url).status_code == 404
