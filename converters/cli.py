@@ -27,6 +27,7 @@ COMMANDS = {
     "sensitivity": ("converters.export.commands:sensitivity_command", "convert"),
     "levers": ("converters.export.commands:levers_command", "convert"),
     "parity": ("converters.export.commands:parity_command", "convert"),
+    "immich": ("converters.export.commands:immich_command", "convert"),
     "bench": ("converters.bench.command:bench_command", "convert"),
     "index": ("converters.search.commands:index_command", None),
     "search": ("converters.search.commands:search_command", None),
