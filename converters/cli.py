@@ -32,6 +32,7 @@ COMMANDS = {
     "index": ("converters.search.commands:index_command", None),
     "search": ("converters.search.commands:search_command", None),
     "serve": ("converters.search.commands:serve_command", None),
+    "immich-serve": ("converters.search.immich_command:immich_serve_command", None),
 }
 DISTRIBUTION = "cnclip-converters"
 
