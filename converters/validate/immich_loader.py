@@ -16,6 +16,7 @@ check sees what Immich will see. Written from reading Immich's source (immich-ap
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -87,8 +88,6 @@ class ImmichTextual:
     def clean(self, text: str) -> str:
         text = " ".join(text.split())
         if self.canonicalize:  # not written by this project; here so that a folder asking for it is run as Immich would
-            import string
-
             text = text.translate(str.maketrans("", "", string.punctuation)).lower()
         return text
 
