@@ -204,9 +204,10 @@ def immich_command(model: str | None, bundle: Path | None, precision: str, name:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        folder = immich.write_folder(manifest, stage, name, staging)
-        loaded = functools.cache(lambda: load_recorded(config, manifest))
-        check = check_folder(folder, manifest, config, stage, name, loaded, lambda e: say(render(e)))
+        with BundleLayout(root).exclusive():  # the check may write the bundle's reference cache
+            folder = immich.write_folder(manifest, stage, name, staging)
+            loaded = functools.cache(lambda: load_recorded(config, manifest))
+            check = check_folder(folder, manifest, config, stage, name, loaded, lambda e: say(render(e)))
         write_report(check, folder)
         written = immich.publish(staging, out, check.passed)
     finally:
