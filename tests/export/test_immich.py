@@ -162,3 +162,12 @@ def test_names_follow_the_embedding_size_and_refuse_multilingual_ones():
         immich_name(512, 224, "nllb-clip-base-siglip__v1")
     with pytest.raises(UserError, match="give --name"):
         immich_name(32, 32)
+
+
+def test_a_folder_failing_the_check_is_set_aside_and_the_command_exits_3(bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(immich, "_normalized_output", lambda graph, dim: None)  # the towers' raw embeddings
+    out = tmp_path / "folder"
+    result = CliRunner().invoke(cli, ["immich", "--bundle", str(bundle), "--name", NAME, "--out", str(out)])
+    assert result.exit_code == 3 or getattr(result.exception, "exit_code", None) == 3, result.output
+    assert "FAILED" in result.output and "embedding norm off by" in result.output
+    assert not out.exists() and (tmp_path / "folder.failed" / "immich-check.md").is_file()
