@@ -27,10 +27,12 @@ COMMANDS = {
     "sensitivity": ("converters.export.commands:sensitivity_command", "convert"),
     "levers": ("converters.export.commands:levers_command", "convert"),
     "parity": ("converters.export.commands:parity_command", "convert"),
+    "immich": ("converters.export.commands:immich_command", "convert"),
     "bench": ("converters.bench.command:bench_command", "convert"),
     "index": ("converters.search.commands:index_command", None),
     "search": ("converters.search.commands:search_command", None),
     "serve": ("converters.search.commands:serve_command", None),
+    "immich-serve": ("converters.search.immich_command:immich_serve_command", None),
 }
 DISTRIBUTION = "cnclip-converters"
 

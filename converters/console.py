@@ -24,12 +24,13 @@ def say(message: str) -> None:
 optional_model_argument = click.argument("model", metavar="[MODEL]", required=False)
 
 
-def bundle_option(help: str, *, required: bool = False, old_name: str = "--out"):
+def bundle_option(help: str, *, required: bool = False, old_name: str | None = "--out"):
     """The bundle folder, `--bundle` in every command; `old_name` (what the command called it before 0.5.0) is kept as
-    an alias so that scripts written for it still run."""
+    an alias so that scripts written for it still run (None: a command that never had another name for it)."""
+    names = ("--bundle", old_name) if old_name else ("--bundle",)
     return click.option(
-        "--bundle", old_name, "bundle", type=click.Path(file_okay=False, path_type=Path), default=None, required=required,
-        help=f"{help} ({old_name} is the older name of this option.)",
+        *names, "bundle", type=click.Path(file_okay=False, path_type=Path), default=None, required=required,
+        help=f"{help} ({old_name} is the older name of this option.)" if old_name else help,
     )
 
 

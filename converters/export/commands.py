@@ -1,8 +1,9 @@
-"""`models`, `convert`, `parity`, `sensitivity` and `levers`: the commands that need a model's config."""
+"""`models`, `convert`, `parity`, `sensitivity`, `levers` and `immich`: the commands that need a model's config."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -16,6 +17,8 @@ from converters.validate.client import ARCHES
 
 DEFAULT_CACHE = Path(os.environ.get("CNCLIP_CACHE", Path.home() / ".cache" / "clip"))
 BUNDLE_HELP = "Bundle directory (default: artifacts/MODEL below the working directory)"
+# `immich --precision`: the bundle's ONNX stage each precision is taken from.
+IMMICH_PRECISIONS = {"fp32": "onnx-sim", "fp16": "onnx-fp16", "int8": "onnx-int8"}
 
 
 @click.command("models")
@@ -155,6 +158,64 @@ def levers_command(model: str | None, bundle: Path | None, stages: str | None) -
     rows = measure_levers(config, layout, lambda event: say(render(event)), chosen)
     click.echo(render_table(rows))
     say(f"wrote {layout.levers_json}")
+
+
+@click.command("immich")
+@optional_model_argument
+@bundle_option(BUNDLE_HELP, old_name=None)
+@click.option("--precision", type=click.Choice(sorted(IMMICH_PRECISIONS)), default="fp32", show_default=True,
+              help="Which of the bundle's ONNX towers: fp32 (onnx-sim), fp16 (onnx-fp16) or int8 (onnx-int8).")
+@click.option("--name", default=None, help="The allow-listed Immich model name to serve it under (default: by "
+              "embedding size: 512 ViT-B-16__openai, 768 ViT-L-14__openai or ViT-L-14-336__openai, 1024 RN50__openai).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The folder to write (replaced only if this tool wrote it).")
+@click.option("--install", "cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Then copy it into this Immich model cache (MACHINE_LEARNING_CACHE_FOLDER; /cache in Docker) as "
+              "clip/NAME: refused if a folder there was not written by this tool; ours is kept as NAME.cnclip-previous.")
+def immich_command(model: str | None, bundle: Path | None, precision: str, name: str | None, out: Path,
+                   cache: Path | None) -> None:
+    """Write a model folder for Immich's machine-learning service from a bundle's ONNX towers, and check it.
+
+    The folder is loaded as Immich loads it (its tokenizer files, int32 text ids, its resize and crop) and compared
+    with PyTorch on the parity set; the report (immich-check.md) goes into the folder. A folder that fails is left
+    at OUT.failed and the command exits with status 3. See docs/immich.md.
+    """
+    import functools
+    import tempfile
+
+    from converters.app.immich import ImmichFolder, dim_mismatch, immich_name
+    from converters.app.layout import BundleLayout
+    from converters.app.manifest import Manifest
+    from converters.export import immich
+    from converters.export.checkpoint import load_recorded
+    from converters.export.immich_check import check_folder, render_markdown, write_report
+
+    config, root = bundle_config(model, bundle)
+    stage = IMMICH_PRECISIONS[precision]
+    manifest = Manifest.load(BundleLayout(root).manifest)
+    manifest.require_model(config.name)
+    name = immich_name(manifest.embedding.dim, manifest.preprocess["resolution"], name)
+    if (warning := dim_mismatch(name, manifest.embedding.dim)) is not None:
+        say(f"warning: {warning}")
+    out = out.absolute()
+    immich.refuse_foreign(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with BundleLayout(root).exclusive():  # the check may write the bundle's reference cache
+            folder = immich.write_folder(manifest, stage, name, staging)
+            loaded = functools.cache(lambda: load_recorded(config, manifest))
+            check = check_folder(folder, manifest, config, stage, name, loaded, lambda e: say(render(e)))
+        write_report(check, folder)
+        written = immich.publish(staging, out, check.passed)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(render_markdown(check))
+    if not check.passed:
+        raise ParityError(f"The Immich folder fails as Immich would run it; see {ImmichFolder(written).check_md}.")
+    say(f"Immich folder {name} in {written}")
+    if cache is not None:
+        say(f"installed as {immich.install(written, cache.absolute(), name)}; run Smart Search for all photos in Immich.")
 
 
 def _config_for(model: str | None, checkpoint: str | None):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 from pathlib import Path
 
 import click
@@ -92,15 +91,6 @@ def _stop_signals_interrupt():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _check_port(host: str, port: int) -> None:
-    """Fail as a user error before announcing anything: uvicorn would log the error and exit 3, parity's status."""
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as error:
-        raise UserError(f"Cannot listen on {host}:{port}: {error.strerror or error}. Choose another --port or --host.") from None
 
 
 def _indexing_artifact(index_dir: Path, bundle: Path | None, stage: str | None) -> tuple[Bundle, str]:
@@ -207,7 +197,7 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
 
     from converters.search.auth import read_password
     from converters.search.library import Library
-    from converters.search.network import allowed_hosts, is_loopback
+    from converters.search.network import allowed_hosts, check_port, is_loopback
     from converters.search.serve import Security, create_app
 
     password = read_password(password_file)
@@ -218,7 +208,7 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
             "without one on purpose, or listen on 127.0.0.1."
         )
     library = Library.open(index_dir, bundle, threads)
-    _check_port(host, port)
+    check_port(host, port)
     if password is None and not is_loopback(host):
         say(f"warning: listening on {host} without a password (--no-auth): every device that reaches it can search and open these photos.")
     snapshot = library.current()

@@ -12,6 +12,7 @@ body is, where a state-changing request comes from; and the headers every answer
 from __future__ import annotations
 
 import ipaddress
+import socket
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -132,3 +133,12 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail as a user error before announcing anything: uvicorn would log the error and exit 3, parity's status."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise UserError(f"Cannot listen on {host}:{port}: {error.strerror or error}. Choose another --port or --host.") from None
