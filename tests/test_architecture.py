@@ -33,3 +33,10 @@ def test_an_import_against_the_layers_breaks_a_contract(tmp_path):
                              "from importlinter.cli import lint_imports_command; lint_imports_command()", "--no-cache"],
                             capture_output=True, text=True, cwd=copy)
     assert result.returncode != 0 and "converters.app.layout -> converters.export.pipeline" in result.stdout, result.stdout[-3000:]
+
+
+def test_no_module_of_the_package_is_over_300_lines():
+    """Small files: a module past this has grown more than one concern (split it by concern)."""
+    long = {str(path.relative_to(REPO)): n for path in (REPO / "converters").rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 300}
+    assert not long, long

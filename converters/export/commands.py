@@ -233,7 +233,7 @@ def _config_for(model: str | None, checkpoint: str | None):
 
 
 def bundle_config(model: str | None, out: Path | None):
-    """The config of MODEL, or, without MODEL, of the bundle at --out as its manifest records it."""
+    """The config of MODEL, or, without MODEL, of the bundle at --bundle as its manifest records it."""
     from converters.app.layout import BundleLayout
     from converters.app.manifest import Manifest
     from converters.export import huggingface

@@ -1,8 +1,10 @@
 """Model configs: one YAML file per architecture in `converters/export/configs/` (package data), validated on load.
 
 The set of known model names is the set of file stems in the configs folder;
-nothing else lists them. Defaults below are the measured choices; a config
-file overrides them only where its architecture needs something else.
+nothing else lists them. Each stage's options and their measured defaults live
+in its module (`converters.export.stages`), the parity targets in
+`converters.validate.fidelity`; a config file overrides them only where its
+architecture needs something else.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from converters.app.specs import stage_spec
 from converters.errors import ConfigError
 from converters.export.stages import StageOptions, registered
-from converters.validate.fidelity import FidelityTarget, ParityTolerances
+from converters.validate.fidelity import ParityTolerances
 from converters.validate.settings import CmodelSample, ParitySettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -126,9 +128,6 @@ class ModelConfig(_Strict):
 
     def stage_options(self, stage: str) -> StageOptions:
         return getattr(self.stages, stage_spec(stage).config_key)
-
-    def tolerance(self, stage: str) -> FidelityTarget:
-        return getattr(self.parity, stage_spec(stage).config_key)
 
     def parity_settings(self) -> ParitySettings:
         return ParitySettings(self.name, self.parity, self.cmodel_parity, self.source)

@@ -157,7 +157,7 @@ def measure_levers(config: ModelConfig, layout: BundleLayout, progress: Progress
                     inputs = parity_set.pixels if tower == "visual" else parity_set.token_ids
                     expected = reference.images if tower == "visual" else reference.texts
                     rows.append(_measure(lever, tower, offer, parent, held_out, inputs, expected,
-                                         config.tolerance(lever.stage), context))
+                                         config.parity_settings().target(lever.stage), context))
         atomic_write_text(layout.levers_json, _to_json(manifest, rows, {stage: config.stage_options(stage) for stage in stages}))
     return rows
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from converters.app.artifact import Artifact
 from converters.app.runtimes import open_tower
 from converters.export.context import StageContext
-from converters.validate.fidelity import Fidelity, FidelityTarget, measure
+from converters.validate.fidelity import DEFAULT_TARGETS, EmbeddingTarget, Fidelity, measure
 from converters.validate.parity import batched
 
 # Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
@@ -49,15 +49,15 @@ class Quantizer:
     kept_as: str = "float"  # what the kept layers are stored as
 
 
-class FloatFallback(FidelityTarget):
+class FloatFallback(EmbeddingTarget):
     """A quantized stage's fallback: the target its tower must meet against its float parent on calibration
     samples (never the parity set), and how many samples it is graded on."""
 
     enabled: bool = True
     cosine_min: float = Field(default=0.99, gt=0.0, le=1.0)
     cosine_mean: float = Field(default=0.995, gt=0.0, le=1.0)
-    # Half parity's int8 limit (0.1): the calibration samples are not the parity set.
-    norm_ratio_max: float = Field(default=0.05, gt=0.0)
+    # Half parity's int8 limit: the calibration samples are not the parity set.
+    norm_ratio_max: float = Field(default=DEFAULT_TARGETS["int8"].norm_ratio_max / 2, gt=0.0)
     # Calibration samples the fidelity is measured on: photos and crops of them, or captions.
     samples: int = Field(default=16, gt=0, le=1000)
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from converters.app.specs import STAGES, ToleranceFamily
 
 
-class FidelityTarget(BaseModel):
+class EmbeddingTarget(BaseModel):
     """What a tower's embeddings must meet against their reference, per sample.
 
     Whatever the target, an output that is not finite, is all zeros or has the wrong shape fails.
@@ -34,6 +34,11 @@ class FidelityTarget(BaseModel):
     cosine_mean: float | None = Field(default=None, gt=0.0, le=1.0)
     # max |norm(candidate) / norm(reference) - 1|: cosine cannot see an embedding scaled by 1000.
     norm_ratio_max: float = Field(gt=0.0, le=1.0)
+
+
+class FidelityTarget(EmbeddingTarget):
+    """A stage's parity target: its towers' embeddings against PyTorch's, and the two towers together."""
+
     # Of the captions, the fraction whose best-matching photo is the reference's (both towers of a stage).
     top1_agreement_min: float | None = Field(default=None, ge=0.0, le=1.0)
 
@@ -127,7 +132,7 @@ def normalized(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64) / _norms(x)[:, None]
 
 
-def measure(reference: np.ndarray, candidate: np.ndarray, target: FidelityTarget) -> Fidelity:
+def measure(reference: np.ndarray, candidate: np.ndarray, target: EmbeddingTarget) -> Fidelity:
     """Per-sample numbers of `candidate` against `reference`, judged by `target`."""
     problems = structural_problems(reference, candidate)
     if problems:
@@ -147,7 +152,7 @@ def measure(reference: np.ndarray, candidate: np.ndarray, target: FidelityTarget
     return measured
 
 
-def judge(measured: Fidelity, target: FidelityTarget) -> list[str]:
+def judge(measured: Fidelity, target: EmbeddingTarget) -> list[str]:
     """Every way the numbers miss `target`, written as `not (measured meets limit)` so that a NaN fails."""
     failures = []
     if not measured.cosine_min >= target.cosine_min:

@@ -25,8 +25,7 @@ from converters.app.fsutil import (
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.data.parity_set import ParitySet
-from converters.validate.fidelity import Embeddings
-from converters.validate.report import RESIZED_RGB_TOLERANCE
+from converters.validate.fidelity import RESIZED_RGB_TOLERANCE, Embeddings
 
 IMAGES = 4
 CAPTIONS = 6

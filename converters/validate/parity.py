@@ -96,7 +96,7 @@ class ParityChecker:
             measured = {t: self.check(a) for t, a in artifacts.items()}
             top1 = None
             # Top-1 needs both towers' embeddings, and numbers: a structural failure leaves NaN in their place.
-            if len(artifacts) == len(TOWERS) and all(np.isfinite(m.cosine_min) for m in measured.values()):
+            if len(artifacts) == len(TOWERS) and all(m.is_embedding for m in measured.values()):
                 complete[stage] = Embeddings(*(self._measured(artifacts[t])[0] for t in TOWERS))
                 top1 = top1_agreement(self.reference, complete[stage])
             target = self.settings.target(stage)

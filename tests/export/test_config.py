@@ -86,8 +86,8 @@ def test_defaults_and_overrides(tmp_path):
     config = load_config(write(tmp_path, tiny_text() + "stages:\n  onnx_int8:\n    per_channel: false\n"))
     assert config.name == "custom"
     assert config.stages.onnx_int8.per_channel is False
-    assert config.tolerance("onnx-fp32").cosine_min == 0.99999
-    assert config.tolerance("onnx-int8").cosine_mean == 0.99
+    assert config.parity_settings().target("onnx-fp32").cosine_min == 0.99999
+    assert config.parity_settings().target("onnx-int8").cosine_mean == 0.99
 
 
 from hypothesis import HealthCheck, given, settings
@@ -155,5 +155,5 @@ def test_a_config_that_is_not_utf8_is_one_error(tmp_path):
 
 def test_a_partial_tolerance_keeps_the_other_defaults(tmp_path):
     config = load_config(write(tmp_path, tiny_text() + "parity:\n  onnx_int8:\n    cosine_min: 0.97\n"))
-    assert config.tolerance("onnx-int8").cosine_min == 0.97
-    assert config.tolerance("onnx-int8").cosine_mean == 0.99 and config.tolerance("onnx-int8").norm_ratio_max == 0.1
+    assert config.parity_settings().target("onnx-int8").cosine_min == 0.97
+    assert config.parity_settings().target("onnx-int8").cosine_mean == 0.99 and config.parity_settings().target("onnx-int8").norm_ratio_max == 0.1

@@ -14,7 +14,7 @@ Input `pixels` [1, 3, R, R] float32, output [1, embed_dim] float32.
 from __future__ import annotations
 
 import torch
-from cn_clip.clip.model import CLIP, AttentionPool2d, Bottleneck, ModifiedResNet
+from cn_clip.clip.model import CLIP, AttentionPool2d, ModifiedResNet
 from torch import nn
 
 from converters.app.preprocess import Transform
@@ -70,7 +70,7 @@ def export_module(model: CLIP) -> nn.Module:
 def smoothing_sites(visual: ModifiedResNet) -> list[Site]:
     """The stem's bn1 → conv2 and bn2 → conv3, and each bottleneck's (their outputs stay inside the branch)."""
     found = []
-    for owner in (visual, *(b for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in layer)):
+    for owner in (visual, *_bottlenecks(visual)):
         found.append(Site(owner.bn1, owner.conv2, owner.conv2.weight))
         found.append(Site(owner.bn2, owner.conv3, owner.conv3.weight))
     return found
@@ -79,11 +79,14 @@ def smoothing_sites(visual: ModifiedResNet) -> list[Site]:
 def stress(visual: ModifiedResNet, dims, options, resolution: int) -> None:
     """Residual branches scaled by `branch_gain`, then every BatchNorm's statistics measured on photos (the stress
     module says why trained ResNets look like this)."""
-    for block in visual.modules():
-        if isinstance(block, Bottleneck):  # bn3 ends its residual branch (the stem's bn3 feeds no residual)
-            block.bn3.weight.mul_(options.branch_gain)
-            block.bn3.bias.mul_(options.branch_gain)
+    for block in _bottlenecks(visual):  # bn3 ends each residual branch (the stem's bn3 feeds no residual)
+        block.bn3.weight.mul_(options.branch_gain)
+        block.bn3.bias.mul_(options.branch_gain)
     _measure_batch_norm_statistics(visual, resolution)
+
+
+def _bottlenecks(visual: ModifiedResNet) -> list[nn.Module]:
+    return [block for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for block in layer]
 
 
 def _measure_batch_norm_statistics(visual: nn.Module, resolution: int) -> None:

@@ -11,8 +11,10 @@ it writes into. A module declares `STAGES`, one `Stage` per row it runs
 Adding a stage: a row in the table, a module here, a runtime adapter in
 `converters.app.runtimes` if its runtime is new, and its tests. The config's
 options and tolerances, the CLI's choices and the file names follow from the row.
-Heavy libraries (torch, pnnx) are imported where a stage runs, not at module
-level: loading a config reads every stage's options class.
+torch, pnnx and onnxsim are imported where a stage runs, not at module level:
+loading a config reads every stage's options class, and `parity` with a cached
+reference must not load torch (onnx, onnxruntime and ncnn, core dependencies,
+are imported at module level).
 """
 
 from __future__ import annotations

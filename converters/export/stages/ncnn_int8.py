@@ -34,7 +34,7 @@ from converters.app.runtimes.ncnn_runtime import NcnnTower
 from converters.errors import ConversionError
 from converters.app.specs import stage_spec
 from converters.export.context import StageContext
-from converters.export.mixed_precision import FloatFallback, Quantizer, build_with_fallback
+from converters.export.mixed_precision import PROBE_THREADS, FloatFallback, Quantizer, build_with_fallback
 from converters.export.ncnn.calibration import calibrate
 from converters.export.ncnn.model_file import read_model, write_model
 from converters.export.ncnn.quantize import is_int8, quantizable_layers, quantize
@@ -75,10 +75,9 @@ def quantizer(parent: Artifact, options: NcnnInt8Options, context: StageContext)
         model = read_model(*parent.files)
     except ConversionError as error:
         raise ConversionError(f"{error} Convert it again: --stages ncnn-fp32,ncnn-int8.") from None
-    # ncnn2table calibrates with the fp32 model, fp16 off (the parent's own options) and one
-    # thread per sample. Two OpenMP threads on this busy 2-core machine took 4.1 s per
-    # ViT-B-16 caption against 0.11 s with one.
-    fp32 = NcnnTower(parent, threads=1)
+    # ncnn2table calibrates with the fp32 model, fp16 off (the parent's own options), one thread per sample
+    # (PROBE_THREADS says why).
+    fp32 = NcnnTower(parent, threads=PROBE_THREADS)
     table = calibrate(model, fp32, fp32.feeds(context.calibration_inputs(parent.tower, options.samples)), options.method)
 
     def build(float_layers: frozenset[str], folder: Path) -> Artifact:
