@@ -31,6 +31,7 @@ COMMANDS = {
     "index": ("converters.search.commands:index_command", None),
     "search": ("converters.search.commands:search_command", None),
     "serve": ("converters.search.commands:serve_command", None),
+    "embed": ("converters.cluster.commands:embed_command", "cluster"),
 }
 DISTRIBUTION = "cnclip-converters"
 
