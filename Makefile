@@ -47,7 +47,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--out $(OUT))
 
 .PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
-	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser clean
+	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser test-cluster clean
 
 help:
 	@echo "Set-up (each target below makes .venv with what it needs on first use):"
@@ -184,6 +184,11 @@ test-client: $(TEST_STAMP) client-packages
 
 test-browser: $(TEST_STAMP) browser-packages
 	$(PY) -m pytest -m browser $(PYTEST_ARGS)
+
+# A two-node Ray cluster on loopback; Ray Data comes with the [cluster] extra (about a minute to install).
+test-cluster: $(TEST_STAMP)
+	$(PY) -m pip install --quiet -e '.[cluster]'
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf artifacts

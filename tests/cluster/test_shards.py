@@ -17,7 +17,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from converters.cluster.pipeline import ClusterOptions  # noqa: E402
 from converters.cluster.run import embed_and_merge  # noqa: E402
-from converters.cluster.shards import ShardError, shard_columns, write_shard  # noqa: E402
+from converters.cluster.shards import ShardError, as_shard, shard_columns, write_shard  # noqa: E402
 
 
 def truncate(table: pa.Table, shard):
@@ -64,7 +64,7 @@ def test_a_damaged_shard_is_refused_before_merging(damage, tiny_bundle, tmp_path
     files = find_photos(photos, image_suffixes(), [])
     rows, _ = embed_here(bundle, bundle.embedder(STAGE), files)
     with IndexUpdater(tmp_path / "index", bundle, STAGE) as updater:
-        table = pa.table(shard_columns(rows, [], updater.stamp.id, "node"))
+        table = as_shard(pa.table(shard_columns(rows, [], updater.stamp.id, "node")))
         shard = write_shard(tmp_path / "shards", table)
         change, why = DAMAGE[damage]
         change(table, shard)
