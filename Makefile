@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # torch and torchvision first, pinned to the builds this machine keeps on disk.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # One stamp per set of extras, each on top of the one before: the core (index, search, serve; no torch),
-# [convert] (convert, parity, bench, sensitivity, levers), and [convert,test] (the tests).
+# [convert] (convert, parity, bench, sensitivity, levers), and [convert,test,cluster] (the tests).
 CORE_STAMP    := $(VENV)/.installed-core
 CONVERT_STAMP := $(VENV)/.installed-convert
 TEST_STAMP    := $(VENV)/.installed
@@ -47,7 +47,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--bundle $(OUT))
 
 .PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
-	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser clean
+	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser test-cluster clean
 
 help:
 	@echo "Set-up (each target below makes .venv with what it needs on first use):"
@@ -87,7 +87,7 @@ $(CONVERT_STAMP): $(CORE_STAMP)
 	touch $@
 
 $(TEST_STAMP): $(CONVERT_STAMP)
-	$(PY) -m pip install --quiet -e '.[convert,test]'
+	$(PY) -m pip install --quiet -e '.[convert,test,cluster]'
 	touch $@
 
 venv: $(TEST_STAMP)
@@ -184,6 +184,10 @@ test-client: $(TEST_STAMP) client-packages
 
 test-browser: $(TEST_STAMP) browser-packages
 	$(PY) -m pytest -m browser $(PYTEST_ARGS)
+
+# A two-node Ray cluster on loopback; Ray Data comes with the [cluster] extra (about a minute to install).
+test-cluster: $(TEST_STAMP)
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 clean:
 	rm -rf artifacts

@@ -33,6 +33,7 @@ COMMANDS = {
     "search": ("converters.search.commands:search_command", None),
     "serve": ("converters.search.commands:serve_command", None),
     "immich-serve": ("converters.search.immich_command:immich_serve_command", None),
+    "embed": ("converters.cluster.commands:embed_command", "cluster"),
 }
 DISTRIBUTION = "cnclip-converters"
 

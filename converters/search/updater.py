@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,25 +107,25 @@ class IndexUpdater:
 
     def run(
         self, plan: UpdatePlan, on_progress: Callable[[int], None] = lambda done: None, batch_size: int = DEFAULT_BATCH_SIZE,
+        embed_batch: Callable[[list[FoundFile]], tuple[list[PhotoRow], list[str]]] | None = None,
     ) -> UpdateReport:
+        """Writes the plan, one transaction per batch. `embed_batch` turns a batch of files into rows and skip
+        sentences: by default this machine reads and embeds them; `embed --ray` passes the rows its shards hold,
+        so that both paths commit the same transactions."""
         report = UpdateReport(self.database.file, plan.root, removed=len(plan.gone), unchanged=plan.unchanged,
                               skipped=list(plan.skipped))
         run = self.database.start_run(plan.root)
         self.database.write(run, plan.root, [], plan.gone, plan.skipped)
         known = self.database.known_files()
-        embedder = self.bundle.embedder(self.stage, self.threads) if plan.to_embed else None
+        if embed_batch is None and plan.to_embed:
+            embed_batch = functools.partial(embed_here, self.bundle, self.bundle.embedder(self.stage, self.threads))
         for start in range(0, len(plan.to_embed), batch_size):
             batch = plan.to_embed[start : start + batch_size]
-            read, skipped = [], []
-            for found in batch:
-                try:
-                    read.append((found, read_photo(found, self.bundle)))
-                except ImageError as error:
-                    skipped.append(str(error))
-            rows = _rows(read, embedder)
-            updated = sum(found.path in known for found, _ in read)
+            rows, skipped = embed_batch(batch)
+            embedded = {row.path for row in rows}
+            updated = sum(path in known for path in embedded)
             # A file that can no longer be read has no current embedding: its old row goes.
-            stale = [found.path for found in batch if found.path in known and all(found is not f for f, _ in read)]
+            stale = [found.path for found in batch if found.path in known and found.path not in embedded]
             self.database.write(run, plan.root, rows, stale, skipped, added=len(rows) - updated, updated=updated)
             report.added += len(rows) - updated
             report.updated += updated
@@ -136,7 +137,25 @@ class IndexUpdater:
         return report
 
 
-def _rows(read: list[tuple[FoundFile, PhotoRead]], embedder) -> list[PhotoRow]:
+def embed_here(bundle: Bundle, embedder, batch: list[FoundFile]) -> tuple[list[PhotoRow], list[str]]:
+    """A batch read and embedded on this machine: its rows, and one sentence for each file that cannot be read."""
+    read, skipped = read_batch(batch, bundle)
+    return photo_rows(read, embedder), skipped
+
+
+def read_batch(batch: list[FoundFile], bundle: Bundle) -> tuple[list[tuple[FoundFile, PhotoRead]], list[str]]:
+    """The photos of a batch that can be read, and one sentence for each that cannot."""
+    read, skipped = [], []
+    for found in batch:
+        try:
+            read.append((found, read_photo(found, bundle)))
+        except ImageError as error:
+            skipped.append(str(error))
+    return read, skipped
+
+
+def photo_rows(read: list[tuple[FoundFile, PhotoRead]], embedder) -> list[PhotoRow]:
+    """The index's rows for photos read: one model call for the whole list."""
     if not read:
         return []
     vectors = normalize_rows(embedder.embed_images(np.stack([photo.pixels for _, photo in read]))).astype(np.float16)

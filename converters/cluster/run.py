@@ -1,0 +1,80 @@
+"""A cluster run from plan to index: what the shards already hold is not embedded again; the rest goes through
+Ray Data; then every shard is checked and merged through `IndexUpdater.run`, the transactions of a local run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from converters.cluster.pipeline import ClusterOptions, Throughput, embed_files
+from converters.cluster.shards import ShardEntry, read_shards, shard_files
+from converters.console import say
+from converters.search.scanner import FoundFile
+from converters.search.store import PhotoRow
+from converters.search.updater import IndexUpdater, UpdatePlan, UpdateReport
+
+# Attempts of the pipeline when Ray gives up on it (a node lost with every retry of a task): each attempt
+# starts from the shards written so far, so nothing is embedded twice.
+ATTEMPTS = 3
+
+
+@dataclass
+class ClusterReport:
+    update: UpdateReport
+    from_shards: int  # files an earlier, interrupted run had embedded already
+    embedded: Throughput
+
+
+def embed_and_merge(
+    updater: IndexUpdater, plan: UpdatePlan, shards: Path, options: ClusterOptions,
+    on_shard: Callable[[Path], None] = lambda shard: None,
+) -> ClusterReport:
+    """Bring the index up to date with `plan`, embedding on the Ray cluster the driver is connected to."""
+    held = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+    throughput = Throughput()
+    for attempt in range(1, ATTEMPTS + 1):
+        todo = [found for found in plan.to_embed if found.path not in _usable(read_shards(shards, updater.stamp), plan.to_embed)]
+        if not todo:
+            break
+        say(f"{len(todo)} photos to embed on the cluster ({len(held)} already in shards under {shards})")
+        try:
+            part = embed_files(todo, updater.bundle, updater.stage, shards, options, on_shard)
+        except ray.exceptions.RayError as error:
+            if attempt == ATTEMPTS:
+                raise
+            say(f"the cluster lost work ({type(error).__name__}); attempt {attempt + 1} of {ATTEMPTS} continues from the shards")
+            continue
+        throughput.photos += part.photos
+        throughput.seconds += part.seconds
+        throughput.per_node.update(part.per_node)
+    entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)  # every shard checked before the first write
+    missing = [found.path for found in plan.to_embed if found.path not in entries]
+    if missing:
+        raise RuntimeError(f"{len(missing)} photos are in no shard after the run, e.g. {missing[0]}")
+    report = updater.run(plan, batch_size=options.batch_size, embed_batch=lambda batch: _from_shards(batch, entries))
+    for shard in shard_files(shards):  # merged: the index holds them now
+        shard.unlink()
+    return ClusterReport(report, len(held), throughput)
+
+
+def _usable(entries: dict[str, ShardEntry], files: list[FoundFile]) -> dict[str, ShardEntry]:
+    """The entries of files still as they were when embedded (a file changed since is embedded again)."""
+    return {f.path: entries[f.path] for f in files if f.path in entries and entries[f.path].matches(f)}
+
+
+def _from_shards(batch: list[FoundFile], entries: dict[str, ShardEntry]) -> tuple[list[PhotoRow], list[str]]:
+    held = [entries[found.path] for found in batch]
+    return [e.row for e in held if e.row is not None], [e.skipped for e in held if e.skipped is not None]
+
+
+def describe_throughput(done: Throughput) -> list[str]:
+    """Photos per second overall and per node, over the time the driver waited for results."""
+    if not done.photos or not done.seconds:
+        return []
+    lines = [f"embedded {done.photos} photos in {done.seconds:.1f} s: {done.photos / done.seconds:.1f} photos/s"]
+    for node, count in sorted(done.per_node.items()):
+        lines.append(f"  node {node[:12]}: {count} photos, {count / done.seconds:.1f} photos/s")
+    return lines

@@ -1,0 +1,87 @@
+"""`embed` on a two-node Ray cluster gives the rows a local `index` run gives, through a lost worker node and
+an interrupted driver."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from converters.app.bundle import Bundle
+from converters.search.updater import IndexUpdater
+from converters.cluster.pipeline import ClusterOptions
+from converters.cluster.run import embed_and_merge
+from tests.cluster.conftest import BROKEN, NODE, ON_TINY_VIT, PHOTOS, REPO, STAGE, assert_same_index
+
+pytestmark = pytest.mark.cluster
+
+# Half a CPU for each actor and each read task: one of each fits on a one-CPU node.
+OPTIONS = ClusterOptions(batch_size=16, workers=2, embed_cpus=0.5, read_cpus=0.5, shard_rows=48)
+
+
+def embed(index_dir, library, bundle_dir, shards, on_shard=lambda shard: None):
+    with IndexUpdater(index_dir, Bundle.open(bundle_dir), STAGE) as updater:
+        return embed_and_merge(updater, updater.plan(library), shards, OPTIONS, on_shard)
+
+
+def shard_paths(shard) -> list[bytes]:
+    return pq.read_table(shard, columns=["path"]).column("path").to_pylist()
+
+
+@ON_TINY_VIT
+def test_the_embed_command_on_two_nodes_writes_the_rows_of_a_local_run(cluster, library, local_index, tiny_bundle, tmp_path):
+    command = [sys.executable, "-m", "converters", "embed", library, "--bundle", tiny_bundle, "--stage", STAGE,
+               "--index", tmp_path / "index", "--ray", cluster.address, "--workers", "2", "--embed-cpus", "0.5",
+               "--shard-rows", "64"]
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{PHOTOS} added" in result.stderr and f"{len(BROKEN)} skipped" in result.stderr
+    assert "photos/s" in result.stderr and "node " in result.stderr
+    assert_same_index(tmp_path / "index", local_index)
+    assert not list((tmp_path / "index" / "shards").glob("*.parquet"))  # merged, then removed
+
+
+@ON_TINY_VIT
+def test_losing_the_worker_node_mid_run_loses_and_duplicates_nothing(cluster, library, local_index, tiny_bundle, tmp_path):
+    written = []
+
+    def kill_worker_after_the_first_shard(shard):
+        written.extend(shard_paths(shard))
+        if cluster.worker is not None:
+            cluster.remove_node(cluster.worker)
+            cluster.worker = None
+
+    try:
+        report = embed(tmp_path / "index", library, tiny_bundle, tmp_path / "shards", kill_worker_after_the_first_shard)
+    finally:
+        if cluster.worker is None:
+            cluster.worker = cluster.add_node(**NODE)
+            cluster.wait_for_nodes()
+    assert len(written) == len(set(written)) == PHOTOS + len(BROKEN)  # each file embedded into exactly one shard
+    assert report.update.added == PHOTOS
+    assert_same_index(tmp_path / "index", local_index)
+
+
+@ON_TINY_VIT
+def test_an_interrupted_driver_resumes_without_embedding_again_what_its_shards_hold(
+    cluster, library, local_index, tiny_bundle, tmp_path
+):
+    first, second = [], []
+
+    def stop_after_two_shards(shard):
+        first.extend(shard_paths(shard))
+        if len(first) >= 2 * OPTIONS.shard_rows:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed(tmp_path / "index", library, tiny_bundle, tmp_path / "shards", stop_after_two_shards)
+    report = embed(tmp_path / "index", library, tiny_bundle, tmp_path / "shards", lambda shard: second.extend(shard_paths(shard)))
+
+    assert report.from_shards == len(first) and report.embedded.photos == len(second)
+    assert not set(first) & set(second) and len(first) + len(second) == PHOTOS + len(BROKEN)
+    assert_same_index(tmp_path / "index", local_index)
