@@ -357,7 +357,7 @@ def test_a_client_that_gets_it_wrong_fails_parity(perturbing_client, tiny_bundle
     config = load_config(manifest.model)
     parity_set = parity_set_for(manifest)
     reference = reference_embeddings(manifest, parity_set, lambda _: pytest.fail("the reference is cached"), lambda e: None)
-    rows = client_parity(perturbing_client(how), config, manifest, parity_set, reference, 1, lambda event: None)
+    rows = client_parity(perturbing_client(how), config.parity_settings(), manifest, parity_set, reference, 1, lambda event: None)
     assert rows and all(not row.passed for row in rows)
     assert all(any(failure in f for f in row.failures) for row in rows), [row.failures for row in rows]
 
