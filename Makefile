@@ -47,7 +47,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--bundle $(OUT))
 
 .PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
-	client parity-client index search serve test test-core test-fast test-sophgo test-client test-browser test-cluster clean
+	client parity-client index search serve loadtest test test-core test-fast test-sophgo test-client test-browser test-cluster clean
 
 help:
 	@echo "Set-up (each target below makes .venv with what it needs on first use):"
@@ -67,11 +67,12 @@ help:
 	@echo "make index   PHOTOS=folder [OUT=bundle dir | MODEL=ViT-B-16] [STAGE=onnx-int8] [INDEX=dir]   (a new index needs OUT or MODEL)"
 	@echo "make search  Q='海边的日落' [INDEX=dir]"
 	@echo "make serve   [INDEX=dir] [PORT=8000]   (the search as a web page on 127.0.0.1)"
+	@echo "make loadtest OUT=bundle [PHOTOS_N=100000] [USERS=32] [SECONDS=120] [NO_PAUSE=1] [WITH_INDEX=1]   (serve under load, loopback)"
 	@echo "Tests:"
 	@echo "make test    (all tests, full-size ones included; needs system-deps, hence root, and sophgo-env)"
 	@echo "make test-core (every test that needs neither root, sophgo-env, the client's build nor Chromium; names what it left out)"
 	@echo "make test-fast (tiny architectures only, the BM1684X simulators included)"
-	@echo "make test-sophgo | test-client | test-browser   (the tests marked sophgo, client or browser alone)"
+	@echo "make test-sophgo | test-client | test-browser | test-cluster   (the tests marked sophgo, client, browser or cluster alone)"
 	@echo "make clean   (removes artifacts/)"
 	@echo "Every option of a command: $(PY) -m converters COMMAND --help (after any target above; the system python3 lacks the packages)"
 	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
@@ -123,6 +124,12 @@ search: $(CORE_STAMP)
 
 serve: $(CORE_STAMP)
 	$(PY) -m converters serve --port $(PORT) $(if $(INDEX),--index $(INDEX))
+
+# serve under load on loopback: 32 paced users (or NO_PAUSE=1: the saturation run), with index writing meanwhile.
+loadtest: $(TEST_STAMP)
+	$(PY) -m converters.search.loadtest --bundle $(or $(OUT),$(error make loadtest needs OUT=bundle dir)) \
+		$(if $(PHOTOS_N),--photos $(PHOTOS_N)) $(if $(USERS),--users $(USERS)) $(if $(SECONDS),--seconds $(SECONDS)) \
+		$(if $(NO_PAUSE),--no-pause) $(if $(WITH_INDEX),--with-index)
 
 # The C++ client's build tools and libraries, from Debian's packages (arm64 multiarch ones to cross-build).
 CLIENT_PACKAGES_x86_64  := cmake g++ libjpeg62-turbo-dev libpng-dev libssl-dev nlohmann-json3-dev
