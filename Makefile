@@ -47,7 +47,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--bundle $(OUT))
 
 .PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
-	client parity-client index search serve loadtest test test-core test-fast test-sophgo test-client test-browser test-cluster clean
+	client parity-client index search serve loadtest embed immich immich-serve test test-core test-fast test-sophgo test-client test-browser test-cluster clean
 
 help:
 	@echo "Set-up (each target below makes .venv with what it needs on first use):"
@@ -67,6 +67,9 @@ help:
 	@echo "make index   PHOTOS=folder [OUT=bundle dir | MODEL=ViT-B-16] [STAGE=onnx-int8] [INDEX=dir]   (a new index needs OUT or MODEL)"
 	@echo "make search  Q='海边的日落' [INDEX=dir]"
 	@echo "make serve   [INDEX=dir] [PORT=8000]   (the search as a web page on 127.0.0.1)"
+	@echo "make embed   PHOTOS=folder [OUT=bundle dir] [STAGE=onnx-int8] [INDEX=dir] [RAY=address]   (embed on a Ray cluster into the index)"
+	@echo "make immich  IMMICH_OUT=folder [OUT=bundle dir] [PRECISION=int8] [IMMICH_CACHE=dir]   (Immich's model folder, checked)"
+	@echo "make immich-serve [OUT=bundle dir] [STAGE=ncnn-int8] [HOST=addr NO_AUTH=1] [IMMICH_PORT=3003]   (Immich's /predict)"
 	@echo "make loadtest OUT=bundle [PHOTOS_N=100000] [USERS=32] [SECONDS=120] [NO_PAUSE=1] [WITH_INDEX=1]   (serve under load, loopback)"
 	@echo "Tests:"
 	@echo "make test    (all tests, full-size ones included; needs system-deps, hence root, and sophgo-env)"
@@ -124,6 +127,22 @@ search: $(CORE_STAMP)
 
 serve: $(CORE_STAMP)
 	$(PY) -m converters serve --port $(PORT) $(if $(INDEX),--index $(INDEX))
+
+# A library too large for one machine, embedded on a Ray cluster (RAY=HOST:PORT of its head; none: a Ray of its own) into the index.
+embed: $(TEST_STAMP)
+	$(PY) -m converters embed $(or $(PHOTOS),$(error make embed needs PHOTOS=folder)) \
+		--bundle $(or $(OUT),artifacts/$(or $(MODEL),ViT-B-16)) $(if $(STAGE),--stage $(STAGE)) $(if $(INDEX),--index $(INDEX)) \
+		$(if $(RAY),--ray $(RAY))
+
+# Immich's model folder for a bundle (PRECISION=fp32|fp16|int8), checked as Immich loads it; IMMICH_CACHE installs it.
+immich: $(CONVERT_STAMP)
+	$(PY) -m converters immich --bundle $(or $(OUT),artifacts/$(or $(MODEL),ViT-B-16)) --precision $(or $(PRECISION),int8) \
+		--out $(or $(IMMICH_OUT),$(error make immich needs IMMICH_OUT=folder)) $(if $(IMMICH_CACHE),--install $(IMMICH_CACHE))
+
+# A bundle's stage behind Immich's /predict, for Immich's machine learning URL (loopback unless HOST=… NO_AUTH=1).
+immich-serve: $(CORE_STAMP)
+	$(PY) -m converters immich-serve --bundle $(or $(OUT),artifacts/$(or $(MODEL),ViT-B-16)) $(if $(STAGE),--stage $(STAGE)) \
+		$(if $(HOST),--host $(HOST)) $(if $(NO_AUTH),--no-auth) --port $(or $(IMMICH_PORT),3003)
 
 # serve under load on loopback: 32 paced users (or NO_PAUSE=1: the saturation run), with index writing meanwhile.
 loadtest: $(TEST_STAMP)
