@@ -38,9 +38,14 @@ class PipeWorker:
 
     def ask(self, request: dict, **arrays: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
         """The worker's answer to one request; an ArtifactError if it reports a failure or dies."""
+        return self.answer(request, encode({"request": request}, arrays))
+
+    def answer(self, request: dict, message: bytes = b"") -> tuple[dict, dict[str, np.ndarray]]:
+        """Send `message` (none: the worker was given `request` when started) and read the answer to `request`."""
         try:
-            self.process.stdin.write(encode({"request": request}, arrays))
-            self.process.stdin.flush()
+            if message:
+                self.process.stdin.write(message)
+                self.process.stdin.flush()
             answer = read_message(self.process.stdout)
             if answer is None:
                 raise EOFError("the worker closed its output")
