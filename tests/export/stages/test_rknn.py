@@ -28,6 +28,7 @@ from converters.progress import ignore
 from converters.validate.fidelity import DEFAULT_TARGETS, measure
 from converters.validate.report import render_markdown
 from tests.conftest import TINY_MODELS, convert_random
+from tests.export.stages.test_bm1684x import copied
 
 pytestmark = pytest.mark.rknn
 RKNN_STAGES = ("rknn-fp16", "rknn-int8")
@@ -40,12 +41,6 @@ def rknn_bundle(request, tmp_path_factory) -> tuple[str, Path]:
     report = convert_random(request.param, out, stages=("onnx-fp32", "onnx-sim", *RKNN_STAGES)).parity
     assert report.passed, render_markdown(report)
     return request.param, out
-
-
-def copied(bundle: Path, tmp_path: Path) -> tuple[Path, Manifest]:
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundle, copy)
-    return copy, Manifest.load(BundleLayout(copy).manifest)
 
 
 def test_both_stages_pass_parity_in_the_simulator_on_the_whole_parity_set(rknn_bundle):
