@@ -178,6 +178,14 @@ def describe(path):
             "tensors": description["attrs"]}
 
 
+def said(error):
+    """The error in a line or two: the toolkit raises ValueErrors whose text is a whole traceback; its own error
+    lines (`E ...`) say more."""
+    last = (str(error).strip().splitlines() or [""])[-1]
+    errors = [line for line in log_since(0).splitlines() if line.startswith("E ")][-3:]
+    return f"{type(error).__name__}: {last}" + ("".join(f"\n{line}" for line in errors) if errors else "")
+
+
 def main():
     tempfile._name_sequence = _TempNames()
     requests, responses = protocol_streams()
@@ -202,8 +210,7 @@ def main():
                 write_message(responses, {"error": f"unknown request {request}"})
         except Exception as error:  # answered, so that the caller can name the file; the worker stays up
             traceback.print_exc()
-            tail = "\n".join(log_since(0).splitlines()[-12:])
-            write_message(responses, {"error": f"{type(error).__name__}: {error}\nThe toolkit's last messages:\n{tail}"})
+            write_message(responses, {"error": said(error)})
 
 
 if __name__ == "__main__":
