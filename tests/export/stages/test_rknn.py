@@ -9,7 +9,6 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -93,6 +92,13 @@ def test_a_swapped_rknn_file_fails_the_sha256_proof(rknn_bundle, tmp_path):
         run_parity(load_config(model), BundleLayout(bundle), ignore)
 
 
+def output_projection(model: onnx.ModelProto) -> onnx.TensorProto:
+    """The weights of the tower's last matrix product (its output projection)."""
+    weights = {t.name: t for t in model.graph.initializer}
+    last = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")][-1]
+    return weights[next(i for i in last.input if i in weights)]
+
+
 @pytest.mark.parametrize("rknn_bundle", ["tiny-vit"], indirect=True)
 def test_weights_beyond_fp16_range_fail_parity(rknn_bundle, tmp_path):
     """A tower with one weight beyond float16's range builds (the toolkit says nothing) and the simulation,
@@ -101,12 +107,10 @@ def test_weights_beyond_fp16_range_fail_parity(rknn_bundle, tmp_path):
     manifest = Manifest.load(BundleLayout(bundle).manifest)
     parent = manifest.artifact("visual", "onnx-sim")
     model = onnx.load(str(parent.model_file))
-    weights = {t.name: t for t in model.graph.initializer}
-    last = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")][-1]
-    name = next(i for i in last.input if i in weights)
-    values = numpy_helper.to_array(weights[name]).copy()
+    projection = output_projection(model)
+    values = numpy_helper.to_array(projection).copy()
     values.flat[0] = 1e6
-    weights[name].CopyFrom(numpy_helper.from_array(values, name))
+    projection.CopyFrom(numpy_helper.from_array(values, projection.name))
     scaled = tmp_path / "visual.sim.onnx"
     onnx.save(model, scaled)
     scaled_parent = Artifact("visual", "onnx-sim", "fp32", (scaled,), parent.spec)
@@ -128,3 +132,20 @@ def test_an_op_on_the_cpu_is_refused_before_building_naming_it(rknn_bundle, tmp_
         rknn.run(parent, options, StageContext(manifest, tmp_path), stage="rknn-fp16")
     assert not list(tmp_path.glob("*.rknn")), "nothing is built"
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("rknn_bundle", ["tiny-rn"], indirect=True)
+def test_weights_scaled_after_calibration_are_refused(rknn_bundle, tmp_path):
+    """The onnx-sim tower's output projection ×1000 after the int8 file was calibrated and built from it (the
+    manifest updated to match the new file): the int8 file can no longer be proven, so parity refuses it."""
+    model, bundle = rknn_bundle
+    bundle, manifest = copied(bundle, tmp_path)
+    parent = manifest.artifact("visual", "onnx-sim")
+    graph = onnx.load(str(parent.model_file))
+    projection = output_projection(graph)
+    projection.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(projection) * 1000, projection.name))
+    onnx.save(graph, parent.model_file)
+    manifest.record(parent, manifest.entry("visual", "onnx-sim").inputs_digest)
+    manifest.save()
+    with pytest.raises(ArtifactError, match=r"rebuilt from visual\.sim\.onnx.*not the one it was built from"):
+        run_parity(load_config(model), BundleLayout(bundle), ignore)
