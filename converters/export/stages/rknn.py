@@ -99,7 +99,8 @@ class _Builder:
         self.spec = {"onnx": parent.model_file.name, "input": onnx_input.name, "shape": [1, *sample],
                      "quantize": self.int8, "algorithm": getattr(options, "algorithm", None),
                      "method": getattr(options, "method", None), "kept": []}
-        self.builds = 0
+        self.native: dict[str, str] = {}  # tensor → the dtype the board's runtime takes natively
+        self.cpu_ops: list[str] = []
 
     def check(self) -> list[str]:
         """Compile every platform once with the layer table on; refuse ops on the CPU that are not allowed. For
@@ -108,14 +109,13 @@ class _Builder:
         folder.mkdir()
         stage_inputs(folder, list(self.parent.files), self.calibration)
         allowed = set(self.options.allow_cpu_ops.get(self.tower, ()))
-        self.cpu_ops = []
         with RknnWorker(folder, canonical=False) as worker:
             for platform in self.options.platforms:
                 spec = {**self.spec, "platform": platform, "verbose": True,
                         **({"dataset": CALIBRATION_LIST} if self.int8 else {})}
                 answer = worker.build(spec)
                 # The compiler says which dtypes the board's runtime takes natively only when verbose.
-                self.native = getattr(self, "native", None) or answer["native_dtypes"]
+                self.native = self.native or answer["native_dtypes"]
                 rows = [row for row in answer["layers"] if row["target"] != "NPU" and row["op"] not in NOT_OPS]
                 refused = [row for row in rows if row["op"] not in allowed]
                 if refused:

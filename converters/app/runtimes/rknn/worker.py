@@ -91,7 +91,7 @@ def check(code, what):
 
 class Builder:
     def __init__(self):
-        self.rknn = None
+        self.rknn, self.running = None, False
 
     def _new(self, spec):
         from rknn.api import RKNN
@@ -149,9 +149,7 @@ class Builder:
             check(self.rknn.build(do_quantization=spec["quantize"], dataset=spec.get("dataset")), "build")
         check(self.rknn.export_rknn("model.rknn"), "export_rknn")
         text = log_since(start)
-        native = {}
-        for kind, name, dtype in NATIVE_DTYPE.findall(text):
-            native[name] = dtype
+        native = {name: dtype for _, name, dtype in NATIVE_DTYPE.findall(text)}
         with open("model.rknn", "rb") as handle:
             sha256 = hashlib.sha256(handle.read()).hexdigest()
         answer = {"sha256": sha256, "description": describe("model.rknn"), "native_dtypes": native}
@@ -160,7 +158,7 @@ class Builder:
         return answer
 
     def run(self, array):
-        if not getattr(self, "running", False):
+        if not self.running:
             check(self.rknn.init_runtime(), "init_runtime (the simulator)")
             self.running = True
         formats = ["nchw"] if array.ndim == 4 else None
