@@ -98,7 +98,7 @@ class Builder:
 
         if self.rknn is not None:
             self.rknn.release()
-        self.rknn = RKNN(verbose=bool(spec.get("verbose")))
+        self.rknn, self.running = RKNN(verbose=bool(spec.get("verbose"))), False
         options = {"target_platform": spec["platform"]}
         if spec["quantize"]:
             options.update(quantized_algorithm=spec["algorithm"], quantized_method=spec["method"])
