@@ -38,12 +38,13 @@ SPEC = {"onnx": "tiny.onnx", "input": "x", "shape": [1, 3, 8, 8], "quantize": Fa
 
 
 @pytest.mark.rknn
-def test_a_canonical_build_is_byte_identical_and_simulates_what_it_built(tmp_path):
+@pytest.mark.parametrize("platform", ["rk3588", "rk3568", "rk3566"])
+def test_a_canonical_build_is_byte_identical_and_simulates_what_it_built(platform, tmp_path):
     create_rknn_env()
     model = tiny_onnx(tmp_path)
     hashes = []
     for attempt in range(2):
-        worker, answer = canonical_build(SPEC, [model], None, tmp_path / f"{attempt}.rknn")
+        worker, answer = canonical_build({**SPEC, "platform": platform}, [model], None, tmp_path / f"{attempt}.rknn")
         with worker:
             hashes.append(answer["sha256"])
             x = np.random.RandomState(1).randn(1, 3, 8, 8).astype(np.float32)
@@ -52,7 +53,7 @@ def test_a_canonical_build_is_byte_identical_and_simulates_what_it_built(tmp_pat
     assert hashes[0] == hashes[1]
     assert (tmp_path / "0.rknn").read_bytes() == (tmp_path / "1.rknn").read_bytes()
     changed = tiny_onnx(tmp_path, scale=1.5)
-    worker, answer = canonical_build(SPEC, [changed], None, tmp_path / "changed.rknn")
+    worker, answer = canonical_build({**SPEC, "platform": platform}, [changed], None, tmp_path / "changed.rknn")
     worker.close()
     assert answer["sha256"] != hashes[0]
 
