@@ -42,7 +42,11 @@ class RknnWorker(PipeWorker):
             command = ["setarch", "x86_64", "-R", str(folder / "env" / "bin" / "python"), "worker.py", build]
             (folder / "tmp").mkdir()
             env = {"PATH": "/usr/bin:/bin", "HOME": str(folder), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-                   "OMP_NUM_THREADS": "1", "TMPDIR": str(folder / "tmp")}
+                   "OMP_NUM_THREADS": "1", "TMPDIR": str(folder / "tmp"),
+                   # malloc fills what it hands out with one byte: the compiler copies uninitialized heap into
+                   # the file, whose stale contents otherwise vary from run to run (ViT-B-16's text tower:
+                   # 1,967 bytes differed between rebuilds).
+                   "MALLOC_PERTURB_": "85"}
         else:
             command, env = [str(python), "worker.py"], RKNN_ENV.process_env()
         super().__init__(RKNN_ENV, command, env, _describe, cwd=folder)
