@@ -4,9 +4,10 @@ rknn-toolkit2 writes host heap and stack pointers (and stale heap bytes) into th
 one model differ in about 1,000 bytes (rk3588). A build is canonical when everything that moves the process's
 memory layout is fixed (the issue-24 spike, FINDINGS §2): ASLR off (`setarch -R`), an empty environment but for
 fixed PATH/HOME/LANG/TMPDIR and PYTHONHASHSEED=0, one fixed folder (CANONICAL_DIR) holding the toolkit's
-environment under a fixed link, the worker, the ONNX and the calibration inputs under fixed names, ,
-deterministic temporary file names (worker.py), and malloc filling what it hands out (MALLOC_PERTURB_). Then rebuilds were byte-identical on rk3588, rk3568 and rk3566
-(18 of 18), not on rk3576 (3 of 6 differed): `REPRODUCIBLE`. The simulator runs only a model built in the same
+environment under a fixed link, the worker, the ONNX and the calibration inputs under fixed names,
+deterministic temporary file names (worker.py), and malloc filling what it hands out (MALLOC_PERTURB_). Then
+rebuilds were byte-identical on rk3588, rk3568 and rk3566 (18 of 18 in the spike, tiny towers), not on rk3576
+(3 of 6 differed): `REPRODUCIBLE`. The simulator runs only a model built in the same
 process, so the worker that built a file is the one that simulates it.
 """
 
