@@ -46,8 +46,8 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 # parity, bench, sensitivity and levers: MODEL's bundle, or the bundle at OUT (which names its model).
 BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--bundle $(OUT))
 
-.PHONY: help venv system-deps client-packages browser-packages sophgo-env convert parity bench sensitivity levers \
-	client parity-client index search serve loadtest embed immich immich-serve test test-core test-fast test-sophgo test-client test-browser test-cluster clean
+.PHONY: help venv system-deps client-packages browser-packages sophgo-env rknn-env convert parity bench sensitivity levers \
+	client parity-client index search serve loadtest embed immich immich-serve test test-core test-fast test-sophgo test-rknn test-client test-browser test-cluster clean
 
 help:
 	@echo "Set-up (each target below makes .venv with what it needs on first use):"
@@ -55,6 +55,7 @@ help:
 	@echo "make client-packages [ARCH=...] | browser-packages   (either half of system-deps)"
 	@echo "make venv    (.venv with the [convert] and [test] extras; torch and torchvision pinned to this machine's builds)"
 	@echo "make sophgo-env   (tpu-mlir's own Python 3.10 environment for the bm1684x-* stages; made on first use, 6.4 GB)"
+	@echo "make rknn-env     (rknn-toolkit2's own Python 3.11 environment for the rknn-* stages; made on first use, 30 s, 630 MB)"
 	@echo "Convert and check:"
 	@echo "make convert MODEL=ViT-B-16 [CKPT=path.pt | CKPT=hf-folder | CKPT=hf:OWNER/NAME | WEIGHTS=random | WEIGHTS=stress] [OUT=dir] [STAGES=onnx-fp32,onnx-sim,onnx-int8]"
 	@echo "make parity  MODEL=ViT-B-16 [OUT=dir]   (or OUT=dir alone: the bundle names its model)"
@@ -75,7 +76,7 @@ help:
 	@echo "make test    (all tests, full-size ones included; needs system-deps, hence root, and sophgo-env)"
 	@echo "make test-core (every test that needs neither root, sophgo-env, the client's build nor Chromium; names what it left out)"
 	@echo "make test-fast (tiny architectures only, the BM1684X simulators included)"
-	@echo "make test-sophgo | test-client | test-browser | test-cluster   (the tests marked sophgo, client, browser or cluster alone)"
+	@echo "make test-sophgo | test-rknn | test-client | test-browser | test-cluster   (the tests marked sophgo, rknn, client, browser or cluster alone)"
 	@echo "make clean   (removes artifacts/)"
 	@echo "Every option of a command: $(PY) -m converters COMMAND --help (after any target above; the system python3 lacks the packages)"
 	@echo "models: $$(ls converters/export/configs | sed 's/\.yaml//' | tr '\n' ' ')"
@@ -98,8 +99,9 @@ venv: $(TEST_STAMP)
 
 # The bm1684x stages run tpu-mlir from its own environment, made the first time they are asked for.
 NEEDS_SOPHGO_ENV = $(if $(findstring bm1684x,$(STAGES)),sophgo-env)
+NEEDS_RKNN_ENV = $(if $(findstring rknn,$(STAGES)),rknn-env)
 
-convert: $(CONVERT_STAMP) $(NEEDS_SOPHGO_ENV)
+convert: $(CONVERT_STAMP) $(NEEDS_SOPHGO_ENV) $(NEEDS_RKNN_ENV)
 	$(PY) -m converters convert $(CONVERT_ARGS)
 
 parity: $(CONVERT_STAMP)
@@ -107,7 +109,7 @@ parity: $(CONVERT_STAMP)
 
 # Converting first skips every stage already done and writes parity.json, which the goals read.
 # A parity failure (exit 3) still gets benchmarked: the goals count passing artifacts only.
-bench: $(CONVERT_STAMP) $(NEEDS_SOPHGO_ENV)
+bench: $(CONVERT_STAMP) $(NEEDS_SOPHGO_ENV) $(NEEDS_RKNN_ENV)
 	$(PY) -m converters convert $(CONVERT_ARGS) || [ $$? -eq 3 ]
 	$(PY) -m converters bench $(BUNDLE_ARGS) $(if $(QUICK),--quick)
 
@@ -191,11 +193,17 @@ parity-client: $(CONVERT_STAMP) client
 sophgo-env: $(CORE_STAMP)
 	$(PY) -m converters.export.sophgo_env
 
+# rknn-toolkit2 (Rockchip's converter and simulator) needs Python 3.11 and pins of its own: a venv outside the
+# clone, keyed by version (converters/export/rknn_env.py says what the recipe fixes). It installs in about 30 s,
+# so make test makes it and runs the rknn tests.
+rknn-env: $(CORE_STAMP)
+	$(PY) -m converters.export.rknn_env
+
 # The tests build the x86 client themselves (tests/clients) and drive Chromium: system-deps installs both.
-test: $(TEST_STAMP) system-deps sophgo-env
+test: $(TEST_STAMP) system-deps sophgo-env rknn-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(TEST_STAMP) system-deps sophgo-env
+test-fast: $(TEST_STAMP) system-deps sophgo-env rknn-env
 	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
 
 # The markers (pyproject.toml) say what a test needs; pytest ends by naming the marked tests it left out.
@@ -204,6 +212,9 @@ test-core: $(TEST_STAMP)
 
 test-sophgo: $(TEST_STAMP) sophgo-env
 	$(PY) -m pytest -m sophgo $(PYTEST_ARGS)
+
+test-rknn: $(TEST_STAMP) rknn-env
+	$(PY) -m pytest -m rknn $(PYTEST_ARGS)
 
 test-client: $(TEST_STAMP) client-packages
 	$(PY) -m pytest -m client $(PYTEST_ARGS)

@@ -42,6 +42,9 @@ class Artifact:
     # bm1684x stages: chip, quantization, the lowered graph and one net per batch size (file, tensors, the
     # compiler's time estimate); see converters.export.stages.bm1684x.
     bmodel: dict | None = None
+    # rknn stages: one .rknn per platform with its sha256, its tensors as the board's runtime takes them, and
+    # what a canonical rebuild needs (converters.app.runtimes.rknn); see converters.export.stages.rknn.
+    rknn: dict | None = None
 
     @property
     def runtime(self) -> str:
@@ -89,7 +92,8 @@ class ArtifactEntry:
             "inputs_digest": self.inputs_digest,
         } | ({} if artifact.mixed_precision is None else {"mixed_precision": artifact.mixed_precision}) | (
             {"execution_providers": list(artifact.execution_providers)} if artifact.execution_providers else {}
-        ) | ({} if artifact.bmodel is None else {"bmodel": artifact.bmodel})
+        ) | ({} if artifact.bmodel is None else {"bmodel": artifact.bmodel}) | (
+            {} if artifact.rknn is None else {"rknn": artifact.rknn})
 
     @classmethod
     def from_json(cls, data: dict, root: Path) -> "ArtifactEntry":
@@ -101,5 +105,6 @@ class ArtifactEntry:
         files = tuple(FileRecord(**f) for f in data["files"])
         artifact = Artifact(data["tower"], data["stage"], tuple(root / f.path for f in files), spec,
                             data["runtime_options"], data.get("mixed_precision"),
-                            tuple(data.get("execution_providers", ())), data.get("bmodel"))
+                            tuple(data.get("execution_providers", ())), data.get("bmodel"),
+                            data.get("rknn"))
         return cls(artifact, files, data["inputs_digest"])

@@ -10,8 +10,8 @@ from converters.app.fsutil import exclusive
 from converters.app.specs import stage_spec
 
 # The files of one model in each runtime's format, after `<tower>.<file tag>`; bmodels, one per batch size,
-# are named by `BundleLayout.bmodel`.
-MODEL_FILE_SUFFIXES = {"onnxruntime": (".onnx",), "ncnn": (".ncnn.param", ".ncnn.bin"), "bmruntime": ()}
+# are named by `BundleLayout.bmodel`, .rknn files, one per platform, by `BundleLayout.rknn`.
+MODEL_FILE_SUFFIXES = {"onnxruntime": (".onnx",), "ncnn": (".ncnn.param", ".ncnn.bin"), "bmruntime": (), "rknnrt": ()}
 
 
 def default_bundle_dir(model: str) -> Path:
@@ -118,6 +118,18 @@ class BundleLayout:
         """The graph a bmodel is compiled from, as tpu-mlir's interpreter runs it, and its weights."""
         base = f"{tower}.{stage_spec(stage).file_tag}"
         return self.root / f"{base}.tpu.mlir", self.root / f"{base}.tpu_weights.npz"
+
+    def rknn(self, tower: str, stage: str, platform: str) -> Path:
+        """A rknn stage's model for one platform: `visual.rknn.fp16.rk3588.rknn`."""
+        return self.root / f"{tower}.{stage_spec(stage).file_tag}.{platform}.rknn"
+
+    def rknn_calibration(self, tower: str, stage: str) -> Path:
+        """The calibration inputs an int8 .rknn was fitted to, kept so that parity can rebuild it."""
+        return self.root / f"{tower}.{stage_spec(stage).file_tag}.calibration.npy"
+
+    def rknn_error_analysis(self, tower: str, stage: str) -> Path:
+        """rknn-toolkit2's per-layer cosine table, kept when an int8 tower misses its float-fallback target."""
+        return self.root / f"{tower}.{stage_spec(stage).file_tag}.error_analysis.txt"
 
     @staticmethod
     def external_data_name(model_file: Path) -> str:

@@ -52,7 +52,7 @@ class TowerSpec:
         return next(spec for spec in self.inputs if spec.role == role)
 
 
-Runtime = Literal["onnxruntime", "ncnn", "bmruntime"]
+Runtime = Literal["onnxruntime", "ncnn", "bmruntime", "rknnrt"]
 # What parity compares against PyTorch with: exact float, float16 storage, or a quantized tower.
 ToleranceFamily = Literal["fp32", "fp16", "int8"]
 
@@ -95,13 +95,16 @@ STAGES: tuple[StageSpec, ...] = (
     # Asked for by name: they need tpu-mlir's own environment (`make sophgo-env`, about 6.4 GB).
     StageSpec("bm1684x-f16", "bmruntime", "fp16", "bm1684x.f16", "onnx-sim", False, "fp16"),
     StageSpec("bm1684x-int8", "bmruntime", "int8", "bm1684x.int8", "onnx-sim", False, "int8"),
+    # Asked for by name: they need rknn-toolkit2's own environment (`make rknn-env`, 630 MB, 30 s).
+    StageSpec("rknn-fp16", "rknnrt", "fp16", "rknn.fp16", "onnx-sim", False, "fp16"),
+    StageSpec("rknn-int8", "rknnrt", "int8", "rknn.int8", "onnx-sim", False, "int8"),
 )
 STAGE_SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_SPECS)
 DEFAULT_STAGES: tuple[str, ...] = tuple(spec.name for spec in STAGES if spec.by_default)
-RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "ncnn", "bmruntime")
+RUNTIMES: tuple[Runtime, ...] = ("onnxruntime", "ncnn", "bmruntime", "rknnrt")
 # Runtimes of an accelerator that only a vendor's simulator runs on this machine: their speed here says nothing.
-SIMULATED_RUNTIMES: frozenset[Runtime] = frozenset({"bmruntime"})
+SIMULATED_RUNTIMES: frozenset[Runtime] = frozenset({"bmruntime", "rknnrt"})
 
 
 def stage_spec(stage: str) -> StageSpec:
@@ -109,6 +112,6 @@ def stage_spec(stage: str) -> StageSpec:
 
 
 def runtime_of(stage: str) -> Runtime:
-    """The runtime that runs a stage's artifacts: "onnxruntime", "ncnn", or "bmruntime" (Sophgo's, on the chip;
-    tpu-mlir's simulators here)."""
+    """The runtime that runs a stage's artifacts: "onnxruntime", "ncnn", "bmruntime" (Sophgo's, on the chip;
+    tpu-mlir's simulators here) or "rknnrt" (Rockchip's librknnrt on the board; rknn-toolkit2's simulator here)."""
     return STAGE_SPECS[stage].runtime

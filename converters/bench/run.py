@@ -116,7 +116,8 @@ def run_bench(request: BenchRequest, progress: Progress) -> BenchReport:
 
 def _bench_towers(request: BenchRequest, bundle: Bundle, threads: int, budget: Budget, progress: Progress) -> list[TowerBench]:
     towers = []
-    # A simulator's speed says nothing about the chip's: bm1684x artifacts get the compiler's estimate instead.
+    # A simulator's speed says nothing about the chip's: bm1684x artifacts get the compiler's estimate instead,
+    # rknn artifacts nothing (rknn-toolkit2 estimates no time without a board).
     for artifact in (PYTORCH, *(s for s in bundle.stages() if runtime_of(s) not in SIMULATED_RUNTIMES)):
         for tower in TOWERS:
             progress(f"{artifact}: {tower} tower, {threads} threads")

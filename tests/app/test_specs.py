@@ -27,13 +27,15 @@ def test_every_parent_comes_before_its_children_and_names_a_stage():
 
 
 def test_names_say_runtime_then_precision_and_file_names_never_collide():
-    prefixes = {"onnxruntime": "onnx-", "ncnn": "ncnn-", "bmruntime": "bm1684x-"}
+    prefixes = {"onnxruntime": "onnx-", "ncnn": "ncnn-", "bmruntime": "bm1684x-", "rknnrt": "rknn-"}
     layout = BundleLayout(Path("/bundle"))
     files = {}
     for spec in STAGES:
         assert spec.name.startswith(prefixes[spec.runtime]), spec.name
-        bmodel_files = [layout.bmodel("visual", spec.name, 1), *layout.lowered_graph("visual", spec.name)]
-        for file in [*layout.model_files("visual", spec.name), *(bmodel_files if spec.runtime == "bmruntime" else [])]:
+        own_files = {"bmruntime": [layout.bmodel("visual", spec.name, 1), *layout.lowered_graph("visual", spec.name)],
+                     "rknnrt": [layout.rknn("visual", spec.name, "rk3588"), layout.rknn_calibration("visual", spec.name),
+                                layout.rknn_error_analysis("visual", spec.name)]}
+        for file in [*layout.model_files("visual", spec.name), *own_files.get(spec.runtime, [])]:
             assert files.setdefault(file, spec.name) == spec.name, f"{file} is claimed by {files[file]} and {spec.name}"
 
 

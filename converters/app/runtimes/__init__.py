@@ -3,7 +3,8 @@
 An `Embedder` turns preprocessed pixels and padded token ids into
 unnormalized embeddings. The parity checker, the search engine and the
 benchmark use this interface and nothing else. bm1684x artifacts run in
-tpu-mlir's simulators (`bm1684x/`), in a worker of their own environment. Torch-free: the PyTorch
+tpu-mlir's simulators (`bm1684x/`), rknn artifacts in rknn-toolkit2's (`rknn/`), each in a worker of its own
+environment. Torch-free: the PyTorch
 reference lives in `converters.export.torch_reference` and is imported only by the converter.
 """
 
@@ -56,4 +57,8 @@ def open_tower(artifact: Artifact, threads: int = 0) -> TowerRunner:
         from converters.app.runtimes.bm1684x import BmTower
 
         return BmTower(artifact, threads)
+    if artifact.runtime == "rknnrt":
+        from converters.app.runtimes.rknn import RknnTower
+
+        return RknnTower(artifact, threads)
     raise ValueError(f"unknown runtime {artifact.runtime!r} for {artifact.key}")

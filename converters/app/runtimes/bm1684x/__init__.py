@@ -15,80 +15,26 @@ Both run in a worker process of the tpu-mlir tool environment (`env.py`,
 
 from __future__ import annotations
 
-import io
-import json
-import struct
-import subprocess
-import tempfile
-import weakref
 from pathlib import Path
 
 import numpy as np
 
 from converters.app.artifact import Artifact
 from converters.app.runtimes.bm1684x.env import TPU_MLIR
-from converters.errors import ArtifactError, UserError
+from converters.app.runtimes.tool_worker import PipeWorker
+from converters.errors import ArtifactError
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 # The lowered graph is compiled for one sample at a time; the bmodels for the batch sizes the manifest lists.
 LOWERED_BATCH = 1
 
 
-class ToolWorker:
-    """One worker process of the tool environment; requests and answers are .npz messages (see worker.py).
-    A context manager; also stopped when dropped (the float fallback opens one per trial) or at exit."""
+class ToolWorker(PipeWorker):
+    """One worker process of the tpu-mlir environment; requests and answers as in worker.py."""
 
     def __init__(self, threads: int = 0):
         env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-        python = TPU_MLIR.python()
-        # tpu-mlir's chatter goes to a file: a pipe nobody reads would fill and stall the worker.
-        self.log = tempfile.TemporaryFile()
-        try:
-            self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=self.log, env={**TPU_MLIR.process_env(), **env})
-        except OSError as error:
-            raise UserError(f"Cannot start the tpu-mlir environment's Python {python} ({error}). "
-                            f"{TPU_MLIR.rebuild_hint()}") from None
-        self._stop = weakref.finalize(self, _stop, self.process)
-
-    def ask(self, request: dict, **arrays: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
-        """The worker's answer to one request; an ArtifactError if it reports a failure or dies."""
-        buffer = io.BytesIO()
-        np.savez(buffer, request=np.array(json.dumps(request)), **arrays)
-        payload = buffer.getvalue()
-        try:
-            self.process.stdin.write(struct.pack("<Q", len(payload)) + payload)
-            self.process.stdin.flush()
-            (size,) = struct.unpack("<Q", self.process.stdout.read(8))
-            with np.load(io.BytesIO(self.process.stdout.read(size)), allow_pickle=False) as data:
-                answer = {key: data[key] for key in data.files}
-        except BaseException as error:
-            # Whatever broke the exchange (a dead worker, a cut message, Ctrl-C), its answer can no longer be
-            # told from the next one's: the worker is stopped, never asked again.
-            self.close()
-            if not isinstance(error, Exception):
-                raise
-            raise ArtifactError(
-                f"The tpu-mlir worker stopped while {_describe(request)}. Its last output:\n{self._output_tail()}\n"
-                f"If tpu-mlir itself fails to start, {TPU_MLIR.rebuild_hint()}"
-            ) from None
-        response = json.loads(str(answer.pop("response")))
-        if "error" in response:
-            raise ArtifactError(f"tpu-mlir failed while {_describe(request)}: {response['error']}")
-        return response, answer
-
-    def _output_tail(self) -> str:
-        self.log.seek(0)
-        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-15:])
-
-    def close(self) -> None:
-        self._stop()
-
-    def __enter__(self) -> "ToolWorker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().__init__(TPU_MLIR, [str(TPU_MLIR.python()), str(WORKER)], {**TPU_MLIR.process_env(), **env}, _describe)
 
 
 def _describe(request: dict) -> str:
@@ -99,12 +45,6 @@ def _describe(request: dict) -> str:
     if "run" in request:
         return "running a model"
     return f"answering {request}"
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 class BmTower:

@@ -2,9 +2,7 @@
 
 Run as a script by that environment's Python, never imported by the project:
 tpu-mlir's numpy, protobuf and onnx pins cannot share a process with ours.
-It reads requests from stdin and answers on stdout, each message one `.npz`
-(numpy's stable file format, so the two numpy versions agree on it) behind an
-8-byte little-endian length: a JSON `request`/`response` string and arrays.
+It reads requests from stdin and answers on stdout (`../worker_protocol.py`).
 
 Requests:
 - {"load": PATH, "simulator": "interpreter"} — a lowered graph (`*.tpu.mlir`, its weights beside it), run by
@@ -16,14 +14,16 @@ Requests:
 A failure answers {"error": "..."}; the worker stays up for the next request.
 """
 
-import io
 import json
 import os
-import struct
 import sys
 import traceback
 
 import numpy as np
+
+# The protocol's module lies one folder up; this script runs alone, with only the toolkit's libraries.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from worker_protocol import read_message, write_message  # noqa: E402
 
 REEXEC_MARK = "CNCLIP_TPU_MLIR_ENV_SET"
 
@@ -44,23 +44,6 @@ def protocol_streams():
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return sys.stdin.buffer, out
-
-
-def read_message(stream):
-    header = stream.read(8)
-    if len(header) < 8:
-        return None
-    (size,) = struct.unpack("<Q", header)
-    with np.load(io.BytesIO(stream.read(size)), allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-
-
-def write_message(stream, response, **arrays):
-    buffer = io.BytesIO()
-    np.savez(buffer, response=np.array(json.dumps(response)), **arrays)
-    payload = buffer.getvalue()
-    stream.write(struct.pack("<Q", len(payload)) + payload)
-    stream.flush()
 
 
 class LoweredGraph:

@@ -1,0 +1,70 @@
+"""The RKNN runtime's plumbing: its tool environment, the worker, and canonical builds (the environment is made on
+first use by the rknn stages, or by `make rknn-env`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.app.runtimes.rknn.build import RknnWorker, canonical_build
+from converters.app.runtimes.rknn.env import RKNN_ENV
+from converters.errors import ArtifactError, UserError
+from converters.export.rknn_env import create_rknn_env
+
+
+def test_a_missing_tool_environment_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNCLIP_RKNN_ENV", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"rknn-toolkit2 2\.5\.0 tool environment is not installed.*make rknn-env.*CNCLIP_RKNN_ENV"):
+        RKNN_ENV.python()
+
+
+def tiny_onnx(folder: Path, scale: float = 1.0) -> Path:
+    weights = np.random.RandomState(0).randn(4, 3, 3, 3).astype(np.float32) * scale
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [numpy_helper.from_array(weights, "w")])
+    path = folder / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+SPEC = {"onnx": "tiny.onnx", "input": "x", "shape": [1, 3, 8, 8], "quantize": False, "algorithm": None, "method": None,
+        "kept": [], "platform": "rk3588"}
+
+
+@pytest.mark.rknn
+@pytest.mark.parametrize("platform", ["rk3588", "rk3568", "rk3566"])
+def test_a_canonical_build_is_byte_identical_and_simulates_what_it_built(platform, tmp_path):
+    create_rknn_env()
+    model = tiny_onnx(tmp_path)
+    hashes = []
+    for attempt in range(2):
+        worker, answer = canonical_build({**SPEC, "platform": platform}, [model], None, tmp_path / f"{attempt}.rknn")
+        with worker:
+            hashes.append(answer["sha256"])
+            x = np.random.RandomState(1).randn(1, 3, 8, 8).astype(np.float32)
+            out = worker.run(x)
+        assert out.shape == (1, 4, 8, 8) and np.all(out >= 0)
+    assert hashes[0] == hashes[1]
+    assert (tmp_path / "0.rknn").read_bytes() == (tmp_path / "1.rknn").read_bytes()
+    changed = tiny_onnx(tmp_path, scale=1.5)
+    worker, answer = canonical_build({**SPEC, "platform": platform}, [changed], None, tmp_path / "changed.rknn")
+    worker.close()
+    assert answer["sha256"] != hashes[0]
+
+
+@pytest.mark.rknn
+def test_the_worker_reports_a_failed_build_and_answers_the_next(tmp_path):
+    create_rknn_env()
+    tiny_onnx(tmp_path)
+    with RknnWorker(tmp_path, canonical=False) as worker:
+        with pytest.raises(ArtifactError, match="missing.onnx not exists"):
+            worker.build({**SPEC, "onnx": "missing.onnx"})
+        answer = worker.build({**SPEC, "verbose": True})
+        assert {row["op"] for row in answer["layers"]} >= {"Conv"} or {row["op"] for row in answer["layers"]} >= {"ConvRelu"}
+        assert worker.process.poll() is None
