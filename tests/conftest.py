@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from converters.app.specs import STAGE_NAMES, runtime_of
+from converters.app.specs import SIMULATED_RUNTIMES, STAGE_NAMES, runtime_of
 from converters.export.config import load_config
 from converters.export.pipeline import Conversion, ConvertRequest, convert
 from converters.progress import Event
 from converters.validate.report import render_markdown
 
 TINY_MODELS = ("tiny-vit", "tiny-rn")
-# Every stage but the bm1684x ones, whose simulators add half a minute to each parity run of a bundle
-# (tests/export/stages/test_bm1684x.py converts them into a copy of its own).
-TINY_BUNDLE_STAGES = tuple(stage for stage in STAGE_NAMES if runtime_of(stage) != "bmruntime")
+# Every stage but those of simulated accelerators (bm1684x, rknn), whose simulators add half a minute to each
+# parity run of a bundle (their tests in tests/export/stages/ convert them into a copy of their own).
+TINY_BUNDLE_STAGES = tuple(stage for stage in STAGE_NAMES if runtime_of(stage) not in SIMULATED_RUNTIMES)
 
 
 def convert_random(model: str, out: Path, events: list[Event] | None = None, **overrides) -> Conversion:

@@ -138,7 +138,7 @@ def test_a_bundle_with_another_artifact_is_refused(library, tmp_path):
     shutil.copytree(bundle.manifest.root, other)
     manifest = json.loads((other / "manifest.json").read_text())
     # Its "onnx-sim" visual tower is now the int8 model: a different artifact under the same model name.
-    manifest["artifacts"]["visual.onnx-sim"] = {**manifest["artifacts"]["visual.onnx-int8"], "stage": "onnx-sim"}
+    manifest["artifacts"]["visual.onnx-sim"] = {**manifest["artifacts"]["visual.onnx-int8"], "stage": "onnx-sim", "precision": "fp32"}
     (other / "manifest.json").write_text(json.dumps(manifest))
     index = load_index(index_dir)
     with pytest.raises(ArtifactMismatchError, match="cannot be compared"):
