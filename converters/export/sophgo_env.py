@@ -14,13 +14,11 @@ broken:
 from __future__ import annotations
 
 import glob
-import sys
 from functools import partial
 from pathlib import Path
 
 from converters.app.runtimes.bm1684x.env import TPU_MLIR, TPU_MLIR_VERSION
-from converters.errors import UserError
-from converters.export.tool_env import Run, create, find_python, pip_install
+from converters.export.tool_env import Run, create, find_python, main, pip_install
 
 # What tpu-mlir's own metadata pins for its [onnx] and [torch] extras; torchvision is not needed.
 REQUIREMENTS = (f"tpu_mlir[onnx]=={TPU_MLIR_VERSION}", "torch==2.11.0", "psutil")
@@ -48,7 +46,4 @@ def create_sophgo_env() -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        print(create_sophgo_env())
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    main(create_sophgo_env)

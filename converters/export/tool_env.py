@@ -11,6 +11,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,3 +77,11 @@ def create(env: ToolEnv, python: Callable[[], Path], install: Callable[[Path, Ru
 def pip_install(root: Path) -> list[str]:
     """The start of a quiet pip install into the environment at `root`."""
     return [str(root / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+
+
+def main(create_env: Callable[[], Path]) -> None:
+    """What `python -m` of a recipe does (make's targets run it): make the environment, print its folder."""
+    try:
+        print(create_env())
+    except UserError as error:
+        sys.exit(f"error: {error}")

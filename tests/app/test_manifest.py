@@ -1,6 +1,5 @@
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -9,12 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from converters.app.layout import BundleLayout
-from converters.app.manifest import Manifest
+from converters.app.manifest import Manifest, schema
 from converters.errors import ArtifactError
-
-
-def schema() -> dict:
-    return json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text())
 
 
 def test_manifest_validates_against_its_published_schema(tiny_bundle):

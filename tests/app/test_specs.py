@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from converters.app.layout import BundleLayout
+from converters.app.manifest import schema as manifest_schema
 from converters.app.specs import DEFAULT_STAGES, RUNTIMES, STAGE_NAMES, STAGE_SPECS, STAGES
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def manifest_schema() -> dict:
-    return json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
 
 
 def test_every_parent_comes_before_its_children_and_names_a_stage():

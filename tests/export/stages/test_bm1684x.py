@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -14,7 +13,7 @@ import pytest
 
 from converters.app.bundle import Bundle
 from converters.app.layout import BundleLayout
-from converters.app.manifest import Manifest
+from converters.app.manifest import Manifest, schema as manifest_schema
 from converters.app.runtimes.bm1684x import BmTower
 from converters.bench.run import device_estimates
 from converters.data import PARITY_SET_DIR
@@ -68,8 +67,7 @@ def test_the_manifest_describes_each_bmodel(bm_bundle):
     model, bundle = bm_bundle
     layout = BundleLayout(bundle)
     data = json.loads(layout.manifest.read_text())
-    schema = json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text())
-    jsonschema.validate(data, schema)
+    jsonschema.validate(data, manifest_schema())
     manifest = Manifest.load(layout.manifest)
     config = load_config(model)
     for stage in BM_STAGES:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -15,7 +14,7 @@ from onnx import numpy_helper
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
-from converters.app.manifest import Manifest
+from converters.app.manifest import Manifest, schema as manifest_schema
 from converters.app.runtimes import open_tower
 from converters.app.runtimes.onnx_runtime import OnnxTower
 from converters.errors import ArtifactError, ConversionError
@@ -56,8 +55,7 @@ def test_the_manifest_describes_each_rknn_for_the_board(rknn_bundle):
     model, bundle = rknn_bundle
     layout = BundleLayout(bundle)
     data = json.loads(layout.manifest.read_text())
-    schema = json.loads(resources.files("converters.app").joinpath("schemas/manifest.schema.json").read_text())
-    jsonschema.validate(data, schema)
+    jsonschema.validate(data, manifest_schema())
     manifest, config = Manifest.load(layout.manifest), load_config(model)
     for stage in RKNN_STAGES:
         for tower in ("visual", "text"):
