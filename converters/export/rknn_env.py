@@ -14,13 +14,11 @@ Python 3.11, because 3.12 venvs have no setuptools and no wheel exists for 3.13.
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 from pathlib import Path
 
 from converters.app.runtimes.rknn.env import RKNN_ENV, RKNN_TOOLKIT_VERSION
-from converters.errors import UserError
-from converters.export.tool_env import Run, create, find_python, pip_install
+from converters.export.tool_env import Run, create, find_python, main, pip_install
 
 # What the ONNX path imports (numpy, onnx, protobuf, scipy, cv2, tqdm at import; onnxruntime at build;
 # fast_histogram for mmse; ruamel.yaml for hybrid quantization), at the versions the toolkit's metadata allows.
@@ -103,6 +101,9 @@ def _install(root: Path, run: Run) -> None:
     site = root / "lib" / "python3.11" / "site-packages"
     (site / "torch").mkdir()
     (site / "torch" / "__init__.py").write_text(TORCH_STUB, encoding="utf-8")
+    # Every module byte-compiled now: a build that compiles one first allocates differently, and the toolkit writes
+    # heap addresses into the .rknn, so a fresh environment's first build would differ from its next ones.
+    run([str(root / "bin" / "python"), "-m", "compileall", "-q", str(site)], "byte-compiling the environment")
     run([str(root / "bin" / "python"), "-c", "from rknn.api import RKNN; RKNN()"], "importing rknn.api")
 
 
@@ -111,7 +112,4 @@ def create_rknn_env() -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        print(create_rknn_env())
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    main(create_rknn_env)

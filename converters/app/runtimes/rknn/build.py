@@ -9,6 +9,10 @@ deterministic temporary file names (worker.py), and malloc filling what it hands
 rebuilds were byte-identical on rk3588, rk3568 and rk3566 (18 of 18 in the spike, tiny towers), not on rk3576
 (3 of 6 differed): `REPRODUCIBLE`. The simulator runs only a model built in the same
 process, so the worker that built a file is the one that simulates it.
+
+The proof holds within one toolkit environment, not across two: three environments made by the same recipe on
+one machine gave three different (each self-consistent) builds of the tiny tower (2026-12-06). A bundle converted
+on another machine is therefore refused by the simulator runner here, with advice to convert again.
 """
 
 from __future__ import annotations
