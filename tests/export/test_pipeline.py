@@ -9,7 +9,7 @@ import pytest
 from converters.app.layout import BundleLayout
 from converters.app.manifest import Manifest
 from converters.errors import UserError
-from converters.export import onnx_io
+from converters.export import onnx_io, pipeline
 from converters.export.pipeline import DEFAULT_STAGES, parse_stages
 from converters.export.stages import registered
 from converters.progress import StageStep
@@ -61,7 +61,8 @@ def test_interrupted_stage_leaves_nothing_listed_and_rerun_finishes(tmp_path, mo
         (context.workdir / "half-written.onnx").write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(registered(), "onnx-int8", replace(registered()["onnx-int8"], run=interrupted))
+    stages = {**registered(), "onnx-int8": replace(registered()["onnx-int8"], run=interrupted)}
+    monkeypatch.setattr(pipeline, "registered", lambda: stages)  # the registry itself is read-only
     with pytest.raises(KeyboardInterrupt):
         convert_random("tiny-vit", out, stages=ONNX_STAGES)
     manifest = Manifest.load(BundleLayout(out).manifest)
