@@ -32,6 +32,11 @@ bool ncnn::Option::*option_member(const std::string& name) {
 
 Tower::Tower(const Artifact& artifact, int threads) : artifact_(artifact) {
   for (const auto& [name, value] : artifact.runtime_options) {
+    // A 0-3 field in ncnn (DAZ and FTZ bits), on or off in a manifest, as ncnn_runtime.py reads it.
+    if (name == "flush_denormals") {
+      net_.opt.flush_denormals = value ? 3 : 0;
+      continue;
+    }
     bool ncnn::Option::*member = option_member(name);
     if (!member)
       throw std::runtime_error(artifact.key + ": this client sets no ncnn Option named " + name +

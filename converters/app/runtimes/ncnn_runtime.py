@@ -17,17 +17,18 @@ import numpy as np
 from converters.app.artifact import Artifact
 from converters.errors import ArtifactError
 
+# Denormal floats flushed to zero, as the ONNX artifacts ask onnxruntime (onnx_runtime.py says why). ncnn's
+# Option.flush_denormals is a 0–3 field (DAZ and FTZ bits; 3, both, is ncnn's default, and ncnn sets them on x86
+# only): a manifest says on or off. The Python bindings (1.0.20261020) do not expose the field, so this runner can
+# only run it on, as ncnn does unless told otherwise; the C++ client sets it.
+DENORMALS_FLUSHED = {"flush_denormals": True}
+
 
 class NcnnTower:
     def __init__(self, artifact: Artifact, threads: int = 0):
         self.spec = artifact.spec
         self.net = ncnn.Net()
-        for option, value in artifact.runtime_options.items():
-            if not hasattr(self.net.opt, option) or not isinstance(value, bool):
-                raise ArtifactError(
-                    f"{artifact.key}: ncnn has no boolean Option '{option}' to set to {value!r} (ncnn {ncnn.__version__})."
-                )
-            setattr(self.net.opt, option, value)
+        set_options(self.net.opt, artifact.runtime_options, artifact.key)
         if threads:
             self.net.opt.num_threads = threads
         if len(artifact.files) != 2:
@@ -80,3 +81,16 @@ class NcnnTower:
                 ids.name: np.ascontiguousarray(row[kept], dtype=ids.dtype),
                 positions.name: kept.astype(positions.dtype),
             }
+
+
+def set_options(opt: ncnn.Option, runtime_options: dict[str, bool], key: str) -> None:
+    """Give an ncnn Option an artifact's `runtime_options`: Option booleans, and `flush_denormals`."""
+    for option, value in runtime_options.items():
+        if option in DENORMALS_FLUSHED:
+            if value is not True:
+                raise ArtifactError(f"{key}: runtime_options asks for flush_denormals {value!r}; this runner runs ncnn "
+                                    "with its default, denormals flushed (its Python bindings cannot change it).")
+        elif isinstance(value, bool) and isinstance(getattr(opt, option, None), bool):
+            setattr(opt, option, value)
+        else:
+            raise ArtifactError(f"{key}: ncnn has no boolean Option '{option}' to set to {value!r} (ncnn {ncnn.__version__}).")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
+from converters.app.runtimes.ncnn_runtime import DENORMALS_FLUSHED
 from converters.app.specs import stage_spec
 from converters.export.context import StageContext
 from converters.export.stages import Stage, StageOptions
@@ -24,10 +25,10 @@ if TYPE_CHECKING:
 
 # ncnn's Option defaults turn all three on; the fp32 path needs them off: with them on, even an
 # fp32 .bin drifts (tiny-rn: 1e-4 max abs) as convolutions store fp16.
-FP32_OPTIONS = {"use_fp16_storage": False, "use_fp16_packed": False, "use_fp16_arithmetic": False}
+FP32_OPTIONS = {"use_fp16_storage": False, "use_fp16_packed": False, "use_fp16_arithmetic": False, **DENORMALS_FLUSHED}
 # ncnn's defaults: fp16 storage and arithmetic wherever the CPU has them. On x86 (AVX2, F16C) most
 # layers still compute in fp32; ARMv8.2 cores also compute in fp16, which no test here covers.
-FP16_OPTIONS = {"use_fp16_storage": True, "use_fp16_packed": True, "use_fp16_arithmetic": True}
+FP16_OPTIONS = {"use_fp16_storage": True, "use_fp16_packed": True, "use_fp16_arithmetic": True, **DENORMALS_FLUSHED}
 # A second, shorter sequence makes pnnx write the sequence dim as dynamic (Gemm M=0, not 52).
 DYNAMIC_PROBE_LENGTH = 4
 

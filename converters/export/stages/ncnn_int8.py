@@ -30,7 +30,7 @@ from pydantic import Field
 
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
-from converters.app.runtimes.ncnn_runtime import NcnnTower
+from converters.app.runtimes.ncnn_runtime import DENORMALS_FLUSHED, NcnnTower
 from converters.errors import ConversionError
 from converters.app.specs import stage_spec
 from converters.export.context import StageContext
@@ -48,6 +48,7 @@ RUNTIME_OPTIONS = {
     "use_fp16_storage": False,
     "use_fp16_packed": False,
     "use_fp16_arithmetic": False,
+    **DENORMALS_FLUSHED,
 }
 
 
