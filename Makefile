@@ -200,8 +200,11 @@ rknn-env: $(CORE_STAMP)
 	$(PY) -m converters.export.rknn_env
 
 # The tests build the x86 client themselves (tests/clients) and drive Chromium: system-deps installs both.
+# Two pytest workers, a test file each at a time (a file's tests share its fixtures and its servers): most tests
+# wait on a subprocess, a server or the disk part of the time, so one process kept 1.3 of CI's 2 cores busy.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP) system-deps sophgo-env rknn-env
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(TEST_STAMP) system-deps sophgo-env rknn-env
 	$(PY) -m pytest -m "not fullsize" $(PYTEST_ARGS)
