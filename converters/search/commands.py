@@ -193,11 +193,9 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
     the photos' thumbnails; only files inside the indexed folders are served.
     A re-run of `index` is picked up without a restart.
     """
-    import uvicorn
-
     from converters.search.auth import read_password
     from converters.search.library import Library
-    from converters.search.network import allowed_hosts, check_port, is_loopback
+    from converters.search.network import allowed_hosts, check_port, is_loopback, run_server
     from converters.search.serve import Security, create_app
 
     password = read_password(password_file)
@@ -215,10 +213,9 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
     if snapshot.weights_warning:
         say(f"warning: {snapshot.weights_warning}")
     security = Security(password, tuple(allowed_hosts(host, allowed)))
-    say(f"{len(snapshot.index)} photos on http://{_url_host(host)}:{port}/ ({'password required' if password else 'no password'}; Ctrl-C stops)")
+    ready = f"{len(snapshot.index)} photos on http://{_url_host(host)}:{port}/ ({'password required' if password else 'no password'}; Ctrl-C stops)"
     # Bounded: a crowd of slow clients gets 503s instead of exhausting the process's files.
-    uvicorn.run(create_app(library, security), host=host, port=port, log_level="warning", limit_concurrency=256,
-                timeout_keep_alive=5)
+    run_server(create_app(library, security), host, port, ready, limit_concurrency=256, timeout_keep_alive=5)
 
 
 def _url_host(host: str) -> str:

@@ -33,12 +33,10 @@ def immich_serve_command(bundle: Path, stage: str, name: str | None, host: str, 
     L2-normalized; face and OCR requests are refused with status 400. Run Smart Search for all photos after
     switching.
     """
-    import uvicorn
-
     from converters.app.bundle import Bundle
     from converters.app.immich import dim_mismatch, immich_name
     from converters.search.immich_api import create_immich_app
-    from converters.search.network import check_port, is_loopback
+    from converters.search.network import check_port, is_loopback, run_server
 
     if not is_loopback(host) and not no_auth:
         raise UserError(f"Listening on {host} would let every device that reaches it use this model: Immich's "
@@ -52,5 +50,5 @@ def immich_serve_command(bundle: Path, stage: str, name: str | None, host: str, 
     check_port(host, port)
     if not is_loopback(host):
         say(f"warning: listening on {host}: every device that reaches it can use this model, with no password.")
-    say(f"{opened.model} ({stage}) as Immich's {model_name} on http://{host}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(create_immich_app(opened, embedder, model_name), host=host, port=port, log_level="warning")
+    run_server(create_immich_app(opened, embedder, model_name), host, port,
+               f"{opened.model} ({stage}) as Immich's {model_name} on http://{host}:{port}/ (Ctrl-C stops)")

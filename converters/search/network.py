@@ -19,6 +19,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from converters.console import say
 from converters.errors import UserError
 from converters.search.pages import content_security_policy
 
@@ -142,3 +143,17 @@ def check_port(host: str, port: int) -> None:
             pass
     except OSError as error:
         raise UserError(f"Cannot listen on {host}:{port}: {error.strerror or error}. Choose another --port or --host.") from None
+
+
+def run_server(app: ASGIApp, host: str, port: int, ready: str, **options) -> None:
+    """Serve `app` with uvicorn until stopped, saying `ready` once the socket listens: a click on the printed
+    address, or a script waiting for the line, then never meets a refused connection."""
+    import uvicorn  # the server alone: the checks above are imported by tests and pages without it
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                say(ready)
+
+    AnnouncingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **options)).run()

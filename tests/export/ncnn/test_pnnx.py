@@ -69,7 +69,7 @@ def test_specs_state_what_the_app_feeds():
         ("out0", "float32", (32,)),
     ]
     assert ncnn_float.FP32_OPTIONS == {
-        "use_fp16_storage": False, "use_fp16_packed": False, "use_fp16_arithmetic": False
+        "use_fp16_storage": False, "use_fp16_packed": False, "use_fp16_arithmetic": False, "flush_denormals": True
     }
 
 
