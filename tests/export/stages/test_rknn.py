@@ -115,8 +115,14 @@ def test_weights_beyond_fp16_range_fail_parity(rknn_bundle, tmp_path):
     (tmp_path / "work").mkdir()
     converted = rknn.run(scaled_parent, rknn.RknnOptions(), StageContext(manifest, tmp_path / "work"), stage="rknn-fp16")
     pixels = StageContext(manifest, tmp_path).calibration_inputs("visual", 4)
-    measured = measure(OnnxTower(scaled_parent).embed(pixels), open_tower(converted).embed(pixels), DEFAULT_TARGETS["fp16"])
-    assert not measured.passed
+    try:
+        simulated = open_tower(converted).embed(pixels)
+    except ArtifactError as error:
+        # Sometimes the simulator will not run such a build at all (init_runtime: "RKNN model does not exist",
+        # seen once in a fresh CI run): a refusal too, never a pass.
+        assert "failed while simulating" in str(error)
+        return
+    assert not measure(OnnxTower(scaled_parent).embed(pixels), simulated, DEFAULT_TARGETS["fp16"]).passed
 
 
 @pytest.mark.parametrize("rknn_bundle", ["tiny-vit"], indirect=True)
