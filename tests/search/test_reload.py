@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from converters.search.library import Library
 from converters.search.store import IndexDatabase, load_index
 from tests.search.conftest import PHOTOS, index
 
@@ -48,3 +51,44 @@ def test_photo_ids_outlive_the_removal_of_other_photos(served, library):
             assert client.get(f"/photo/{photo_id}").content == (photos / name).read_bytes()
     for url in (f"/photo/{ids[first]}", f"/thumb/{ids[first]}", f"/api/similar/{ids[first]}"):
         assert client.get(url).status_code == 404
+
+
+@ON_TINY_VIT
+def test_a_renamed_photo_that_gets_a_removed_photos_rowid_is_read_anew(library):
+    photos, index_dir, _ = library
+    before = load_index(index_dir)
+    last = Path(before.photos.paths[-1])
+    aside = last.parent.parent / last.name
+    last.rename(aside)
+    index(photos, index_dir)
+    aside.rename(photos / f"renamed-{last.name}")  # same size and mtime, another name
+    index(photos, index_dir)
+    reloaded, full = load_index(index_dir, before), load_index(index_dir)
+    assert full.rowids[-1] == before.rowids[-1]  # SQLite gave the removed last row's id to the renamed photo
+    assert reloaded.photos.paths == full.photos.paths and reloaded.photos.paths[-1].endswith(f"renamed-{last.name}")
+
+
+@ON_TINY_VIT
+def test_requests_answer_from_the_loaded_index_while_another_request_reloads(library, monkeypatch):
+    photos, index_dir, _ = library
+    served = Library.open(index_dir, None, 1)
+    before = served.current()
+    (photos / "coffee_cup.jpg").unlink()
+    index(photos, index_dir)
+    reloading, finish = threading.Event(), threading.Event()
+    load = Library._load
+
+    def slow_load(self, signature):
+        reloading.set()
+        assert finish.wait(30)
+        return load(self, signature)
+
+    monkeypatch.setattr(Library, "_load", slow_load)
+    reloader = threading.Thread(target=served.current)
+    reloader.start()
+    assert reloading.wait(30)
+    assert served.current() is before  # not held up by the reload: the state committed before it
+    finish.set()
+    reloader.join(30)
+    after = served.current()
+    assert len(after.index) == len(before.index) - 1 and served.reloads == 1
