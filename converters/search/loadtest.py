@@ -9,7 +9,9 @@ artifact, starts `serve` on a free loopback port, and runs the users for --secon
 uploads, "more like this", thumbnails, status, each user pausing 1–3 s between actions (none with
 --no-pause, which finds the saturation throughput). With --with-index, `index` adds and removes a
 batch of photos in the same library in a loop meanwhile. The report: requests/s, p50/p95/p99 per
-route, errors, the server's memory over the run, the CPU. Only loopback; bounded in time and users.
+route, errors, the server's memory over the run, the CPU, and a sample of the text searches' answers
+checked against an exact single-threaded scan of the committed state that gave them (the command
+fails when one differs). Only loopback; bounded in time and users.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.cpu import cpu_description
 from converters.data import PARITY_SET_DIR
 from converters.search.photos import PhotoRow
+from converters.search.query import text_query
 from converters.search.stamp import ArtifactStamp
-from converters.search.store import IndexDatabase
+from converters.search.store import IndexDatabase, load_index
 from converters.search.vectors import normalize_rows
 
 MAX_USERS, MAX_SECONDS = 64, 900
 TEXTS = ("猫", "海边的日落", "草地", "一杯咖啡", "火箭发射", "宇航员", "雪山", "生日蛋糕", "a dog", "孩子在公园")
 ACTIONS = {"search": 0.5, "thumbs": 0.2, "similar": 0.1, "upload": 0.1, "status": 0.1}
+SAMPLED, MAX_SAMPLES = 0.2, 2_000  # the share of text searches whose answers are checked after the run
+INDEX_BATCH = 16  # photos `index_loop` adds and removes per run, and `index`'s batch: one commit each
 
 
 def build_library(workdir: Path, bundle: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
@@ -71,6 +76,7 @@ def build_library(workdir: Path, bundle: Path, count: int, seed: int = 0) -> tup
 class Stats:
     def __init__(self):
         self.latency, self.statuses, self.errors = defaultdict(list), defaultdict(int), defaultdict(int)
+        self.answers: list[tuple[str, dict]] = []  # (query, the JSON answer) of sampled text searches
 
     def record(self, route: str, started: float, status: int | None) -> None:
         self.latency[route].append(time.perf_counter() - started)
@@ -97,9 +103,12 @@ async def user(client: httpx.AsyncClient, stats: Stats, deadline: float, pace: b
         if action in ("thumbs", "similar") and not ids:
             action = "search"
         if action == "search":
-            answer = await timed(stats, "text search", client.get("/api/search", params={"q": rng.choice(TEXTS)}))
+            text = rng.choice(TEXTS)
+            answer = await timed(stats, "text search", client.get("/api/search", params={"q": text}))
             if answer is not None and answer.status_code == 200:
                 ids = [hit["id"] for hit in answer.json()["hits"]]
+                if rng.random() < SAMPLED and len(stats.answers) < MAX_SAMPLES:
+                    stats.answers.append((text, answer.json()))
         elif action == "thumbs":
             for photo_id in ids[:8]:
                 await timed(stats, "thumbnail", client.get(f"/thumb/{photo_id}"))
@@ -130,22 +139,50 @@ def resident_mb(pid: int) -> float:
 
 
 def index_loop(photos: Path, index_dir: Path, stop: float) -> int:
-    """Adds 16 photos and removes 16 per `index` run, until `stop`; returns the runs made."""
+    """Adds INDEX_BATCH photos and removes the previous run's per `index` run, until `stop`; returns the runs made.
+    Every run adds copies of the same files: each commit leaves the library alone or the library and those."""
     sources, runs = sorted(PARITY_SET_DIR.joinpath("images").glob("*.jpg")), 0
     incoming = photos / "incoming"
     incoming.mkdir(exist_ok=True)
     while time.perf_counter() < stop:
-        for i in range(16):
+        for i in range(INDEX_BATCH):
             shutil.copy(sources[i % len(sources)], incoming / f"run{runs:04d}-{i:02d}.jpg")
         for old in sorted(incoming.glob(f"run{runs - 1:04d}-*.jpg")):
             old.unlink()
-        subprocess.run([sys.executable, "-m", "converters", "index", str(photos), "--index", str(index_dir), "--threads", "1"],
+        subprocess.run([sys.executable, "-m", "converters", "index", str(photos), "--index", str(index_dir), "--threads", "1",
+                        "--batch-size", str(INDEX_BATCH)],
                        check=True, capture_output=True)
         runs += 1
     return runs
 
 
-def report(stats: Stats, seconds: float, memory: list[float], runs: int | None) -> str:
+def check_answers(index_dir: Path, bundle: Path, answers: list[tuple[str, dict]], library: int) -> list[str]:
+    """What is wrong with each sampled answer, compared with an exact single-threaded scan of the state that gave it:
+    the first `library` photos alone, or with the photos `index_loop` adds (the same files each run, so the final
+    index holds both states). The state is told by the answer's photo count and newest id."""
+    index = load_index(index_dir)
+    opened = Bundle.open(bundle)
+    embedder = opened.embedder(index.artifact.stage, 1)
+    vectors = index.vectors.astype(np.float32)
+    states = {(library, int(index.rowids[library - 1])): library, (len(index), int(index.rowids[-1])): len(index)}
+    queries = {text: text_query(opened, embedder, text)[0] for text in {text for text, _ in answers}}
+    wrong = []
+    for text, answer in answers:
+        rows = states.get((answer["indexed"], answer["newest_id"]))
+        if rows is None:
+            wrong.append(f"{text}: from no committed state ({answer['indexed']} photos, newest id {answer['newest_id']})")
+            continue
+        scores = vectors[:rows] @ queries[text]
+        best = np.argsort(-scores, kind="stable")[: len(answer["hits"])]
+        ids = np.array([hit["id"] for hit in answer["hits"]], np.int64)
+        given = np.minimum(np.searchsorted(index.rowids[:rows], ids), rows - 1)
+        # Equal scores may come in either order; anything else is a wrong answer.
+        if not np.array_equal(index.rowids[given], ids) or not np.allclose(scores[given], scores[best], rtol=0, atol=1e-6):
+            wrong.append(f"{text}: ids {[hit['id'] for hit in answer['hits']]}, exact scan {index.rowids[best].tolist()}")
+    return wrong
+
+
+def report(stats: Stats, seconds: float, memory: list[float], runs: int | None, wrong: list[str]) -> str:
     total = sum(len(v) for v in stats.latency.values())
     lines = [f"CPU: {cpu_description()}, {os.cpu_count()} cores", f"{total} requests in {seconds:.0f} s: {total / seconds:.1f}/s",
              "| route | requests | req/s | p50 ms | p95 ms | p99 ms | errors (5xx or failed) |", "|---|---|---|---|---|---|---|"]
@@ -157,7 +194,10 @@ def report(stats: Stats, seconds: float, memory: list[float], runs: int | None) 
     first, last = np.mean(memory[:tenth]), np.mean(memory[-tenth:])
     lines.append(f"server memory: {first:.0f} MB in the first tenth of the run, {last:.0f} MB in the last ({(last / first - 1) * 100:+.1f} %), peak {max(memory):.0f} MB")
     if runs is not None:
-        lines.append(f"`index` runs meanwhile (16 added, 16 removed each): {runs}")
+        lines.append(f"`index` runs meanwhile ({INDEX_BATCH} added, {INDEX_BATCH} removed each): {runs}")
+    lines.append(f"text search answers checked against an exact single-threaded scan of the committed state that gave "
+                 f"them: {len(stats.answers)}, wrong: {len(wrong)}")
+    lines.extend(f"  wrong: {line}" for line in wrong[:10])
     return "\n".join(lines)
 
 
@@ -195,7 +235,10 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
             return stats, made
 
         stats, runs = asyncio.run(everything())
-        click.echo(report(stats, seconds, memory, runs))
+        wrong = check_answers(index_dir, bundle, stats.answers, count)
+        click.echo(report(stats, seconds, memory, runs, wrong))
+        if wrong:
+            raise click.ClickException(f"{len(wrong)} sampled answers differ from an exact scan of their index state.")
     finally:
         server.terminate()
         server.wait(60)

@@ -1,0 +1,41 @@
+"""The load run: bounded, on loopback, and its check of answers catches a wrong one."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from converters.search.library import Library
+from converters.search.loadtest import build_library, check_answers, main
+from converters.search.serve import create_app
+
+ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+
+
+@ON_TINY_VIT
+def test_a_short_run_with_index_committing_checks_its_answers(tiny_bundle, tmp_path):
+    args = ["--bundle", str(tiny_bundle), "--photos", "2000", "--users", "4", "--seconds", "8", "--no-pause",
+            "--with-index", "--workdir", str(tmp_path / "load")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    checked, wrong = map(int, re.search(r"gave them: (\d+), wrong: (\d+)", result.output).groups())
+    assert checked > 0 and wrong == 0
+    assert int(re.search(r"removed each\): (\d+)", result.output).group(1)) >= 1
+    assert "| text search |" in result.output and "server memory:" in result.output
+
+
+@ON_TINY_VIT
+def test_the_answer_check_catches_swapped_hits_a_foreign_id_and_an_unknown_state(tiny_bundle, tmp_path):
+    _, index_dir = build_library(tmp_path / "load", tiny_bundle, 300)
+    client = TestClient(create_app(Library.open(index_dir, None, 1)), base_url="http://localhost")
+    answer = client.get("/api/search", params={"q": "猫"}).json()
+    assert check_answers(index_dir, tiny_bundle, [("猫", answer)], 300) == []
+    hits = answer["hits"]
+    swapped = answer | {"hits": [hits[1], hits[0], *hits[2:]]}
+    foreign = answer | {"hits": [hits[0] | {"id": 10_000}, *hits[1:]]}
+    unknown = answer | {"newest_id": answer["newest_id"] + 1}
+    wrong = check_answers(index_dir, tiny_bundle, [("猫", swapped), ("猫", foreign), ("猫", unknown)], 300)
+    assert len(wrong) == 3 and "no committed state" in wrong[2]
