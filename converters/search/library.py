@@ -153,7 +153,7 @@ class Library:
         else:
             bundle = index.artifact.open_bundle(self.artifacts, index.file)
             embedder = bundle.embedder(index.artifact.stage, self.threads)
-        searcher = Searcher(index, threads=self.threads) if len(index) else None
+        searcher = Searcher(index, threads=self.threads, reuse=previous.searcher if previous else None) if len(index) else None
         return Snapshot(index, searcher, bundle, embedder, weights_warning(bundle),
                         (signature[0], self._bundle_files(bundle, index.artifact.stage)))
 

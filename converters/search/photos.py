@@ -54,6 +54,7 @@ class PhotoIndex:
     # Each photo's SQLite rowid, ascending: its id for as long as it is unchanged (`index` replaces a
     # changed photo's row, giving it a new rowid), unlike its row number, which shifts as others come and go.
     rowids: np.ndarray | None = None  # int64 [N]; None: 1…N
+    changes: int | None = None  # the photos table's change count these rows were read at (None: not counted)
 
     def __post_init__(self):
         if self.rowids is None:

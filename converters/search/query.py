@@ -131,11 +131,16 @@ def empty_index(index: PhotoIndex) -> QueryError:
 class Searcher:
     """Searches one loaded index with one backend; build once, query many times."""
 
-    def __init__(self, index: PhotoIndex, backend: str = DEFAULT_BACKEND, threads: int = 1):
+    def __init__(self, index: PhotoIndex, backend: str = DEFAULT_BACKEND, threads: int = 1, reuse: "Searcher | None" = None):
+        """`reuse`: a searcher whose backend may serve `index` as well, if it was built over the same vectors
+        (a server's reload after a commit that changed the runs, not the photos)."""
         if len(index) == 0:
             raise empty_index(index)
         self.index = index
-        self.scan = BACKENDS[backend_for(backend, len(index))](index, threads)
+        if reuse is not None and reuse.index.vectors is index.vectors:
+            self.scan = reuse.scan
+        else:
+            self.scan = BACKENDS[backend_for(backend, len(index))](index, threads)
 
     def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange(),
              exclude: int | None = None) -> SearchResult:

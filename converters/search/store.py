@@ -24,7 +24,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -33,7 +33,9 @@ import numpy as np
 from converters import __version__
 from converters.errors import UserError
 from converters.search.photos import PhotoIndex, PhotoRow, PhotoRows, assemble
-from converters.search.schema import FORMAT, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, SCHEMA, VERSION, table_columns
+from converters.search.schema import (
+    FORMAT, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, PHOTOS_CHANGES, SCHEMA, TRIGGERS, VERSION, table_columns,
+)
 from converters.search.stamp import ArtifactStamp
 from converters.search.vectors import int8_codes
 
@@ -114,7 +116,7 @@ class IndexDatabase:
 
     def _create(self, stamp: ArtifactStamp) -> None:
         with self.transaction():
-            for statement in filter(str.strip, SCHEMA.split(";")):
+            for statement in (*filter(str.strip, SCHEMA.split(";")), *TRIGGERS):
                 self.connection.execute(statement)
             meta = {"format": FORMAT, "version": str(VERSION), "artifact": json.dumps(asdict(stamp)),
                     "created_by": f"cnclip-converters {__version__}"}
@@ -167,6 +169,8 @@ class IndexDatabase:
     def start_run(self, root: str) -> int:
         """A run over `root`: the folder is indexed from now on, and what its last run left out is forgotten."""
         with self.transaction():
+            for trigger in TRIGGERS:  # an index made by an earlier version counts its changes from now on
+                self.connection.execute(trigger)
             self.connection.execute("INSERT OR IGNORE INTO roots VALUES (?)", (_encode(root),))
             self.connection.execute("DELETE FROM skipped WHERE root = ?", (_encode(root),))
             cursor = self.connection.execute("INSERT INTO runs (root, started) VALUES (?, ?)", (_encode(root), _now()))
@@ -205,7 +209,8 @@ class IndexDatabase:
 
         With `previous` (this index loaded earlier), only rows it does not hold are read: a row is
         kept when its rowid, path, size and mtime are unchanged, since the indexer never updates a
-        row in place but replaces it. 100,000 photos take seconds to read whole, a batch's change little.
+        row in place but replaces it; and when the photos table's change count (schema.TRIGGERS) is
+        the one `previous` was read at, no row is read. 100,000 photos take seconds to read whole.
         """
         self.connection.execute("BEGIN")
         try:
@@ -214,18 +219,31 @@ class IndexDatabase:
             self.connection.execute("COMMIT")
 
     def _load(self, previous: PhotoIndex | None) -> PhotoIndex:
+        roots = [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
+        # Complete when the latest run over every folder finished; an earlier killed run was finished by a later one.
+        unfinished = self.connection.execute(
+            "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
+        ).fetchone()[0]
+        changes = self._photos_changes()
+        if previous is not None and changes is not None and changes == previous.changes:
+            return replace(previous, roots=roots, complete=unfinished == 0)  # the same photos
         dim = self.stamp.dim
         bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
         if bad:
             raise corrupt(self.file, f"{bad} embeddings are not {dim} float16 values long")
         parts = [self._rows("", (), self.count())] if previous is None else self._changes(previous)
         rowids, photos, vectors, int8 = assemble(parts, dim)
-        roots = [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
-        # Complete when the latest run over every folder finished; an earlier killed run was finished by a later one.
-        unfinished = self.connection.execute(
-            "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
+        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids, changes)
+
+    def _photos_changes(self) -> int | None:
+        """How many rows of photos were ever written or removed, or None when the index does not count them."""
+        triggers = self.connection.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'photos' AND name LIKE 'photos_%'"
         ).fetchone()[0]
-        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids)
+        if triggers != len(TRIGGERS):
+            return None
+        row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (PHOTOS_CHANGES,)).fetchone()
+        return int(row[0]) if row else 0
 
     def _changes(self, previous: PhotoIndex) -> list[PhotoRows]:
         """The rows of `previous` that are unchanged, and the others read anew.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from converters.search.library import Library
+from converters.search.schema import INDEX_FILE
 from converters.search.store import IndexDatabase, load_index
 from tests.search.conftest import PHOTOS, index
 
@@ -92,3 +94,36 @@ def test_requests_answer_from_the_loaded_index_while_another_request_reloads(lib
     reloader.join(30)
     after = served.current()
     assert len(after.index) == len(before.index) - 1 and served.reloads == 1
+
+
+@ON_TINY_VIT
+def test_a_commit_that_leaves_the_photos_alone_reads_no_row_and_keeps_the_search_backend(library, monkeypatch):
+    photos, index_dir, _ = library
+    served = Library.open(index_dir, None, 1)
+    before = served.current()
+    database = IndexDatabase(index_dir)
+    database.start_run(str(photos))  # a run starts: a commit, the photos untouched
+    database.close()
+    read = []
+    monkeypatch.setattr(IndexDatabase, "_changes", lambda self, previous: read.append(previous))
+    after = served.current()
+    assert served.reloads == 1 and read == []
+    assert after.index.vectors is before.index.vectors and after.searcher.scan is before.searcher.scan
+    assert before.index.complete and not after.index.complete  # what the runs say is read anew
+
+
+@ON_TINY_VIT
+def test_changes_by_any_writer_are_counted_and_an_index_without_the_count_is_compared_row_by_row(library):
+    _, index_dir, _ = library
+    before = load_index(index_dir)
+    assert before.changes is not None
+    with sqlite3.connect(index_dir / INDEX_FILE) as connection:  # another program, or an earlier version of this one
+        connection.execute("DELETE FROM photos WHERE rowid = ?", (int(before.rowids[0]),))
+    counted = load_index(index_dir, before)
+    assert counted.changes == before.changes + 1 and len(counted) == len(before) - 1
+    with sqlite3.connect(index_dir / INDEX_FILE) as connection:  # an index no writer of this version has opened
+        for name in ("photos_insert", "photos_update", "photos_delete"):
+            connection.execute(f"DROP TRIGGER {name}")
+        connection.execute("DELETE FROM photos WHERE rowid = ?", (int(before.rowids[1]),))
+    compared = load_index(index_dir, counted)
+    assert compared.changes is None and compared.photos.paths == load_index(index_dir).photos.paths == before.photos.paths[2:]
