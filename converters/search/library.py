@@ -5,20 +5,19 @@ indexes under a running server. Every request first asks `current()`, which comp
 signatures (SQLite's data_version, the database's inode, the bundle files' inodes, sizes and
 mtimes) with those of what is loaded, and reloads when they differ; a search therefore answers
 from one committed state of the index: the latest, or while another request reloads, the one
-before it (its answer's `newest_id` tells which). What cannot be used (a bundle replaced by another
+before it (its answer's `index_version` tells which). What cannot be used (a bundle replaced by another
 artifact) becomes a `problem`: searches refuse with it and the status says it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import hashlib
 import io
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import ImageOps
@@ -39,7 +38,7 @@ THUMBNAIL_FOLDER = "thumbnails"
 
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError):  # no glibc (macOS, musl): its allocator returns memory by itself or not at all
+except (OSError, AttributeError, TypeError):  # no glibc (macOS, musl, Windows): nothing to ask
     _malloc_trim = None
 
 
@@ -127,22 +126,19 @@ class Library:
             raise LibraryProblem(snapshot.problem)
         return snapshot
 
-    @property
-    def problem(self) -> str | None:
-        return self._snapshot.problem
-
     def _reload(self, signature: tuple) -> None:
+        previous = self._snapshot
         try:
             self._snapshot = self._load(signature)
         except UserError as error:
             # The last good snapshot, marked as having seen `signature` so that a problem is not reloaded on every request.
             problem = (f"The index or bundle changed while serving and cannot be used: {error} "
                        "Searches are refused until it is fixed; the server notices by itself.")
-            self._snapshot = dataclasses.replace(self._snapshot, signature=signature, problem=problem)
+            self._snapshot = replace(self._snapshot, signature=signature, problem=problem)
         self.reloads += 1
-        if _malloc_trim is not None:
-            # glibc keeps the pages a reload frees for later, per thread arena: over a two-minute load run with
-            # `index` committing, the server grew from 234 to 331 MB (docs/serving-a-household.md).
+        if _malloc_trim is not None and self._snapshot.index.vectors is not previous.index.vectors:
+            # glibc keeps the memory of the arrays a reload replaced for later use, in the arena of whichever
+            # worker thread reloaded: a server with `index` committing grew by a fifth in two minutes.
             _malloc_trim(0)
 
     def _load(self, signature: tuple) -> Snapshot:
@@ -153,7 +149,8 @@ class Library:
         else:
             bundle = index.artifact.open_bundle(self.artifacts, index.file)
             embedder = bundle.embedder(index.artifact.stage, self.threads)
-        searcher = Searcher(index, threads=self.threads, reuse=previous.searcher if previous else None) if len(index) else None
+        reuse = previous.searcher if previous is not None else None
+        searcher = Searcher(index, threads=self.threads, reuse=reuse) if len(index) else None
         return Snapshot(index, searcher, bundle, embedder, weights_warning(bundle),
                         (signature[0], self._bundle_files(bundle, index.artifact.stage)))
 

@@ -54,7 +54,7 @@ class PhotoIndex:
     # Each photo's SQLite rowid, ascending: its id for as long as it is unchanged (`index` replaces a
     # changed photo's row, giving it a new rowid), unlike its row number, which shifts as others come and go.
     rowids: np.ndarray | None = None  # int64 [N]; None: 1…N
-    changes: int | None = None  # the photos table's change count these rows were read at (None: not counted)
+    state: str | None = None  # the photos table's state these rows were read in (store: None when not counted)
 
     def __post_init__(self):
         if self.rowids is None:
@@ -65,10 +65,18 @@ class PhotoIndex:
 
     def row_of(self, rowid: int) -> int:
         """The row of the photo with this id; LookupError when there is none (deleted, or never was)."""
-        row = int(np.searchsorted(self.rowids, rowid))
-        if row < len(self) and self.rowids[row] == rowid:
-            return row
-        raise LookupError(rowid)
+        row = int(self.rows_of(np.array([rowid]))[0])
+        if row < 0:
+            raise LookupError(rowid)
+        return row
+
+    def rows_of(self, rowids: np.ndarray) -> np.ndarray:
+        """The row of each photo id, -1 where there is none."""
+        rowids = np.asarray(rowids, np.int64)
+        if not len(self):
+            return np.full(len(rowids), -1, np.int64)
+        rows = np.minimum(np.searchsorted(self.rowids, rowids), len(self) - 1)
+        return np.where(self.rowids[rows] == rowids, rows, -1)
 
 
 @dataclass

@@ -137,10 +137,11 @@ class Searcher:
         if len(index) == 0:
             raise empty_index(index)
         self.index = index
-        if reuse is not None and reuse.index.vectors is index.vectors:
+        name = backend_for(backend, len(index))
+        if reuse is not None and reuse.index.vectors is index.vectors and reuse.scan.name == name:
             self.scan = reuse.scan
         else:
-            self.scan = BACKENDS[backend_for(backend, len(index))](index, threads)
+            self.scan = BACKENDS[name](index, threads)
 
     def find(self, label: str, query: np.ndarray, k: int = 10, time_range: TimeRange = TimeRange(),
              exclude: int | None = None) -> SearchResult:

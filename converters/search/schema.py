@@ -26,15 +26,17 @@ CREATE TABLE skipped (root BLOB NOT NULL, reason TEXT NOT NULL) STRICT;
 
 # Counted by SQLite on every change to the photos table, whichever program makes it: a running server reads
 # the photos again only when the count moved (a run's start and end, and the skipped files, are commits too).
-# Writers add the triggers to an index made before them; until then a server compares every row.
-PHOTOS_CHANGES = "photos_changes"
+# With GENERATION, a random id each database is made with (or first given by a writer of this version), the
+# count names one state of the photos: a rebuilt index starts counting again. Writers add both to an index
+# made before them; until then a server compares every row.
+PHOTOS_CHANGES, GENERATION = "photos_changes", "generation"
+TRIGGER_NAMES = {event: f"photos_{event.lower()}" for event in ("INSERT", "UPDATE", "DELETE")}
 TRIGGERS = tuple(
-    f"""CREATE TRIGGER IF NOT EXISTS photos_{event.lower()} AFTER {event} ON photos BEGIN
+    f"""CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} ON photos BEGIN
     INSERT INTO meta VALUES ('{PHOTOS_CHANGES}', '1')
     ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT); END"""
-    for event in ("INSERT", "UPDATE", "DELETE")
+    for event, name in TRIGGER_NAMES.items()
 )
-
 
 def table_columns(table: str) -> list[str]:
     body = SCHEMA.split(f"CREATE TABLE {table} (")[1].split(") STRICT;")[0]

@@ -74,9 +74,9 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
             photo_id = int(snapshot.index.rowids[hit.row])
             entry |= {"id": photo_id, "thumb": f"/thumb/{photo_id}", "photo": f"/photo/{photo_id}",
                       "similar": f"/api/similar/{photo_id}", "name": Path(readable_path(hit.path)).name}
-        # Which committed state answered: a new photo takes an id above all others, so an app (or the load
-        # test) can tell an answer given before a commit that added photos from one given after it.
-        data["newest_id"] = int(snapshot.index.rowids[-1])
+        # Which state of the photos answered (None for an index no `index` run of this version has written):
+        # a server answers from the state before a commit while it reloads, and an app may want to know.
+        data["index_version"] = snapshot.index.state
         return JSONResponse(data)
 
     def options(request: Request) -> tuple[int, TimeRange]:

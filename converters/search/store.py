@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
@@ -34,7 +35,8 @@ from converters import __version__
 from converters.errors import UserError
 from converters.search.photos import PhotoIndex, PhotoRow, PhotoRows, assemble
 from converters.search.schema import (
-    FORMAT, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, PHOTOS_CHANGES, SCHEMA, TRIGGERS, VERSION, table_columns,
+    FORMAT, GENERATION, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, PHOTOS_CHANGES, SCHEMA, TRIGGER_NAMES, TRIGGERS,
+    VERSION, table_columns,
 )
 from converters.search.stamp import ArtifactStamp
 from converters.search.vectors import int8_codes
@@ -69,11 +71,11 @@ def _encode(path: str) -> bytes:
     return os.fsencode(path)
 
 
-FILE_NAMES = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+FILESYSTEM_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 def _decode(path: bytes) -> str:
-    return path.decode(*FILE_NAMES)  # os.fsdecode without its checks, a third of a reload's time at 100,000 photos
+    return path.decode(*FILESYSTEM_ENCODING)  # os.fsdecode without its checks, a third of a reload's time at 100,000 photos
 
 
 class IndexDatabase:
@@ -116,8 +118,9 @@ class IndexDatabase:
 
     def _create(self, stamp: ArtifactStamp) -> None:
         with self.transaction():
-            for statement in (*filter(str.strip, SCHEMA.split(";")), *TRIGGERS):
+            for statement in filter(str.strip, SCHEMA.split(";")):
                 self.connection.execute(statement)
+            self._count_changes()
             meta = {"format": FORMAT, "version": str(VERSION), "artifact": json.dumps(asdict(stamp)),
                     "created_by": f"cnclip-converters {__version__}"}
             self.connection.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
@@ -169,12 +172,16 @@ class IndexDatabase:
     def start_run(self, root: str) -> int:
         """A run over `root`: the folder is indexed from now on, and what its last run left out is forgotten."""
         with self.transaction():
-            for trigger in TRIGGERS:  # an index made by an earlier version counts its changes from now on
-                self.connection.execute(trigger)
+            self._count_changes()  # an index made by an earlier version counts its changes from now on
             self.connection.execute("INSERT OR IGNORE INTO roots VALUES (?)", (_encode(root),))
             self.connection.execute("DELETE FROM skipped WHERE root = ?", (_encode(root),))
             cursor = self.connection.execute("INSERT INTO runs (root, started) VALUES (?, ?)", (_encode(root), _now()))
         return cursor.lastrowid
+
+    def _count_changes(self) -> None:
+        for trigger in TRIGGERS:
+            self.connection.execute(trigger)
+        self.connection.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (GENERATION, secrets.token_hex(8)))
 
     def finish_run(self, run: int) -> None:
         with self.transaction():
@@ -209,8 +216,8 @@ class IndexDatabase:
 
         With `previous` (this index loaded earlier), only rows it does not hold are read: a row is
         kept when its rowid, path, size and mtime are unchanged, since the indexer never updates a
-        row in place but replaces it; and when the photos table's change count (schema.TRIGGERS) is
-        the one `previous` was read at, no row is read. 100,000 photos take seconds to read whole.
+        row in place but replaces it; and when the photos table's state (schema.TRIGGERS) is the
+        one `previous` was read in, no row is read. 100,000 photos take seconds to read whole.
         """
         self.connection.execute("BEGIN")
         try:
@@ -224,26 +231,29 @@ class IndexDatabase:
         unfinished = self.connection.execute(
             "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
         ).fetchone()[0]
-        changes = self._photos_changes()
-        if previous is not None and changes is not None and changes == previous.changes:
-            return replace(previous, roots=roots, complete=unfinished == 0)  # the same photos
+        state = self._photos_state()
+        if previous is not None and state is not None and state == previous.state:
+            # Only the runs or the skipped files changed: a run's start and end, about three commits in four.
+            return replace(previous, roots=roots, complete=unfinished == 0)
         dim = self.stamp.dim
         bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
         if bad:
             raise corrupt(self.file, f"{bad} embeddings are not {dim} float16 values long")
         parts = [self._rows("", (), self.count())] if previous is None else self._changes(previous)
         rowids, photos, vectors, int8 = assemble(parts, dim)
-        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids, changes)
+        return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids, state)
 
-    def _photos_changes(self) -> int | None:
-        """How many rows of photos were ever written or removed, or None when the index does not count them."""
+    def _photos_state(self) -> str | None:
+        """Which state the photos table is in ("generation:count"), or None when the index does not count its changes."""
+        names = tuple(TRIGGER_NAMES.values())
         triggers = self.connection.execute(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'photos' AND name LIKE 'photos_%'"
+            f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'photos' "
+            f"AND name IN ({', '.join('?' * len(names))})", names
         ).fetchone()[0]
-        if triggers != len(TRIGGERS):
+        meta = dict(self.connection.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (GENERATION, PHOTOS_CHANGES)))
+        if triggers != len(names) or GENERATION not in meta:
             return None
-        row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (PHOTOS_CHANGES,)).fetchone()
-        return int(row[0]) if row else 0
+        return f"{meta[GENERATION]}:{meta.get(PHOTOS_CHANGES, '0')}"
 
     def _changes(self, previous: PhotoIndex) -> list[PhotoRows]:
         """The rows of `previous` that are unchanged, and the others read anew.
@@ -253,14 +263,14 @@ class IndexDatabase:
         which every search waited for. The path is compared too: SQLite gives a new row the rowid of a
         removed last row, so a renamed photo can come back under its old rowid with its old size and mtime.
         """
-        listed = self.connection.execute("SELECT rowid, size, mtime_ns, path FROM photos").fetchall()
+        listed = self.connection.execute("SELECT rowid, size, mtime_ns, path FROM photos ORDER BY rowid").fetchall()
         rowids, sizes, mtimes, paths = (list(column) for column in zip(*listed)) if listed else ([], [], [], [])
         rowids = np.array(rowids, np.int64)
         same, kept = np.zeros(len(rowids), bool), np.empty(0, np.int64)
         if len(previous) and len(rowids):
             facts = previous.photos
-            row = np.minimum(np.searchsorted(previous.rowids, rowids), len(previous) - 1)
-            same = (previous.rowids[row] == rowids) & (facts.size[row] == sizes) & (facts.mtime_ns[row] == mtimes)
+            row = previous.rows_of(rowids)
+            same = (row >= 0) & (facts.size[row] == sizes) & (facts.mtime_ns[row] == mtimes)
             known = np.array(facts.paths, object)[row[same]]
             same[same] = known == np.array([_decode(paths[i]) for i in np.flatnonzero(same)], object)
             kept = row[same]

@@ -32,10 +32,10 @@ def test_the_answer_check_catches_swapped_hits_a_foreign_id_and_an_unknown_state
     _, index_dir = build_library(tmp_path / "load", tiny_bundle, 300)
     client = TestClient(create_app(Library.open(index_dir, None, 1)), base_url="http://localhost")
     answer = client.get("/api/search", params={"q": "猫"}).json()
-    assert check_answers(index_dir, tiny_bundle, [("猫", answer)], 300) == []
+    assert check_answers(index_dir, tiny_bundle, [("猫", answer)], 300) == [] and answer["index_version"]
     hits = answer["hits"]
     swapped = answer | {"hits": [hits[1], hits[0], *hits[2:]]}
     foreign = answer | {"hits": [hits[0] | {"id": 10_000}, *hits[1:]]}
-    unknown = answer | {"newest_id": answer["newest_id"] + 1}
+    unknown = answer | {"indexed": answer["indexed"] + 1}
     wrong = check_answers(index_dir, tiny_bundle, [("猫", swapped), ("猫", foreign), ("猫", unknown)], 300)
     assert len(wrong) == 3 and "no committed state" in wrong[2]

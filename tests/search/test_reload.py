@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from converters.search.library import Library
-from converters.search.schema import INDEX_FILE
+from converters.search.schema import INDEX_FILE, TRIGGER_NAMES
 from converters.search.store import IndexDatabase, load_index
 from tests.search.conftest import PHOTOS, index
 
@@ -86,14 +87,15 @@ def test_requests_answer_from_the_loaded_index_while_another_request_reloads(lib
         return load(self, signature)
 
     monkeypatch.setattr(Library, "_load", slow_load)
-    reloader = threading.Thread(target=served.current)
+    reloaded = []
+    reloader = threading.Thread(target=lambda: reloaded.append(served.current()))
     reloader.start()
     assert reloading.wait(30)
     assert served.current() is before  # not held up by the reload: the state committed before it
     finish.set()
     reloader.join(30)
-    after = served.current()
-    assert len(after.index) == len(before.index) - 1 and served.reloads == 1
+    assert not reloader.is_alive() and len(reloaded[0].index) == len(before.index) - 1
+    assert served.current() is reloaded[0] and served.reloads == 1
 
 
 @ON_TINY_VIT
@@ -116,14 +118,30 @@ def test_a_commit_that_leaves_the_photos_alone_reads_no_row_and_keeps_the_search
 def test_changes_by_any_writer_are_counted_and_an_index_without_the_count_is_compared_row_by_row(library):
     _, index_dir, _ = library
     before = load_index(index_dir)
-    assert before.changes is not None
-    with sqlite3.connect(index_dir / INDEX_FILE) as connection:  # another program, or an earlier version of this one
+    assert before.state is not None
+    with contextlib.closing(sqlite3.connect(index_dir / INDEX_FILE)) as connection, connection:  # another program
         connection.execute("DELETE FROM photos WHERE rowid = ?", (int(before.rowids[0]),))
     counted = load_index(index_dir, before)
-    assert counted.changes == before.changes + 1 and len(counted) == len(before) - 1
-    with sqlite3.connect(index_dir / INDEX_FILE) as connection:  # an index no writer of this version has opened
-        for name in ("photos_insert", "photos_update", "photos_delete"):
+    assert counted.state != before.state and len(counted) == len(before) - 1
+    with contextlib.closing(sqlite3.connect(index_dir / INDEX_FILE)) as connection, connection:  # an earlier version's
+        for name in TRIGGER_NAMES.values():
             connection.execute(f"DROP TRIGGER {name}")
         connection.execute("DELETE FROM photos WHERE rowid = ?", (int(before.rowids[1]),))
     compared = load_index(index_dir, counted)
-    assert compared.changes is None and compared.photos.paths == load_index(index_dir).photos.paths == before.photos.paths[2:]
+    assert compared.state is None and compared.photos.paths == load_index(index_dir).photos.paths == before.photos.paths[2:]
+
+
+@ON_TINY_VIT
+def test_an_index_rebuilt_with_as_many_photos_is_read_anew(library, tmp_path):
+    photos, index_dir, bundle = library
+    served = Library.open(index_dir, None, 1)
+    before = served.current()
+    other = tmp_path / "other"
+    shutil.copytree(photos, other)
+    for photo in sorted(other.iterdir()):
+        photo.rename(photo.with_name(f"other-{photo.name}"))
+    shutil.rmtree(index_dir)
+    index(other, index_dir, bundle)  # as many photos and as many changes counted, other files
+    after = served.current()
+    assert len(after.index) == len(before.index) and after.index.state != before.index.state
+    assert all(Path(path).name.startswith("other-") for path in after.index.photos.paths)
