@@ -200,3 +200,12 @@ def test_without_faiss_its_backend_says_what_to_install(library, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(BackendUnavailableError, match="pip install faiss-cpu"):
         Searcher(load_index(library[2]), "faiss")
+
+
+def test_scans_share_one_session_per_thread_count_and_it_does_not_spin():
+    """A server builds a scan at every reload: a session each started a thread pool (and a glibc arena) each time."""
+    rng = np.random.default_rng(0)
+    first, second = (Int8Scan(in_memory_index(normalize_rows(rng.standard_normal((n, 64)))), 2) for n in (50, 80))
+    assert first.session is second.session and Int8Scan(in_memory_index(normalize_rows(rng.standard_normal((9, 64)))), 1).session is not first.session
+    assert first.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert len(first.candidates(np.ones((1, 64), np.float32), 10, None)[0]) == 10  # still a working scan
