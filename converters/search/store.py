@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sqlite3
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime
@@ -35,11 +33,12 @@ from converters import __version__
 from converters.errors import UserError
 from converters.search.photos import PhotoIndex, PhotoRow, PhotoRows, assemble
 from converters.search.schema import (
-    FORMAT, GENERATION, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, PHOTOS_CHANGES, SCHEMA, TRIGGER_NAMES, TRIGGERS,
-    VERSION, table_columns,
+    FORMAT, INDEX_FILE, LEGACY_FILE, MAX_DIM, PHOTO_COLUMNS, SCHEMA, VERSION, count_changes, decode_path, encode_path,
+    photos_state, table_columns,
 )
 from converters.search.stamp import ArtifactStamp
 from converters.search.vectors import int8_codes
+
 
 class IndexFileError(UserError):
     """The index is missing, corrupt, of another format version, or cannot be written."""
@@ -65,17 +64,6 @@ def require_writable(folder: Path) -> None:
             "The index in it is intact and `search` and `serve` can read it; to update it, make the folder and "
             "its files writable (chmod u+w), run as their owner, or index into another --index."
         )
-
-
-def _encode(path: str) -> bytes:
-    return os.fsencode(path)
-
-
-FILESYSTEM_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
-
-
-def _decode(path: bytes) -> str:
-    return path.decode(*FILESYSTEM_ENCODING)  # os.fsdecode without its checks, a third of a reload's time at 100,000 photos
 
 
 class IndexDatabase:
@@ -120,7 +108,7 @@ class IndexDatabase:
         with self.transaction():
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self.connection.execute(statement)
-            self._count_changes()
+            count_changes(self.connection)
             meta = {"format": FORMAT, "version": str(VERSION), "artifact": json.dumps(asdict(stamp)),
                     "created_by": f"cnclip-converters {__version__}"}
             self.connection.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
@@ -167,21 +155,16 @@ class IndexDatabase:
 
     def known_files(self) -> dict[str, tuple[int, int]]:
         """Every indexed path with its (size, mtime_ns)."""
-        return {_decode(path): (size, mtime) for path, size, mtime in self.connection.execute("SELECT path, size, mtime_ns FROM photos")}
+        return {decode_path(path): (size, mtime) for path, size, mtime in self.connection.execute("SELECT path, size, mtime_ns FROM photos")}
 
     def start_run(self, root: str) -> int:
         """A run over `root`: the folder is indexed from now on, and what its last run left out is forgotten."""
         with self.transaction():
-            self._count_changes()  # an index made by an earlier version counts its changes from now on
-            self.connection.execute("INSERT OR IGNORE INTO roots VALUES (?)", (_encode(root),))
-            self.connection.execute("DELETE FROM skipped WHERE root = ?", (_encode(root),))
-            cursor = self.connection.execute("INSERT INTO runs (root, started) VALUES (?, ?)", (_encode(root), _now()))
+            count_changes(self.connection)  # an index made by an earlier version counts its changes from now on
+            self.connection.execute("INSERT OR IGNORE INTO roots VALUES (?)", (encode_path(root),))
+            self.connection.execute("DELETE FROM skipped WHERE root = ?", (encode_path(root),))
+            cursor = self.connection.execute("INSERT INTO runs (root, started) VALUES (?, ?)", (encode_path(root), _now()))
         return cursor.lastrowid
-
-    def _count_changes(self) -> None:
-        for trigger in TRIGGERS:
-            self.connection.execute(trigger)
-        self.connection.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (GENERATION, secrets.token_hex(8)))
 
     def finish_run(self, run: int) -> None:
         with self.transaction():
@@ -193,12 +176,12 @@ class IndexDatabase:
         with self.transaction():
             self.connection.executemany(
                 f"INSERT OR REPLACE INTO photos VALUES ({', '.join('?' * len(PHOTO_COLUMNS))})",
-                ((_encode(r.path), r.size, r.mtime_ns, r.time, int(r.captured), r.width, r.height, r.orientation,
+                ((encode_path(r.path), r.size, r.mtime_ns, r.time, int(r.captured), r.width, r.height, r.orientation,
                   np.ascontiguousarray(r.embedding, "<f2").tobytes()) for r in rows),
             )
-            gone = [(_encode(path),) for path in removed]
+            gone = [(encode_path(path),) for path in removed]
             self.connection.executemany("DELETE FROM photos WHERE path = ?", gone)
-            self.connection.executemany("INSERT INTO skipped VALUES (?, ?)", ((_encode(root), why) for why in skipped))
+            self.connection.executemany("INSERT INTO skipped VALUES (?, ?)", ((encode_path(root), why) for why in skipped))
             self.connection.execute(
                 "UPDATE runs SET added = added + ?, updated = updated + ?, removed = removed + ? WHERE id = ?",
                 (added, updated, len(gone), run),
@@ -214,10 +197,8 @@ class IndexDatabase:
         """Every photo as committed at one moment: the reads share one transaction, so an `index` run
         committing meanwhile (a running `serve` reloads) cannot change the count under the rows.
 
-        With `previous` (this index loaded earlier), only rows it does not hold are read: a row is
-        kept when its rowid, path, size and mtime are unchanged, since the indexer never updates a
-        row in place but replaces it; and when the photos table's state (schema.TRIGGERS) is the
-        one `previous` was read in, no row is read. 100,000 photos take seconds to read whole.
+        With `previous` (this index loaded earlier), only rows it does not hold are read (the indexer replaces
+        a changed row, never updates it), and none when the photos' state (schema.TRIGGERS) is unchanged.
         """
         self.connection.execute("BEGIN")
         try:
@@ -226,12 +207,12 @@ class IndexDatabase:
             self.connection.execute("COMMIT")
 
     def _load(self, previous: PhotoIndex | None) -> PhotoIndex:
-        roots = [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
+        roots = [decode_path(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")]
         # Complete when the latest run over every folder finished; an earlier killed run was finished by a later one.
         unfinished = self.connection.execute(
             "SELECT COUNT(*) FROM runs AS r WHERE finished IS NULL AND id = (SELECT MAX(id) FROM runs WHERE root = r.root)"
         ).fetchone()[0]
-        state = self._photos_state()
+        state = photos_state(self.connection)
         if previous is not None and state is not None and state == previous.state:
             # Only the runs or the skipped files changed: a run's start and end, about three commits in four.
             return replace(previous, roots=roots, complete=unfinished == 0)
@@ -243,26 +224,10 @@ class IndexDatabase:
         rowids, photos, vectors, int8 = assemble(parts, dim)
         return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids, state)
 
-    def _photos_state(self) -> str | None:
-        """Which state the photos table is in ("generation:count"), or None when the index does not count its changes."""
-        names = tuple(TRIGGER_NAMES.values())
-        triggers = self.connection.execute(
-            f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'photos' "
-            f"AND name IN ({', '.join('?' * len(names))})", names
-        ).fetchone()[0]
-        meta = dict(self.connection.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (GENERATION, PHOTOS_CHANGES)))
-        if triggers != len(names) or GENERATION not in meta:
-            return None
-        return f"{meta[GENERATION]}:{meta.get(PHOTOS_CHANGES, '0')}"
-
     def _changes(self, previous: PhotoIndex) -> list[PhotoRows]:
-        """The rows of `previous` that are unchanged, and the others read anew.
-
-        Whole columns at once, compared with numpy: a running server reloads after every commit of an
-        `index` run, and a row-by-row loop held the interpreter for 0.36 s at 100,000 photos (measured),
-        which every search waited for. The path is compared too: SQLite gives a new row the rowid of a
-        removed last row, so a renamed photo can come back under its old rowid with its old size and mtime.
-        """
+        """The rows of `previous` that are unchanged, and the others read anew; whole columns compared at once (a
+        row loop held the interpreter 0.36 s at 100,000 photos). Paths too: SQLite gives a new row a removed last
+        row's rowid, so a renamed photo can come back under its old rowid, size and mtime."""
         listed = self.connection.execute("SELECT rowid, size, mtime_ns, path FROM photos ORDER BY rowid").fetchall()
         rowids, sizes, mtimes, paths = (list(column) for column in zip(*listed)) if listed else ([], [], [], [])
         rowids = np.array(rowids, np.int64)
@@ -272,7 +237,7 @@ class IndexDatabase:
             row = previous.rows_of(rowids)
             same = (row >= 0) & (facts.size[row] == sizes) & (facts.mtime_ns[row] == mtimes)
             known = np.array(facts.paths, object)[row[same]]
-            same[same] = known == np.array([_decode(paths[i]) for i in np.flatnonzero(same)], object)
+            same[same] = known == np.array([decode_path(paths[i]) for i in np.flatnonzero(same)], object)
             kept = row[same]
         parts = [PhotoRows.kept(previous, kept)]
         fresh = rowids[~same].tolist()
@@ -289,7 +254,7 @@ class IndexDatabase:
         )
         for i, (rowid, path, size, mtime, moment, captured, embedding) in enumerate(rows):  # one row at a time in memory
             rowids[i], numbers[i] = rowid, (size, mtime, moment, captured)
-            paths.append(_decode(path))
+            paths.append(decode_path(path))
             vectors[i] = np.frombuffer(embedding, "<f2")
         return PhotoRows(rowids, paths, numbers, vectors, int8_codes(vectors))
 
@@ -303,9 +268,9 @@ class IndexDatabase:
             "index": str(self.file),
             "photos": self.count(),
             "artifact": asdict(self.stamp),
-            "roots": [_decode(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")],
+            "roots": [decode_path(row[0]) for row in self.connection.execute("SELECT path FROM roots ORDER BY rowid")],
             "last_run": None if last is None else dict(
-                zip(("root", "started", "finished", "added", "updated", "removed"), (_decode(last[0]), *last[1:]))
+                zip(("root", "started", "finished", "added", "updated", "removed"), (decode_path(last[0]), *last[1:]))
             ),
             "skipped": skipped,
         }
