@@ -148,7 +148,12 @@ class Builder:
             self._load(spec)
             check(self.rknn.build(do_quantization=spec["quantize"], dataset=spec.get("dataset")), "build")
         check(self.rknn.export_rknn("model.rknn"), "export_rknn")
-        text = log_since(start)
+        # The simulator reads the build's temporary files when it starts: start it while they are this build's.
+        # A canonical build's folder is emptied by the next one, whose files take the same names; a simulator
+        # started after that found no model or another's ("RKNN model does not exist", seen in CI). A refusal is
+        # reported when the model is run, as before.
+        text = log_since(start)  # the build's messages alone: the simulator prints its own
+        self.running = self.rknn.init_runtime() == 0
         native = {name: dtype for _, name, dtype in NATIVE_DTYPE.findall(text)}
         with open("model.rknn", "rb") as handle:
             sha256 = hashlib.sha256(handle.read()).hexdigest()
