@@ -108,9 +108,10 @@ async def user(client: httpx.AsyncClient, stats: Stats, deadline: float, pace: b
             text = rng.choice(TEXTS)
             answer = await timed(stats, "text search", client.get("/api/search", params={"q": text}))
             if answer is not None and answer.status_code == 200:
-                ids = [hit["id"] for hit in answer.json()["hits"]]
+                found = answer.json()
+                ids = [hit["id"] for hit in found["hits"]]
                 if sampling.random() < SAMPLED and len(stats.answers) < MAX_SAMPLES:
-                    stats.answers.append((text, answer.json()))
+                    stats.answers.append((text, found))
         elif action == "thumbs":
             for photo_id in ids[:8]:
                 await timed(stats, "thumbnail", client.get(f"/thumb/{photo_id}"))
