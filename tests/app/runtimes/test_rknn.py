@@ -59,12 +59,17 @@ def test_a_canonical_build_is_byte_identical_and_simulates_what_it_built(platfor
 
 
 @pytest.mark.rknn
-def test_the_worker_reports_a_failed_build_and_answers_the_next(tmp_path):
+def test_the_worker_reports_a_failed_build_and_answers_the_next(tmp_path, monkeypatch):
     create_rknn_env()
     tiny_onnx(tmp_path)
+    outer = tmp_path / "system-tmp"
+    outer.mkdir()
+    monkeypatch.setenv("TMPDIR", str(outer))
     with RknnWorker(tmp_path, canonical=False) as worker:
         with pytest.raises(ArtifactError, match="missing.onnx not exists"):
             worker.build({**SPEC, "onnx": "missing.onnx"})
         answer = worker.build({**SPEC, "verbose": True})
         assert {row["op"] for row in answer["layers"]} >= {"Conv"} or {row["op"] for row in answer["layers"]} >= {"ConvRelu"}
         assert worker.process.poll() is None
+    # The toolkit's own temporary folders (it removes none) stay in the worker's folder, not the system's.
+    assert not list(outer.iterdir()) and list((tmp_path / "tmp").iterdir())

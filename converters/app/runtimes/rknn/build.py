@@ -41,11 +41,13 @@ class RknnWorker(PipeWorker):
         python = RKNN_ENV.python()
         for script in (HERE / "worker.py", HERE.parent / "worker_protocol.py"):
             shutil.copyfile(script, folder / script.name)
+        # The toolkit leaves a temporary folder per build (its check.rknn, 9 MB for a tiny tower) that it never
+        # removes: under the worker's folder, they go when the folder does, not pile up in /tmp.
+        (folder / "tmp").mkdir()
         if canonical:
             # The environment under a fixed path too: its prefix is in every module path the toolkit touches.
             (folder / "env").symlink_to(python.parent.parent)
             command = ["setarch", "x86_64", "-R", str(folder / "env" / "bin" / "python"), "worker.py", build]
-            (folder / "tmp").mkdir()
             env = {"PATH": "/usr/bin:/bin", "HOME": str(folder), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                    "OMP_NUM_THREADS": "1", "TMPDIR": str(folder / "tmp"),
                    # malloc fills what it hands out with one byte: the compiler copies uninitialized heap into
@@ -53,7 +55,7 @@ class RknnWorker(PipeWorker):
                    # 1,967 bytes differed between rebuilds).
                    "MALLOC_PERTURB_": "85"}
         else:
-            command, env = [str(python), "worker.py"], RKNN_ENV.process_env()
+            command, env = [str(python), "worker.py"], RKNN_ENV.process_env() | {"TMPDIR": str(folder / "tmp")}
         super().__init__(RKNN_ENV, command, env, _describe, cwd=folder)
         self.folder = folder
 
