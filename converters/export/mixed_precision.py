@@ -8,7 +8,8 @@ calibration inputs, never the parity set, which stays the held-out check.
 - `sensitivity`: each quantizable layer quantized alone, everything else in
   float; the layers whose quantization alone lowers the cosine most come first.
 - `choose_kept_layers`: quantize everything; when that misses the target, rank
-  the layers by sensitivity and keep the shortest prefix of that ranking in
+  the layers by sensitivity (or by the stage's own one-pass ranking, where a
+  layer quantized alone costs a whole build) and keep the shortest prefix of that ranking in
   float that meets it. The prefix is found by bisection (each probe is one
   quantization and one pass over the samples), which gives the answer of
   returning one layer at a time while more float never lowers the cosine; the
@@ -37,6 +38,11 @@ from converters.validate.parity import batched
 # Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
 # onnx-int4: Quantizer.kept_as), into the given folder.
 Build = Callable[[frozenset[str], Path], Artifact]
+# The layers most harmful first, and how that was measured, in one pass: for a stage where quantizing each layer
+# alone costs a whole build (rknn-int8: a canonical build and a simulation per tensor, about 105 s each for the
+# 213 of ViT-B-16's visual tower on 2 cores, six hours).
+Rank = Callable[[], tuple[list[str], str]]
+MEASURED_ALONE = "the tower's fidelity with each layer alone quantized"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Quantizer:
     build: Build
     fitted: int = 0  # calibration samples its scales were fitted to (first of the set), not used to grade it
     kept_as: str = "float"  # what the kept layers are stored as
+    rank: Rank | None = None  # None: rank by `sensitivity`
 
 
 class FloatFallback(EmbeddingTarget):
@@ -85,6 +92,7 @@ class KeptLayersChoice:
     kept_layers: tuple[str, ...]
     chosen: Fidelity
     quantizable_layers: int
+    ranked_by: str = MEASURED_ALONE
 
     @property
     def target_met(self) -> bool:
@@ -102,6 +110,7 @@ class KeptLayersChoice:
             "kept_layers": list(self.kept_layers),
             "quantizable_layers": self.quantizable_layers,
             "sensitivity": [row.to_json() for row in self.sensitivity],
+            "ranked_by": self.ranked_by,
         }
 
 
@@ -143,14 +152,19 @@ def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[La
     return sorted(rows, key=lambda row: row.fidelity.rank())
 
 
-def choose_kept_layers(layers: dict[str, str], probe: Probe, what: str) -> KeptLayersChoice:
+def choose_kept_layers(layers: dict[str, str], probe: Probe, what: str, rank: Rank | None = None) -> KeptLayersChoice:
     """The layers to keep out of the stage's precision so that the tower meets `target` (see the module's description)."""
     target = probe.target
     all_quantized = probe.fidelity(frozenset())
     if all_quantized.passed:
         return KeptLayersChoice(target, all_quantized, (), (), all_quantized, len(layers))
-    ranked = sensitivity(layers, probe, what)
-    order = [row.layer for row in ranked]
+    if rank is None:
+        ranked, ranked_by = tuple(sensitivity(layers, probe, what)), MEASURED_ALONE
+        order = [row.layer for row in ranked]
+    else:
+        ranked, (proposed, ranked_by) = (), rank()
+        # Every layer once: the ranking's in its order, any it left out after them in model order.
+        order = list(dict.fromkeys([name for name in proposed if name in layers] + list(layers)))
     measured: dict[int, Fidelity] = {0: all_quantized}
     failing, passing = 0, len(order)  # prefix lengths: known to miss, assumed (then measured) to meet
     while passing - failing > 1:
@@ -164,7 +178,7 @@ def choose_kept_layers(layers: dict[str, str], probe: Probe, what: str) -> KeptL
         # Only all-float meets it, which is no quantized artifact at all: keep the best mix measured, say the
         # target was missed, and let parity judge it by its own (lower) tolerance.
         passing = max(measured, key=lambda k: measured[k].rank())
-    return KeptLayersChoice(target, all_quantized, tuple(ranked), tuple(order[:passing]), measured[passing], len(layers))
+    return KeptLayersChoice(target, all_quantized, ranked, tuple(order[:passing]), measured[passing], len(layers), ranked_by)
 
 
 def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatFallback, context: StageContext) -> Artifact:
@@ -172,6 +186,6 @@ def build_with_fallback(parent: Artifact, quantizer: Quantizer, fallback: FloatF
     choice = None
     if fallback.enabled:
         probe = Probe(parent, quantizer, fallback, context.writing_into(context.workdir / "trials"))
-        choice = choose_kept_layers(quantizer.layers, probe, f"{parent.tower} tower")
+        choice = choose_kept_layers(quantizer.layers, probe, f"{parent.tower} tower", quantizer.rank)
     artifact = quantizer.build(frozenset(choice.kept_layers if choice else ()), context.workdir)
     return dataclasses.replace(artifact, mixed_precision=choice.to_json() | {"kept_as": quantizer.kept_as} if choice else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def test_the_most_harmful_layers_go_back_to_float_and_no_more():
     shorter = frozenset(choice.kept_layers[:-1])
     assert not probe.fidelity(shorter).passed  # the shortest prefix that meets the target
     assert probe.trials < 2 * len(costs)  # one pass for the ranking, then a bisection
+
+
+def test_a_stage_s_own_ranking_is_bisected_without_measuring_each_layer():
+    costs = {f"layer{i}": 0.0005 for i in range(40)} | {"fragile": 0.03, "bad": 0.004}
+    probe = CostProbe(costs)
+    # The ranking names a layer the tower lacks and leaves most out: those follow in model order.
+    ranking = (["bad", "fragile", "no-such-layer"], "a one-pass measure")
+    choice = choose_kept_layers({name: "MatMul" for name in costs}, probe, "test", rank=lambda: ranking)
+    assert choice.kept_layers[:2] == ("bad", "fragile") and choice.target_met and "no-such-layer" not in choice.kept_layers
+    assert choice.sensitivity == () and choice.to_json()["ranked_by"] == "a one-pass measure"
+    assert probe.trials <= 1 + math.ceil(math.log2(len(costs)))
+    assert not probe.fidelity(frozenset(choice.kept_layers[:-1])).passed
 
 
 def test_when_plain_int8_meets_the_target_nothing_is_measured_further():

@@ -15,12 +15,15 @@ refused unless allowed.
 Every file is built canonically (`converters.app.runtimes.rknn.build`), so parity can rebuild it byte for byte
 and simulate it. INT8 calibrates on the calibration set (never the parity set), shipped beside the model so the
 rebuild can use it; when the all-int8 tower misses the float-fallback target on later calibration samples,
-`mixed_precision` keeps the most harmful tensors in float16 by hybrid quantization.
+`mixed_precision` keeps the most harmful tensors in float16 by hybrid quantization, ranked in one pass by the
+toolkit's accuracy_analysis (quantizing each tensor alone would cost a build and a simulation per tensor).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import shutil
 from functools import partial
 from pathlib import Path
@@ -74,7 +77,7 @@ def run(parent: Artifact, options: RknnOptions, context: StageContext, *, stage:
         if not builder.int8:
             return builder.build(frozenset(), context.workdir, options.platforms)
         quantizer = Quantizer({name: "tensor" for name in layers}, builder.trial, fitted=options.calibration_samples,
-                              kept_as="float16")
+                              kept_as="float16", rank=partial(builder.rank, layers))
         chosen = build_with_fallback(parent, quantizer, options.float_fallback,
                                      context.writing_into(builder.scratch / "fallback"))
         kept = frozenset(chosen.mixed_precision["kept_layers"]) if chosen.mixed_precision else frozenset()
@@ -122,6 +125,22 @@ class _Builder:
                     raise ConversionError(_refusal(self.tower, self.stage, platform, refused, allowed))
                 self.cpu_ops += [f"{platform} {row['op']}: {row['name']}" for row in rows]
             return worker.layers({**spec, "verbose": False}) if self.int8 else []
+
+    def rank(self, layers: list[str]) -> tuple[list[str], str]:
+        """The tensors of the all-int8 model by accuracy_analysis's single-layer cosine (each layer fed the float
+        model's inputs, so errors do not pile up), lowest first, on the first calibration sample: one build and
+        one simulation of the first platform's model."""
+        folder = self.scratch / "rank"
+        folder.mkdir()
+        stage_inputs(folder, list(self.parent.files), self.calibration)
+        spec = {**self.spec, "platform": self.options.platforms[0], "dataset": CALIBRATION_LIST}
+        with RknnWorker(folder, canonical=False) as worker:
+            worker.build(spec)
+            cosines = single_layer_cosines(worker.analyse(self.calibration[0][None], folder / "analysis").read_text())
+        shutil.rmtree(folder)  # the analysis dumps every tensor twice: gigabytes at full size
+        order = sorted(layers, key=lambda name: cosines.get(name, 1.0))  # stable: model order among equals
+        return order, (f"rknn-toolkit2 accuracy_analysis on {self.options.platforms[0]}: each tensor's single-layer "
+                       "cosine, float vs simulated int8, on the first calibration sample")
 
     def trial(self, kept: frozenset[str], folder: Path) -> Artifact:
         """The first platform's model alone: what the float fallback grades."""
@@ -181,6 +200,19 @@ class _Builder:
         shutil.copyfile(table, kept)
         description = artifact.rknn | {"error_analysis": kept.name}
         return dataclasses.replace(artifact, files=(*artifact.files, kept), rknn=description)
+
+
+# A row of accuracy_analysis's table: `[Op] tensor  entire-cos | entire-euc  single-cos | single-euc` (the toolkit
+# colours the worst values with ANSI escapes).
+ANALYSIS_ROW = re.compile(r"^\[[^\]]+\] (\S+)\s+\S+ \| \S+\s+(\S+) \| ")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def single_layer_cosines(table: str) -> dict[str, float]:
+    """Tensor → its single-layer cosine, from accuracy_analysis's error_analysis.txt; a non-finite one as -1 (the
+    most harmful there is)."""
+    rows = (ANALYSIS_ROW.match(ANSI.sub("", line)) for line in table.splitlines())
+    return {row.group(1): float(row.group(2)) if math.isfinite(float(row.group(2))) else -1.0 for row in rows if row}
 
 
 def _refusal(tower: str, stage: str, platform: str, rows: list[dict], allowed: set[str]) -> str:

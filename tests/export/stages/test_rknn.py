@@ -4,6 +4,7 @@ environment is made on first use, about 30 s)."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from converters.errors import ArtifactError, ConversionError
 from converters.export.bundle_parity import run_parity
 from converters.export.config import load_config
 from converters.export.context import StageContext
+from converters.export.mixed_precision import FloatFallback
 from converters.export.stages import rknn
 from converters.progress import ignore
 from converters.validate.fidelity import DEFAULT_TARGETS, measure
@@ -153,3 +155,34 @@ def test_weights_scaled_after_calibration_are_refused(rknn_bundle, tmp_path):
     manifest.save()
     with pytest.raises(ArtifactError, match=r"rebuilt from visual\.sim\.onnx.*not the one it was built from"):
         run_parity(load_config(model), BundleLayout(bundle), ignore)
+
+
+@pytest.mark.parametrize("rknn_bundle", ["tiny-vit"], indirect=True)
+def test_the_float16_tensors_are_ranked_in_one_analysis_then_bisected(rknn_bundle, tmp_path, monkeypatch):
+    """A target the all-int8 tower misses: the tensors are ranked by one accuracy_analysis, not one build each (six
+    hours for ViT-B-16's visual tower), and the kept prefix is found by bisection over that ranking."""
+    _, bundle = rknn_bundle
+    manifest = Manifest.load(BundleLayout(bundle).manifest)
+    parent = manifest.artifact("visual", "onnx-sim")
+    builds = []
+    trial = rknn._Builder.trial
+    monkeypatch.setattr(rknn._Builder, "trial", lambda self, kept, folder: builds.append(kept) or trial(self, kept, folder))
+    strict = rknn.RknnInt8Options(float_fallback=FloatFallback(cosine_min=0.99999, cosine_mean=0.99999))
+    (tmp_path / "work").mkdir()
+    converted = rknn.run(parent, strict, StageContext(manifest, tmp_path / "work"), stage="rknn-int8")
+    choice = converted.mixed_precision
+    assert choice["ranked_by"].startswith("rknn-toolkit2 accuracy_analysis") and choice["sensitivity"] == []
+    assert choice["kept_layers"], "the all-int8 tower misses a cosine of 0.99999"
+    # The all-int8 trial, the bisection's, and the chosen mix built once more by the fallback.
+    assert len(builds) <= 1 + math.ceil(math.log2(choice["quantizable_layers"])) + 1
+    assert builds[0] == frozenset() and builds[-1] == frozenset(choice["kept_layers"])
+
+
+def test_the_analysis_table_is_read_whatever_the_toolkit_colours():
+    table = ("[Input] pixels      1.00000 | 0.00000   1.00000 | 0.00000\n"
+             "[Conv] /a/Conv_output_0      0.99986 | 0.30396   0.99991 | 0.24522\n"
+             "[Add] /b/Add_1_output_0-rs   0.99788 | 2.26992   \x1b[1;33m0.99824\x1b[0m | 2.07916\n"
+             "[exNorm] _v_695_tp_rs        nan | nan   nan | nan\n"
+             "layer_name     simulator_error\n")
+    assert rknn.single_layer_cosines(table) == {"pixels": 1.0, "/a/Conv_output_0": 0.99991,
+                                                "/b/Add_1_output_0-rs": 0.99824, "_v_695_tp_rs": -1.0}
