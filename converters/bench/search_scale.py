@@ -2,8 +2,11 @@
 
 `measure_topk(1_000_000, 512, "int8")` writes a real index of synthetic
 vectors into a temporary folder, opens it the way `search` does and times
-single queries through `Searcher`. Recall@k is measured against an exact
-float32 search of the same vectors before their float16 storage.
+single queries through `Searcher`. With `stored=False` the index is built in
+memory, as `search` holds it, straight from the vectors: the scan and the
+graph are the same, but a SQLite index of ten million takes hours to write
+on two cores. Recall@k is measured against an exact float32 search of the
+same vectors before their float16 storage.
 
 Two kinds of vectors, neither of them real photo embeddings:
 - `random`: independent Gaussian directions. The hard case for rounding (their
@@ -30,9 +33,9 @@ from converters.bench.processes import run_fresh
 from converters.search.backends import BACKENDS, CHUNK_ROWS, import_faiss
 from converters.search.query import Searcher
 from converters.search.stamp import ArtifactStamp
-from converters.search.photos import PhotoRow
+from converters.search.photos import PhotoFacts, PhotoIndex, PhotoRow
 from converters.search.store import IndexDatabase, load_index
-from converters.search.vectors import normalize_rows
+from converters.search.vectors import int8_codes, normalize_rows
 
 
 VECTOR_KINDS = ("random", "clustered")
@@ -65,9 +68,10 @@ class TopkMeasurement:
 
 def measure_topk(
     n: int, dim: int, backend: str = "int8", vectors: str = "random", k: int = 10, queries: int = 20,
-    threads: int = 1, seed: int = 0, workdir: Path | None = None,
+    threads: int = 1, seed: int = 0, workdir: Path | None = None, stored: bool = True,
 ) -> TopkMeasurement:
-    """Time `queries` single top-`k` searches over `n` synthetic unit vectors of `dim` dimensions."""
+    """Time `queries` single top-`k` searches over `n` synthetic unit vectors of `dim` dimensions (`stored`: in
+    an index written to disk and read back; else built in memory, and `open_seconds` leaves out the reading)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if vectors not in VECTOR_KINDS:
@@ -76,10 +80,14 @@ def measure_topk(
         import_faiss()  # before minutes of set-up, not after
     source = VectorSource(vectors, n, dim, seed)
     probes = source.draw(queries, stream=-1)
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="cnclip-scale-") as folder:
-        truth = write_index(Path(folder), source, probes, k)
-        # A process of its own, so that memory counts what `search` would hold, not our leftovers.
-        timed = run_fresh(time_searches, folder, backend, threads, k, probes.tolist(), threads=threads)
+    # A process of its own, so that memory counts what `search` would hold, not our leftovers.
+    if stored:
+        with tempfile.TemporaryDirectory(dir=workdir, prefix="cnclip-scale-") as folder:
+            truth = write_index(Path(folder), source, probes, k)
+            timed = run_fresh(time_searches, folder, backend, threads, k, probes.tolist(), threads=threads)
+    else:
+        timed = run_fresh(time_searches_in_memory, source, backend, threads, k, probes, threads=threads)
+        truth = timed["truth"]
     recall = float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(timed["found"], truth)]))
     milliseconds = np.array(timed["seconds"]) * 1000
     return TopkMeasurement(
@@ -93,8 +101,25 @@ def time_searches(folder: str, backend: str, threads: int, k: int, probes: list[
     """Open the index in `folder` as `search` does and time one query per probe."""
     before, started = _resident_mb(), time.perf_counter()
     searcher = Searcher(load_index(Path(folder)), backend, threads)
-    open_seconds = time.perf_counter() - started
-    queries = np.array(probes, np.float32)
+    return _timed(searcher, k, np.array(probes, np.float32), before, time.perf_counter() - started)
+
+
+def time_searches_in_memory(source: VectorSource, backend: str, threads: int, k: int, probes: np.ndarray) -> dict:
+    """Hold `source`'s index in memory as `search` does (float16 vectors, int8 codes, paths) and time one query
+    per probe; also the probes' exact float32 top-k rows."""
+    before = _resident_mb()
+    vectors, exact = np.empty((source.n, source.dim), np.float16), ExactTop(probes, k)
+    for start, chunk in source.chunks():
+        vectors[start : start + len(chunk)] = chunk
+        exact.add(start, chunk)
+    started, zeros = time.perf_counter(), np.zeros(source.n, np.int64)
+    facts = PhotoFacts([f"/{source.kind}/{i}.jpg" for i in range(source.n)], zeros, zeros, zeros, zeros.astype(bool))
+    index = PhotoIndex(Path(source.kind), _stamp(source), [f"/{source.kind}"], True, facts, vectors, int8_codes(vectors))
+    searcher = Searcher(index, backend, threads)
+    return _timed(searcher, k, probes, before, time.perf_counter() - started) | {"truth": exact.rows}
+
+
+def _timed(searcher: Searcher, k: int, queries: np.ndarray, before: float, open_seconds: float) -> dict:
     searcher.top_rows(queries[:1], k)  # the first query pays for page faults and thread start-up
     resident = _resident_mb() - before
     seconds, cpu_seconds, found = [], [], []
@@ -132,30 +157,43 @@ class VectorSource:
         noise = NOISE / np.sqrt(self.dim) * rng.standard_normal((count, self.dim), dtype=np.float32)
         return normalize_rows(signal + noise)
 
-    def chunks(self) -> Iterator[np.ndarray]:
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, vectors) of the library, chunk by chunk."""
         for number, start in enumerate(range(0, self.n, CHUNK_ROWS)):
-            yield self.draw(min(CHUNK_ROWS, self.n - start), number)
+            yield start, self.draw(min(CHUNK_ROWS, self.n - start), number)
+
+
+class ExactTop:
+    """Each probe's exact float32 top-k rows, over the chunks added."""
+
+    def __init__(self, probes: np.ndarray, k: int):
+        self.probes, self.k = probes, k
+        self.rows, self.scores = np.zeros((len(probes), 0), np.int64), np.zeros((len(probes), 0), np.float32)
+
+    def add(self, start: int, chunk: np.ndarray) -> None:
+        rows = np.concatenate([self.rows, np.arange(start, start + len(chunk))[None].repeat(len(self.probes), 0)], 1)
+        scores = np.concatenate([self.scores, self.probes @ chunk.T], 1)
+        keep = np.argsort(-scores, axis=1)[:, : self.k]
+        self.rows, self.scores = np.take_along_axis(rows, keep, 1), np.take_along_axis(scores, keep, 1)
 
 
 def write_index(folder: Path, source: VectorSource, probes: np.ndarray, k: int) -> list[np.ndarray]:
     """Write the index of `source`'s vectors; return each probe's exact float32 top-k rows."""
-    database = IndexDatabase(folder, create_for=ArtifactStamp(source.kind, source.kind, "none", source.dim, ""))
+    database = IndexDatabase(folder, create_for=_stamp(source))
     run = database.start_run(f"/{source.kind}")
-    best_rows = np.zeros((len(probes), 0), np.int64)
-    best_scores = np.zeros((len(probes), 0), np.float32)
-    start = 0
-    for chunk in source.chunks():
+    exact = ExactTop(probes, k)
+    for start, chunk in source.chunks():
         rows = (PhotoRow(f"/{source.kind}/{start + i}.jpg", 0, 0, 0, False, 0, 0, 0, vector)
                 for i, vector in enumerate(chunk.astype(np.float16)))
         database.write(run, f"/{source.kind}", rows, [], [])
-        best_rows = np.concatenate([best_rows, np.arange(start, start + len(chunk))[None].repeat(len(probes), 0)], 1)
-        best_scores = np.concatenate([best_scores, probes @ chunk.T], 1)
-        keep = np.argsort(-best_scores, axis=1)[:, :k]
-        best_rows, best_scores = np.take_along_axis(best_rows, keep, 1), np.take_along_axis(best_scores, keep, 1)
-        start += len(chunk)
+        exact.add(start, chunk)
     database.finish_run(run)
     database.close()
-    return list(best_rows)
+    return list(exact.rows)
+
+
+def _stamp(source: VectorSource) -> ArtifactStamp:
+    return ArtifactStamp(source.kind, source.kind, "none", source.dim, "")
 
 
 def _resident_mb() -> float:
