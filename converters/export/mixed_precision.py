@@ -21,6 +21,7 @@ calibration inputs, never the parity set, which stays the held-out check.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +168,16 @@ def choose_kept_layers(layers: dict[str, str], probe: Probe, what: str, rank: Ra
         order = list(dict.fromkeys([name for name in proposed if name in layers] + list(layers)))
     measured: dict[int, Fidelity] = {0: all_quantized}
     failing, passing = 0, len(order)  # prefix lengths: known to miss, assumed (then measured) to meet
-    while passing - failing > 1:
-        middle = (failing + passing) // 2
-        measured[middle] = probe.fidelity(frozenset(order[:middle]))
-        if measured[middle].passed:
-            passing = middle
-        else:
-            failing = middle
+    with tqdm(total=math.ceil(math.log2(max(len(order), 2))), desc=f"{what} kept layers".strip(), unit="trial",
+              leave=False) as bar:
+        while passing - failing > 1:
+            middle = (failing + passing) // 2
+            measured[middle] = probe.fidelity(frozenset(order[:middle]))
+            if measured[middle].passed:
+                passing = middle
+            else:
+                failing = middle
+            bar.update()
     if passing == len(order):
         # Only all-float meets it, which is no quantized artifact at all: keep the best mix measured, say the
         # target was missed, and let parity judge it by its own (lower) tolerance.
