@@ -94,7 +94,9 @@ class PhotoRows:
         facts = index.photos
         numbers = np.stack([facts.size, facts.mtime_ns, facts.time, facts.captured.astype(np.int64)], axis=1)[rows]
         # np.take, not codes[:, rows]: that returns a strided array, which made joining it 30× slower (measured).
-        return cls(index.rowids[rows], [facts.paths[row] for row in rows], numbers, np.take(index.vectors, rows, axis=0),
+        # The paths through an object array: a loop over `rows` makes a NumPy scalar per photo.
+        paths = np.array(facts.paths, object)[rows].tolist()
+        return cls(index.rowids[rows], paths, numbers, np.take(index.vectors, rows, axis=0),
                    Int8Codes(np.take(index.int8.codes, rows, axis=1), index.int8.scales[rows]))
 
 

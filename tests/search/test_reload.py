@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from converters.search import store
 from converters.search.library import Library
 from converters.search.schema import INDEX_FILE, TRIGGER_NAMES
 from converters.search.store import IndexDatabase, load_index
@@ -20,8 +21,14 @@ from tests.search.conftest import PHOTOS, index
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 
 
+# The listing is compared a chunk at a time: in one chunk, and in chunks of two rows (changes across chunks).
+CHUNKS = pytest.mark.parametrize("chunk", [store.CHANGES_CHUNK, 2])
+
+
 @ON_TINY_VIT
-def test_a_reload_reads_only_the_changed_rows_and_equals_a_full_load(library, monkeypatch):
+@CHUNKS
+def test_a_reload_reads_only_the_changed_rows_and_equals_a_full_load(library, monkeypatch, chunk):
+    monkeypatch.setattr(store, "CHANGES_CHUNK", chunk)
     photos, index_dir, _ = library
     before = load_index(index_dir)
     (photos / "coffee_cup.jpg").unlink()
@@ -57,7 +64,9 @@ def test_photo_ids_outlive_the_removal_of_other_photos(served, library):
 
 
 @ON_TINY_VIT
-def test_a_renamed_photo_that_gets_a_removed_photos_rowid_is_read_anew(library):
+@CHUNKS
+def test_a_renamed_photo_that_gets_a_removed_photos_rowid_is_read_anew(library, monkeypatch, chunk):
+    monkeypatch.setattr(store, "CHANGES_CHUNK", chunk)
     photos, index_dir, _ = library
     before = load_index(index_dir)
     last = Path(before.photos.paths[-1])
