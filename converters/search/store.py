@@ -10,10 +10,9 @@
     runs      one row per `index` run: folder, start, end (NULL while running or if it was killed), counts
     skipped   what the last run of each folder left out, one sentence each, naming the file
 
-Apps keep photo embeddings the same way (Room, Core Data, GRDB). A kill at any
-moment loses at most the batch in flight, and SQLite's journal keeps the file
-whole. Search loads the embeddings into memory once, as float16 rows for
-rescoring and int8 codes for the scan.
+Apps keep photo embeddings the same way (Room, Core Data, GRDB). A kill at any moment loses at most the batch in
+flight, and SQLite's journal keeps the file whole. Search loads the embeddings into memory once, as float16 rows
+for rescoring and int8 codes for the scan.
 """
 
 from __future__ import annotations
@@ -222,21 +221,17 @@ class IndexDatabase:
         bad = self.connection.execute("SELECT COUNT(*) FROM photos WHERE length(embedding) != ?", (2 * dim,)).fetchone()[0]
         if bad:
             raise corrupt(self.file, f"{bad} embeddings are not {dim} float16 values long")
-        parts = [self._rows("", (), self.count())] if previous is None else self._changes(previous)
+        parts = self._changes(previous) if previous is not None and len(previous) else [self._rows("", (), self.count())]
         rowids, photos, vectors, int8 = assemble(parts, dim)
         return PhotoIndex(self.file, self.stamp, roots, unfinished == 0, photos, vectors, int8, rowids, state)
 
     def _changes(self, previous: PhotoIndex) -> list[PhotoRows]:
-        """The rows of `previous` that are unchanged, and the others read anew; whole columns compared at once (a
-        row loop held the interpreter 0.36 s at 100,000 photos). Paths too: SQLite gives a new row a removed last
-        row's rowid, so a renamed photo can come back under its old rowid, size and mtime.
-
-        The listing is read a chunk at a time. Read whole, its rows of small objects (tuples, numbers, paths)
-        spread Python's small-object arenas at every reload, and the long-lived paths of the rows read anew kept
-        them: over 100,000 photos, 40 reloads after `index` runs took a process from 153 to 175 MB (twice; flat
-        with PYTHONMALLOC=malloc), and 154 to 155 MB read in chunks."""
-        facts, kept, fresh = previous.photos, [], []
-        known_paths = np.array(facts.paths, object)
+        """The rows of `previous` that are unchanged, and the others read anew; columns compared a chunk at once (a
+        row loop held the interpreter 0.36 s at 100,000 photos; the listing read whole spread Python's small-object
+        arenas, which the new rows' paths kept: 153 → 175 MB over 40 reloads at 100,000 photos, 154 → 155 in chunks).
+        Paths too: SQLite gives a new row a removed last row's rowid, so a renamed photo can come back under its old
+        rowid, size and mtime."""
+        facts, known_paths, kept, fresh = previous.photos, np.array(previous.photos.paths, object), [], []
         listing = self.connection.execute("SELECT rowid, size, mtime_ns, path FROM photos ORDER BY rowid")
         while listed := listing.fetchmany(CHANGES_CHUNK):
             rowids, sizes, mtimes, paths = zip(*listed)

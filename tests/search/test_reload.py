@@ -50,6 +50,22 @@ def test_a_reload_reads_only_the_changed_rows_and_equals_a_full_load(library, mo
 
 
 @ON_TINY_VIT
+def test_an_index_emptied_then_filled_again_reloads_every_photo(library):
+    photos, index_dir, _ = library
+    aside = photos.parent / "aside"
+    photos.rename(aside)
+    photos.mkdir()
+    index(photos, index_dir)
+    empty = load_index(index_dir)
+    assert len(empty) == 0
+    photos.rmdir()
+    aside.rename(photos)
+    index(photos, index_dir)
+    reloaded, full = load_index(index_dir, empty), load_index(index_dir)
+    assert len(full) > 0 and np.array_equal(reloaded.rowids, full.rowids) and reloaded.photos.paths == full.photos.paths
+
+
+@ON_TINY_VIT
 def test_photo_ids_outlive_the_removal_of_other_photos(served, library):
     client, photos = served
     ids = {hit["name"]: hit["id"] for hit in client.get("/api/search", params={"q": "猫", "top": 15}).json()["hits"]}
