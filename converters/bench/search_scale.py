@@ -34,6 +34,7 @@ from converters.search.backends import BACKENDS, CHUNK_ROWS, import_faiss
 from converters.search.query import Searcher
 from converters.search.stamp import ArtifactStamp
 from converters.search.photos import PhotoFacts, PhotoIndex, PhotoRow
+from converters.search.schema import INDEX_FILE
 from converters.search.store import IndexDatabase, load_index
 from converters.search.vectors import int8_codes, normalize_rows
 
@@ -63,6 +64,7 @@ class TopkMeasurement:
     resident_mb: float  # memory the opened index and backend hold (growth of the resident set)
     process_mb: float  # the resident set of a fresh process that opened the index and searched
     recall: float  # recall@k against exact float32, averaged over the queries
+    stored: bool = True  # the index written to disk and read back (open_seconds counts the reading), or held in memory
 
 
 
@@ -94,6 +96,7 @@ def measure_topk(
         n, dim, vectors, backend, k, queries, threads, round(float(np.median(milliseconds)), 2),
         round(float(np.percentile(milliseconds, 90)), 2), round(float(np.median(timed["cpu_seconds"])) * 1000, 2),
         round(timed["open_seconds"], 2), round(timed["resident_mb"], 1), round(timed["process_mb"], 1), round(recall, 4),
+        stored,
     )
 
 
@@ -113,10 +116,13 @@ def time_searches_in_memory(source: VectorSource, backend: str, threads: int, k:
         vectors[start : start + len(chunk)] = chunk
         exact.add(start, chunk)
     started, zeros = time.perf_counter(), np.zeros(source.n, np.int64)
-    facts = PhotoFacts([f"/{source.kind}/{i}.jpg" for i in range(source.n)], zeros, zeros, zeros, zeros.astype(bool))
-    index = PhotoIndex(Path(source.kind), _stamp(source), [f"/{source.kind}"], True, facts, vectors, int8_codes(vectors))
-    searcher = Searcher(index, backend, threads)
-    return _timed(searcher, k, probes, before, time.perf_counter() - started) | {"truth": exact.rows}
+    facts = PhotoFacts([source.path(i) for i in range(source.n)], zeros, zeros, zeros, zeros.astype(bool))
+    # A folder of its own all the same: the graph keeps its cache beside the index file.
+    with tempfile.TemporaryDirectory(prefix="cnclip-scale-") as folder:
+        index = PhotoIndex(Path(folder) / INDEX_FILE, _stamp(source), [source.root], True, facts, vectors,
+                           int8_codes(vectors))
+        searcher = Searcher(index, backend, threads)
+        return _timed(searcher, k, probes, before, time.perf_counter() - started) | {"truth": exact.rows}
 
 
 def _timed(searcher: Searcher, k: int, queries: np.ndarray, before: float, open_seconds: float) -> dict:
@@ -157,6 +163,13 @@ class VectorSource:
         noise = NOISE / np.sqrt(self.dim) * rng.standard_normal((count, self.dim), dtype=np.float32)
         return normalize_rows(signal + noise)
 
+    @property
+    def root(self) -> str:
+        return f"/{self.kind}"
+
+    def path(self, row: int) -> str:
+        return f"{self.root}/{row}.jpg"
+
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, vectors) of the library, chunk by chunk."""
         for number, start in enumerate(range(0, self.n, CHUNK_ROWS)):
@@ -180,12 +193,12 @@ class ExactTop:
 def write_index(folder: Path, source: VectorSource, probes: np.ndarray, k: int) -> list[np.ndarray]:
     """Write the index of `source`'s vectors; return each probe's exact float32 top-k rows."""
     database = IndexDatabase(folder, create_for=_stamp(source))
-    run = database.start_run(f"/{source.kind}")
+    run = database.start_run(source.root)
     exact = ExactTop(probes, k)
     for start, chunk in source.chunks():
-        rows = (PhotoRow(f"/{source.kind}/{start + i}.jpg", 0, 0, 0, False, 0, 0, 0, vector)
+        rows = (PhotoRow(source.path(start + i), 0, 0, 0, False, 0, 0, 0, vector)
                 for i, vector in enumerate(chunk.astype(np.float16)))
-        database.write(run, f"/{source.kind}", rows, [], [])
+        database.write(run, source.root, rows, [], [])
         exact.add(start, chunk)
     database.finish_run(run)
     database.close()
