@@ -57,6 +57,7 @@ class TopkMeasurement:
     threads: int
     median_ms: float  # one query's wall-clock time: scan, top-k and rescoring
     p90_ms: float
+    p99_ms: float  # with few queries, about the slowest
     # CPU time one query used, all threads together. Other processes on the machine stretch the
     # wall-clock time but not this; with threads=1 it is close to the latency on an idle machine.
     median_cpu_ms: float
@@ -94,7 +95,8 @@ def measure_topk(
     milliseconds = np.array(timed["seconds"]) * 1000
     return TopkMeasurement(
         n, dim, vectors, backend, k, queries, threads, round(float(np.median(milliseconds)), 2),
-        round(float(np.percentile(milliseconds, 90)), 2), round(float(np.median(timed["cpu_seconds"])) * 1000, 2),
+        round(float(np.percentile(milliseconds, 90)), 2), round(float(np.percentile(milliseconds, 99)), 2),
+        round(float(np.median(timed["cpu_seconds"])) * 1000, 2),
         round(timed["open_seconds"], 2), round(timed["resident_mb"], 1), round(timed["process_mb"], 1), round(recall, 4),
         stored,
     )

@@ -26,4 +26,4 @@ def test_an_index_built_in_memory_answers_as_the_stored_one(backend, tmp_path, m
 
 def test_the_in_memory_measurement_reports_recall_against_the_exact_top():
     measured = measure_topk(2_000, 32, "int8", "random", k=10, queries=5, stored=False)
-    assert measured.n == 2_000 and not measured.stored and measured.recall >= 0.9 and measured.median_ms > 0 and measured.resident_mb > 0
+    assert measured.n == 2_000 and not measured.stored and measured.recall >= 0.9 and 0 < measured.median_ms <= measured.p90_ms <= measured.p99_ms and measured.resident_mb > 0
