@@ -9,11 +9,11 @@ calibration inputs, never the parity set, which stays the held-out check.
   float; the layers whose quantization alone lowers the cosine most come first.
 - `choose_kept_layers`: quantize everything; when that misses the target, rank
   the layers by sensitivity (or by the stage's own one-pass ranking, where a
-  layer quantized alone costs a whole build) and keep the shortest prefix of that ranking in
-  float that meets it. The prefix is found by bisection (each probe is one
-  quantization and one pass over the samples), which gives the answer of
-  returning one layer at a time while more float never lowers the cosine; the
-  chosen set is always measured, never assumed. When only all-float would meet
+  layer quantized alone costs a whole build) and keep the shortest prefix of
+  that ranking in float that meets it. The prefix is found by bisection (each
+  probe is one quantization and one pass over the samples), which gives the
+  answer of returning one layer at a time while more float never lowers the
+  cosine; the chosen set is always measured, never assumed. When only all-float would meet
   the target, the best mix measured is kept and recorded as missing it: parity,
   with its own tolerance, then decides whether the artifact ships.
 """
@@ -93,7 +93,7 @@ class KeptLayersChoice:
     kept_layers: tuple[str, ...]
     chosen: Fidelity
     quantizable_layers: int
-    ranked_by: str = MEASURED_ALONE
+    ranked_by: str | None = None  # None: nothing was ranked (the all-quantized tower met the target)
 
     @property
     def target_met(self) -> bool:
@@ -111,8 +111,7 @@ class KeptLayersChoice:
             "kept_layers": list(self.kept_layers),
             "quantizable_layers": self.quantizable_layers,
             "sensitivity": [row.to_json() for row in self.sensitivity],
-            "ranked_by": self.ranked_by,
-        }
+        } | ({"ranked_by": self.ranked_by} if self.ranked_by else {})
 
 
 class Probe:
@@ -168,7 +167,7 @@ def choose_kept_layers(layers: dict[str, str], probe: Probe, what: str, rank: Ra
         order = list(dict.fromkeys([name for name in proposed if name in layers] + list(layers)))
     measured: dict[int, Fidelity] = {0: all_quantized}
     failing, passing = 0, len(order)  # prefix lengths: known to miss, assumed (then measured) to meet
-    with tqdm(total=math.ceil(math.log2(max(len(order), 2))), desc=f"{what} kept layers".strip(), unit="trial",
+    with tqdm(total=math.ceil(math.log2(max(len(order), 1))), desc=f"{what} kept layers".strip(), unit="trial",
               leave=False) as bar:
         while passing - failing > 1:
             middle = (failing + passing) // 2

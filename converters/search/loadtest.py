@@ -45,8 +45,8 @@ TEXTS = ("猫", "海边的日落", "草地", "一杯咖啡", "火箭发射", "�
 ACTIONS = {"search": 0.5, "thumbs": 0.2, "similar": 0.1, "upload": 0.1, "status": 0.1}
 SAMPLED, MAX_SAMPLES = 0.2, 2_000  # the share of text searches whose answers are checked after the run
 INDEX_BATCH = 16  # photos `index_loop` adds and removes per run, and `index`'s batch: one commit each
-# `index` runs at a lower CPU priority, as the household page's unit runs it (Nice=10): on a box with two cores
-# the server's requests then come first, and the indexing takes what they leave.
+# `index` runs at the CPU priority the household page's unit gives it (Nice=10): on a box with two cores the
+# server's requests then come first, and the indexing takes what they leave.
 INDEX_NICENESS = 10
 
 

@@ -138,9 +138,12 @@ class _Builder:
             worker.build(spec)
             cosines = single_layer_cosines(worker.analyse(self.calibration[0][None], folder / "analysis").read_text())
         shutil.rmtree(folder)  # the analysis dumps every tensor twice: gigabytes at full size
+        # A tensor the table does not name (the compiler fuses some away) ranks as harmless, after the others.
         order = sorted(layers, key=lambda name: cosines.get(name, 1.0))  # stable: model order among equals
+        analysed = sum(name in cosines for name in layers)
         return order, (f"rknn-toolkit2 accuracy_analysis on {self.options.platforms[0]}: each tensor's single-layer "
-                       "cosine, float vs simulated int8, on the first calibration sample")
+                       f"cosine, float vs simulated int8, on the first calibration sample ({analysed} of "
+                       f"{len(layers)} tensors in its table)")
 
     def trial(self, kept: frozenset[str], folder: Path) -> Artifact:
         """The first platform's model alone: what the float fallback grades."""
@@ -209,10 +212,18 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def single_layer_cosines(table: str) -> dict[str, float]:
-    """Tensor → its single-layer cosine, from accuracy_analysis's error_analysis.txt; a non-finite one as -1 (the
-    most harmful there is)."""
+    """Tensor → its single-layer cosine, from accuracy_analysis's error_analysis.txt."""
     rows = (ANALYSIS_ROW.match(ANSI.sub("", line)) for line in table.splitlines())
-    return {row.group(1): float(row.group(2)) if math.isfinite(float(row.group(2))) else -1.0 for row in rows if row}
+    return {row.group(1): _cosine(row.group(2)) for row in rows if row}
+
+
+def _cosine(text: str) -> float:
+    """A cosine as the table prints it; anything else (nan, inf, a dash) as -1, the most harmful there is."""
+    try:
+        value = float(text)
+    except ValueError:
+        return -1.0
+    return value if math.isfinite(value) else -1.0
 
 
 def _refusal(tower: str, stage: str, platform: str, rows: list[dict], allowed: set[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -164,15 +165,20 @@ def test_the_float16_tensors_are_ranked_in_one_analysis_then_bisected(rknn_bundl
     _, bundle = rknn_bundle
     manifest = Manifest.load(BundleLayout(bundle).manifest)
     parent = manifest.artifact("visual", "onnx-sim")
-    builds = []
-    trial = rknn._Builder.trial
+    builds, analysed = [], {}
+    trial, read = rknn._Builder.trial, rknn.single_layer_cosines
     monkeypatch.setattr(rknn._Builder, "trial", lambda self, kept, folder: builds.append(kept) or trial(self, kept, folder))
+    monkeypatch.setattr(rknn, "single_layer_cosines", lambda table: analysed.update(read(table)) or dict(analysed))
     strict = rknn.RknnInt8Options(float_fallback=FloatFallback(cosine_min=0.99999, cosine_mean=0.99999))
     (tmp_path / "work").mkdir()
     converted = rknn.run(parent, strict, StageContext(manifest, tmp_path / "work"), stage="rknn-int8")
     choice = converted.mixed_precision
     assert choice["ranked_by"].startswith("rknn-toolkit2 accuracy_analysis") and choice["sensitivity"] == []
     assert choice["kept_layers"], "the all-int8 tower misses a cosine of 0.99999"
+    # Kept in the analysis's order, worst first: tensors it named, not model order under a cosine of 1 for all.
+    kept_cosines = [analysed.get(name, 1.0) for name in choice["kept_layers"]]
+    assert choice["kept_layers"][0] in analysed and kept_cosines == sorted(kept_cosines)
+    assert int(re.search(r"\((\d+) of \d+ tensors", choice["ranked_by"]).group(1)) > 0
     # The all-int8 trial, the bisection's, and the chosen mix built once more by the fallback.
     assert len(builds) <= 1 + math.ceil(math.log2(choice["quantizable_layers"])) + 1
     assert builds[0] == frozenset() and builds[-1] == frozenset(choice["kept_layers"])
@@ -183,6 +189,8 @@ def test_the_analysis_table_is_read_whatever_the_toolkit_colours():
              "[Conv] /a/Conv_output_0      0.99986 | 0.30396   0.99991 | 0.24522\n"
              "[Add] /b/Add_1_output_0-rs   0.99788 | 2.26992   \x1b[1;33m0.99824\x1b[0m | 2.07916\n"
              "[exNorm] _v_695_tp_rs        nan | nan   nan | nan\n"
+             "[Split] /c/Split_output_0    0.99 | 0.1   - | -\n"
              "layer_name     simulator_error\n")
     assert rknn.single_layer_cosines(table) == {"pixels": 1.0, "/a/Conv_output_0": 0.99991,
-                                                "/b/Add_1_output_0-rs": 0.99824, "_v_695_tp_rs": -1.0}
+                                                "/b/Add_1_output_0-rs": 0.99824, "_v_695_tp_rs": -1.0,
+                                                "/c/Split_output_0": -1.0}
