@@ -64,6 +64,11 @@ class Snapshot:
 class Library:
     """The served index and bundle, reloaded when either changes on disk."""
 
+    # How long the request that noticed a change waits for the reload it started before it answers from the
+    # snapshot before (None: until the reload is done). A reload at 100,000 photos takes 0.25-0.37 s, and the
+    # requests that waited it out, one or two per `index` run, were the text search's p99 in a paced load run.
+    RELOAD_WAIT: float | None = 0.05
+
     def __init__(self, index_dir: Path, artifacts: Path | None, threads: int):
         self.index_dir, self.artifacts, self.threads = Path(index_dir), artifacts, threads
         # Held by the one request checking for changes (and reloading); model runs need no lock:
@@ -109,37 +114,47 @@ class Library:
         """The snapshot to answer with, reloaded first if the index or bundle changed; may take a while
         (call it from a worker thread). Raises LibraryProblem when what changed cannot be used.
 
-        One request at a time checks and reloads; the others meanwhile answer from the snapshot already
-        loaded, the index as committed a moment earlier, rather than wait: a reload at 100,000 photos
-        takes a few tenths of a second of CPU, and while a nightly `index` commits, searches queued
-        behind reloads (text search p99 2.0 s in a paced load run, docs/serving-a-household.md).
+        One request at a time checks, and reloads in a thread of its own; the others meanwhile answer from the
+        snapshot already loaded, the index as committed a moment earlier, rather than wait: a reload at 100,000
+        photos takes a few tenths of a second of CPU, and while a nightly `index` commits, searches queued
+        behind reloads (text search p99 2.0 s in a paced load run, docs/serving-a-household.md). The request that
+        started it waits RELOAD_WAIT at most.
         """
         if self._checking.acquire(blocking=False):
             try:
                 signature = self._signature(self._snapshot)
-                if signature != self._snapshot.signature:
-                    self._reload(signature)
-            finally:
+            except BaseException:
                 self._checking.release()
+                raise
+            if signature == self._snapshot.signature:
+                self._checking.release()
+            else:
+                reloader = threading.Thread(target=self._reload, args=(signature,), name="cnclip-reload", daemon=True)
+                reloader.start()
+                reloader.join(self.RELOAD_WAIT)
         snapshot = self._snapshot  # one read: the snapshot and its problem belong together
         if snapshot.problem:
             raise LibraryProblem(snapshot.problem)
         return snapshot
 
     def _reload(self, signature: tuple) -> None:
-        previous = self._snapshot
+        """Runs in a thread of its own, holding `_checking`, which it releases."""
         try:
-            self._snapshot = self._load(signature)
-        except UserError as error:
-            # The last good snapshot, marked as having seen `signature` so that a problem is not reloaded on every request.
-            problem = (f"The index or bundle changed while serving and cannot be used: {error} "
-                       "Searches are refused until it is fixed; the server notices by itself.")
-            self._snapshot = replace(self._snapshot, signature=signature, problem=problem)
-        self.reloads += 1
-        if _malloc_trim is not None and self._snapshot.index.vectors is not previous.index.vectors:
-            # glibc keeps the memory of the arrays a reload replaced for later use, in the arena of whichever
-            # worker thread reloaded: a server with `index` committing grew by a fifth in two minutes.
-            _malloc_trim(0)
+            previous = self._snapshot
+            try:
+                self._snapshot = self._load(signature)
+            except UserError as error:
+                # The last good snapshot, marked as having seen `signature` so that a problem is not reloaded on every request.
+                problem = (f"The index or bundle changed while serving and cannot be used: {error} "
+                           "Searches are refused until it is fixed; the server notices by itself.")
+                self._snapshot = replace(self._snapshot, signature=signature, problem=problem)
+            self.reloads += 1
+            if _malloc_trim is not None and self._snapshot.index.vectors is not previous.index.vectors:
+                # glibc keeps the memory of the arrays a reload replaced for later use, in the arena of the
+                # thread that reloaded: a server with `index` committing grew by a fifth in two minutes.
+                _malloc_trim(0)
+        finally:
+            self._checking.release()
 
     def _load(self, signature: tuple) -> Snapshot:
         previous = getattr(self, "_snapshot", None)

@@ -29,6 +29,13 @@ def index(photos: Path, index_dir: Path, bundle: Path | None = None) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.fixture(autouse=True)
+def reloads_finish_before_answering(monkeypatch):
+    """The request that notices a commit answers after its reload, so that a test sees the commit at once; a server
+    waits Library.RELOAD_WAIT at most (test_reload.py shows it)."""
+    monkeypatch.setattr(Library, "RELOAD_WAIT", None)
+
+
 @pytest.fixture
 def library(tiny_bundle, tmp_path) -> tuple[Path, Path, Path]:
     """(photos, index dir, bundle): the shipped photos indexed with a copy of the tiny bundle, which tests may change."""

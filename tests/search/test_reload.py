@@ -99,6 +99,7 @@ def test_a_renamed_photo_that_gets_a_removed_photos_rowid_is_read_anew(library, 
 @ON_TINY_VIT
 def test_requests_answer_from_the_loaded_index_while_another_request_reloads(library, monkeypatch):
     photos, index_dir, _ = library
+    monkeypatch.setattr(Library, "RELOAD_WAIT", None)  # the request that noticed waits the reload out
     served = Library.open(index_dir, None, 1)
     before = served.current()
     (photos / "coffee_cup.jpg").unlink()
@@ -121,6 +122,26 @@ def test_requests_answer_from_the_loaded_index_while_another_request_reloads(lib
     reloader.join(30)
     assert not reloader.is_alive() and len(reloaded[0].index) == len(before.index) - 1
     assert served.current() is reloaded[0] and served.reloads == 1
+
+
+@ON_TINY_VIT
+def test_the_request_that_notices_a_commit_answers_after_the_reload_wait_and_the_reload_goes_on(library, monkeypatch):
+    photos, index_dir, _ = library
+    monkeypatch.setattr(Library, "RELOAD_WAIT", 0.05)
+    served = Library.open(index_dir, None, 1)
+    before = served.current()
+    (photos / "coffee_cup.jpg").unlink()
+    index(photos, index_dir)
+    finish = threading.Event()
+    load = Library._load
+    monkeypatch.setattr(Library, "_load", lambda self, signature: finish.wait(30) and load(self, signature))
+    assert served.current() is before  # the reload is slow: the request that started it did not wait for it
+    assert served.current() is before and served.reloads == 0
+    finish.set()
+    reloader = next(thread for thread in threading.enumerate() if thread.name == "cnclip-reload")
+    reloader.join(30)  # it finishes on its own; no request waits for it
+    after = served.current()
+    assert served.reloads == 1 and len(after.index) == len(before.index) - 1
 
 
 @ON_TINY_VIT
