@@ -90,13 +90,13 @@ class PhotoRows:
     int8: Int8Codes
 
     @classmethod
-    def kept(cls, index: PhotoIndex, rows: np.ndarray) -> "PhotoRows":
+    def kept(cls, index: PhotoIndex, rows: np.ndarray, paths: np.ndarray) -> "PhotoRows":
+        """The index's `rows`; `paths` is its paths as an object array (the caller has made it to compare paths)."""
         facts = index.photos
         numbers = np.stack([facts.size, facts.mtime_ns, facts.time, facts.captured.astype(np.int64)], axis=1)[rows]
         # np.take, not codes[:, rows]: that returns a strided array, which made joining it 30× slower (measured).
         # The paths through an object array: a loop over `rows` makes a NumPy scalar per photo.
-        paths = np.array(facts.paths, object)[rows].tolist()
-        return cls(index.rowids[rows], paths, numbers, np.take(index.vectors, rows, axis=0),
+        return cls(index.rowids[rows], paths[rows].tolist(), numbers, np.take(index.vectors, rows, axis=0),
                    Int8Codes(np.take(index.int8.codes, rows, axis=1), index.int8.scales[rows]))
 
 

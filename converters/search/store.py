@@ -241,7 +241,7 @@ class IndexDatabase:
             same[same] = known_paths[row[same]] == np.array([decode_path(paths[i]) for i in np.flatnonzero(same)], object)
             kept.append(row[same])
             fresh += rowids[~same].tolist()
-        parts = [PhotoRows.kept(previous, np.concatenate([np.empty(0, np.int64), *kept]))]
+        parts = [PhotoRows.kept(previous, np.concatenate([np.empty(0, np.int64), *kept]), known_paths)]
         for start in range(0, len(fresh), 500):  # SQLite's limit on parameters is far above 500
             chunk = fresh[start : start + 500]
             parts.append(self._rows(f"WHERE rowid IN ({', '.join('?' * len(chunk))})", chunk, len(chunk)))
