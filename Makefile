@@ -47,7 +47,7 @@ CONVERT_ARGS = $(CONVERT_MODEL) \
 BUNDLE_ARGS = $(or $(MODEL),$(if $(OUT),,ViT-B-16)) $(if $(OUT),--bundle $(OUT))
 
 .PHONY: help venv system-deps client-packages browser-packages sophgo-env rknn-env convert parity bench sensitivity levers \
-	client parity-client index search serve loadtest embed immich immich-serve test test-core test-fast test-sophgo test-rknn test-client test-browser test-cluster clean
+	client parity-client index search serve loadtest embed immich immich-serve test test-core test-fast test-sophgo test-rknn test-client test-browser test-cluster search-scale clean
 
 help:
 	@echo "Set-up (each target below makes .venv with what it needs on first use):"
@@ -72,6 +72,7 @@ help:
 	@echo "make immich  IMMICH_OUT=folder [OUT=bundle dir] [PRECISION=int8] [IMMICH_CACHE=dir]   (Immich's model folder, checked)"
 	@echo "make immich-serve [OUT=bundle dir] [STAGE=ncnn-int8] [HOST=addr NO_AUTH=1] [IMMICH_PORT=3003]   (Immich's /predict)"
 	@echo "make loadtest OUT=bundle [PHOTOS_N=100000] [USERS=32] [SECONDS=120] [NO_PAUSE=1] [WITH_INDEX=1]   (serve under load, loopback)"
+	@echo "make search-scale [SIZES=1000000,5000000] [BACKEND=int8|hnsw|exact|faiss] [STORED=1]   (top-10 search on synthetic vectors)"
 	@echo "Tests:"
 	@echo "make test    (all tests, full-size ones included; needs system-deps, hence root, and sophgo-env)"
 	@echo "make test-core (every test that needs neither root, sophgo-env, the client's build nor Chromium; names what it left out)"
@@ -151,6 +152,10 @@ loadtest: $(TEST_STAMP)
 	$(PY) -m converters.search.loadtest --bundle $(or $(OUT),$(error make loadtest needs OUT=bundle dir)) \
 		$(if $(PHOTOS_N),--photos $(PHOTOS_N)) $(if $(USERS),--users $(USERS)) $(if $(SECONDS),--seconds $(SECONDS)) \
 		$(if $(NO_PAUSE),--no-pause) $(if $(WITH_INDEX),--with-index)
+
+# The search engine alone at sizes no photo folder here reaches: synthetic vectors, a table naming the CPU.
+search-scale: $(CORE_STAMP)
+	$(PY) -m converters search-scale $(if $(SIZES),--sizes $(SIZES)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(STORED),--stored)
 
 # The C++ client's build tools and libraries, from Debian's packages (arm64 multiarch ones to cross-build).
 CLIENT_PACKAGES_x86_64  := cmake g++ libjpeg62-turbo-dev libpng-dev libssl-dev nlohmann-json3-dev

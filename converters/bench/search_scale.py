@@ -1,5 +1,6 @@
 """Search latency, memory and recall at scale, on synthetic unit vectors: what the `bench` command reports.
 
+`python -m converters search-scale --sizes 1000000,5000000` (`make search-scale`) prints a table of them.
 `measure_topk(1_000_000, 512, "int8")` writes a real index of synthetic
 vectors into a temporary folder, opens it the way `search` does and times
 single queries through `Searcher`. With `stored=False` the index is built in
@@ -218,3 +219,4 @@ def _resident_mb() -> float:
     except OSError:
         return float("nan")
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
