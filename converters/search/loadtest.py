@@ -48,6 +48,7 @@ INDEX_BATCH = 16  # photos `index_loop` adds and removes per run, and `index`'s 
 # `index` runs at the CPU priority the household page's unit gives it (Nice=10): on a box with two cores the
 # server's requests then come first, and the indexing takes what they leave.
 INDEX_NICENESS = 10
+MEMORY_WINDOW = 60  # seconds (memory samples) averaged at each end of the run: the issue's first and last minute
 
 
 def build_library(workdir: Path, bundle: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
@@ -199,9 +200,11 @@ def report(stats: Stats, seconds: float, memory: list[float], runs: int | None, 
         p50, p95, p99 = np.percentile(np.array(values) * 1000, [50, 95, 99])
         lines.append(f"| {route} | {len(values)} | {len(values) / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {stats.errors[route]} |")
     lines.append("statuses: " + ", ".join(f"{route} {status}: {n}" for (route, status), n in sorted(stats.statuses.items(), key=str)))
-    tenth = max(1, len(memory) // 10)
-    first, last = np.mean(memory[:tenth]), np.mean(memory[-tenth:])
-    lines.append(f"server memory: {first:.0f} MB in the first tenth of the run, {last:.0f} MB in the last ({(last / first - 1) * 100:+.1f} %), peak {max(memory):.0f} MB")
+    # The first minute against the last (a third of a shorter run each); one sample a second.
+    window = min(MEMORY_WINDOW, max(1, len(memory) // 3))
+    first, last = np.mean(memory[:window]), np.mean(memory[-window:])
+    lines.append(f"server memory: {first:.0f} MB in the first {window} s, {last:.0f} MB in the last {window} s "
+                 f"({(last / first - 1) * 100:+.1f} %), peak {max(memory):.0f} MB")
     if runs is not None:
         lines.append(f"`index` runs meanwhile ({INDEX_BATCH} added, {INDEX_BATCH} removed each): {runs}")
     lines.append(f"text search answers checked against an exact single-threaded scan of the committed state that gave "

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from converters.search.library import Library
-from converters.search.loadtest import build_library, check_answers, main
+from converters.search.loadtest import Stats, build_library, check_answers, main, report
 from converters.search.serve import create_app
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
@@ -39,3 +39,11 @@ def test_the_answer_check_catches_swapped_hits_a_foreign_id_and_an_unknown_state
     unknown = answer | {"indexed": answer["indexed"] + 1}
     wrong = check_answers(index_dir, tiny_bundle, [("猫", swapped), ("猫", foreign), ("猫", unknown)], 300)
     assert len(wrong) == 3 and "no committed state" in wrong[2]
+
+
+@pytest.mark.parametrize("seconds, window", [(300, 60), (30, 10)])
+def test_memory_growth_compares_the_first_minute_with_the_last(seconds, window):
+    """Warm-up in the first seconds is averaged over a minute, and growth in the last minute is not diluted."""
+    memory = [200.0] * window + [300.0] * (seconds - 2 * window) + [220.0] * window
+    line = next(line for line in report(Stats(), seconds, memory, None, []).splitlines() if "server memory" in line)
+    assert f"200 MB in the first {window} s, 220 MB in the last {window} s (+10.0 %), peak 300 MB" in line
