@@ -28,10 +28,17 @@ class ToolEnv:
     cost: str  # what making it takes, for the message that says it is missing
     # tpu-mlir builds shell commands from its own install path without quoting them.
     refuses_spaces: bool = False
+    # Raised when the recipe changes what an environment must hold: one made by an older recipe is then not used.
+    recipe: int = 1
+
+    @property
+    def key(self) -> str:
+        """Its folder's name under ~/.cache/cnclip/<name>: the version, and the recipe after the first."""
+        return self.version if self.recipe == 1 else f"{self.version}-recipe{self.recipe}"
 
     def root(self) -> Path:
         override = os.environ.get(self.override)
-        root = Path(override) if override else Path.home() / ".cache" / "cnclip" / self.name / self.version
+        root = Path(override) if override else Path.home() / ".cache" / "cnclip" / self.name / self.key
         if self.refuses_spaces and " " in str(root.absolute()):
             raise UserError(f"{self.name} cannot run from a path with spaces ({root}); set {self.override} to another.")
         return root

@@ -24,7 +24,9 @@ from converters.export.tool_env import Run, create, find_python, main, pip_insta
 # fast_histogram for mmse; ruamel.yaml for hybrid quantization), at the versions the toolkit's metadata allows.
 REQUIREMENTS = ("numpy==1.26.4", "onnx==1.18.0", "protobuf==4.25.4", "onnxruntime>=1.17,<1.27", "scipy>=1.9.3,<1.18",
                 "opencv-python-headless>=4.5.5.64,<4.12", "tqdm>=4.64.1", "fast-histogram>=0.11",
-                "ruamel.yaml>=0.17.21,<0.20", "setuptools<81")
+                "ruamel.yaml>=0.17.21,<0.20", "setuptools<81",
+                # Not the toolkit's: the frozen clock of canonical builds (its wheel carries libfaketime.so.1).
+                "libfaketime==3.0.1")
 
 TORCH_STUB = '''"""Stands in for torch in an ONNX-only rknn-toolkit2 environment (written by cnclip's recipe).
 

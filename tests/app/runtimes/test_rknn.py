@@ -3,6 +3,7 @@ first use by the rknn stages, or by `make rknn-env`)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converters.app.runtimes.rknn.build import RknnWorker, canonical_build
 from converters.app.runtimes.rknn.env import RKNN_ENV
+from converters.app.tool_env import COMPLETE_MARK
 from converters.errors import ArtifactError, UserError
 from converters.export.rknn_env import create_rknn_env
 
@@ -56,6 +58,32 @@ def test_a_canonical_build_is_byte_identical_and_simulates_what_it_built(platfor
     worker, answer = canonical_build({**SPEC, "platform": platform}, [changed], None, tmp_path / "changed.rknn")
     worker.close()
     assert answer["sha256"] != hashes[0]
+
+
+@pytest.mark.rknn
+def test_a_canonical_build_runs_on_a_stopped_clock(tmp_path):
+    """The toolkit's timings move the heap pointers it writes into the file: full-size int8 rebuilds differed
+    without the stopped clock, which a tiny tower does not show, so the clock itself is checked."""
+    create_rknn_env()
+    worker, _ = canonical_build(SPEC, [tiny_onnx(tmp_path)], None, tmp_path / "model.rknn")
+    with worker:
+        maps = Path(f"/proc/{worker.process.pid}/maps").read_text()
+        environ = Path(f"/proc/{worker.process.pid}/environ").read_bytes().split(b"\0")
+    assert "libfaketime.so.1" in maps, "the stopped clock's library is not loaded in the canonical worker"
+    assert b"FAKETIME=2000-01-01 00:00:00" in environ
+
+
+def test_an_environment_of_an_older_recipe_is_refused_for_canonical_builds(tmp_path, monkeypatch):
+    """One made before the stopped clock would build files a later rebuild cannot match: not used, and no advice to
+    delete anything but that environment."""
+    old = tmp_path / "old-env"
+    (old / "bin").mkdir(parents=True)
+    (old / "bin" / "python").symlink_to(sys.executable)
+    (old / COMPLETE_MARK).write_text("rknn-toolkit2 2.5.0\n")
+    monkeypatch.setenv("CNCLIP_RKNN_ENV", str(old))
+    (tmp_path / "build").mkdir()
+    with pytest.raises(UserError, match=rf"older recipe.*libfaketime.*rm -rf {old}.*make rknn-env"):
+        RknnWorker(tmp_path / "build", canonical=True, build="build.json")
 
 
 @pytest.mark.rknn

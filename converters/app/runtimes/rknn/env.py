@@ -6,5 +6,8 @@ from __future__ import annotations
 from converters.app.tool_env import ToolEnv
 
 RKNN_TOOLKIT_VERSION = "2.5.0"
+# Recipe 2 adds libfaketime, whose frozen clock canonical builds run under (converters.app.runtimes.rknn.build).
 RKNN_ENV = ToolEnv("rknn-toolkit2", RKNN_TOOLKIT_VERSION, "CNCLIP_RKNN_ENV", "make rknn-env",
-                   "about 630 MB of disk, 30 s on a 2-core machine; needs Python 3.11")
+                   "about 630 MB of disk, 30 s on a 2-core machine; needs Python 3.11", recipe=2)
+# The library that stops the clock, as the environment's pip installs it.
+FAKETIME_LIBRARY = "lib/python3.11/site-packages/libfaketime/vendor/libfaketime/src/libfaketime.so.1"
