@@ -155,8 +155,10 @@ class _Conversion:
             )
         else:
             parent_digest = sha256_text(*(f.sha256 for f in entry.files))
-        # The package version is part of the digest: a new converter rebuilds what an old one made.
-        return sha256_text(stage.name, __version__, options.model_dump_json(), parent_digest)
+        # The package version is part of the digest: a new converter rebuilds what an old one made; so is a tool
+        # environment's recipe.
+        tool = [stage.tool.name, stage.tool.key] if stage.tool else []
+        return sha256_text(stage.name, __version__, *tool, options.model_dump_json(), parent_digest)
 
     def _build(self, stage: Stage, tower: str, options, parent, digest: str) -> None:
         with staging_dir(self.layout.staging) as workdir:

@@ -35,7 +35,7 @@ from pydantic import Field
 from converters.app.artifact import Artifact
 from converters.app.layout import BundleLayout
 from converters.app.runtimes.bm1684x import ToolWorker
-from converters.app.runtimes.bm1684x.env import TPU_MLIR_VERSION
+from converters.app.runtimes.bm1684x.env import TPU_MLIR, TPU_MLIR_VERSION
 from converters.app.specs import TensorSpec, TowerSpec, stage_spec
 from converters.export import tpu_mlir
 from converters.export.context import StageContext
@@ -206,5 +206,5 @@ class _Compiler:
         )
 
 
-STAGES = (Stage(stage_spec("bm1684x-f16"), Bm1684xOptions, partial(run, stage="bm1684x-f16")),
-          Stage(stage_spec("bm1684x-int8"), Bm1684xInt8Options, partial(run, stage="bm1684x-int8")))
+STAGES = (Stage(stage_spec("bm1684x-f16"), Bm1684xOptions, partial(run, stage="bm1684x-f16"), tool=TPU_MLIR),
+          Stage(stage_spec("bm1684x-int8"), Bm1684xInt8Options, partial(run, stage="bm1684x-int8"), tool=TPU_MLIR))

@@ -36,7 +36,7 @@ from converters.app.artifact import Artifact
 from converters.app.fsutil import sha256_file
 from converters.app.layout import BundleLayout
 from converters.app.runtimes.rknn.build import CALIBRATION_LIST, REPRODUCIBLE, RknnWorker, adopt, canonical_build, stage_inputs
-from converters.app.runtimes.rknn.env import RKNN_TOOLKIT_VERSION
+from converters.app.runtimes.rknn.env import RKNN_ENV, RKNN_TOOLKIT_VERSION
 from converters.app.specs import TensorSpec, TowerSpec, stage_spec
 from converters.errors import ConversionError
 from converters.export.context import StageContext
@@ -235,5 +235,5 @@ def _refusal(tower: str, stage: str, platform: str, rows: list[dict], allowed: s
             f"{{allow_cpu_ops: {{{tower}: [...]}}}}}}` in the model's config (allowed now: {sorted(allowed) or 'none'}).")
 
 
-STAGES = (Stage(stage_spec("rknn-fp16"), RknnOptions, partial(run, stage="rknn-fp16")),
-          Stage(stage_spec("rknn-int8"), RknnInt8Options, partial(run, stage="rknn-int8")))
+STAGES = (Stage(stage_spec("rknn-fp16"), RknnOptions, partial(run, stage="rknn-fp16"), tool=RKNN_ENV),
+          Stage(stage_spec("rknn-int8"), RknnInt8Options, partial(run, stage="rknn-int8"), tool=RKNN_ENV))
