@@ -25,8 +25,8 @@ from converters.errors import ArtifactError
 
 # The platform whose build stands in for files that cannot be rebuilt byte for byte.
 STAND_IN = "rk3588"
-# Full-size rebuilds are not always byte-identical even when canonical (ViT-B-16 on a loaded 2-core machine:
-# some rebuilds of an honest file differed); a match on any attempt proves the file all the same.
+# Full-size rebuilds differed before canonical builds ran on a stopped clock (build.py); none has since, and the
+# attempts stay as a margin: a match on any of them proves the file all the same.
 REBUILD_ATTEMPTS = 3
 
 
