@@ -72,8 +72,8 @@ def _sizes(context: click.Context, parameter: click.Parameter, text: str) -> lis
 def search_scale_command(sizes: list[int], backend: str, vectors: str, dim: int, queries: int, threads: int,
                          stored: bool) -> None:
     """Time single top-10 searches over synthetic unit vectors at each size and print latency, memory and recall@10
-    against an exact float32 search, naming the CPU. About a minute per million vectors held in memory, and
-    1.6 GB of memory per million 512-d vectors."""
+    against an exact float32 search, naming the CPU. Held in memory, a million 512-d vectors took 1.7 GB
+    (docs/cluster.md): mind the sizes asked for."""
     from converters.bench.search_scale import measure_topk
     from converters.cpu import cpu_description
 
@@ -85,6 +85,6 @@ def search_scale_command(sizes: list[int], backend: str, vectors: str, dim: int,
     click.echo("|---|---|---|---|---|---|---|---|")
     for n in sizes:
         say(f"search-scale: {n:,} {vectors} vectors, {backend}")
-        m = measure_topk(n, dim, backend, vectors, 10, queries, threads, stored=stored)
-        click.echo(f"| {n:,} | {backend} | {m.median_ms} | {m.p99_ms} | {m.median_cpu_ms} | {m.open_seconds} | "
-                   f"{m.resident_mb} | {m.recall} |")
+        measured = measure_topk(n, dim, backend, vectors, 10, queries, threads, stored=stored)
+        click.echo(f"| {n:,} | {backend} | {measured.median_ms} | {measured.p99_ms} | {measured.median_cpu_ms} | "
+                   f"{measured.open_seconds} | {measured.resident_mb} | {measured.recall} |")

@@ -82,10 +82,11 @@ class Stats:
         self.latency, self.statuses, self.errors = defaultdict(list), defaultdict(int), defaultdict(int)
         self.answers: list[tuple[str, dict]] = []  # (query, the JSON answer) of sampled text searches
 
-    def record(self, route: str, started: float, status: int | None) -> None:
+    def record(self, route: str, started: float, status: int | str) -> None:
+        """`status`: the HTTP status, or the name of the client's error when there was no response."""
         self.latency[route].append(time.perf_counter() - started)
         self.statuses[(route, status)] += 1
-        if status is None or status >= 500:
+        if isinstance(status, str) or status >= 500:
             self.errors[route] += 1
 
 
@@ -93,8 +94,8 @@ async def timed(stats: Stats, route: str, request) -> httpx.Response | None:
     started = time.perf_counter()
     try:
         response = await request
-    except httpx.HTTPError:
-        stats.record(route, started, None)
+    except httpx.HTTPError as error:
+        stats.record(route, started, type(error).__name__)
         return None
     stats.record(route, started, response.status_code)
     return response

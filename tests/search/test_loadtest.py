@@ -47,3 +47,11 @@ def test_memory_growth_compares_the_first_minute_with_the_last(seconds, window):
     memory = [200.0] * window + [300.0] * (seconds - 2 * window) + [220.0] * window
     line = next(line for line in report(Stats(), seconds, memory, None, []).splitlines() if "server memory" in line)
     assert f"200 MB in the first {window} s, 220 MB in the last {window} s (+10.0 %), peak 300 MB" in line
+
+
+def test_a_request_without_a_response_is_an_error_named_by_the_clients_exception():
+    stats = Stats()
+    stats.record("thumbnail", 0.0, 200)
+    stats.record("thumbnail", 0.0, "RemoteProtocolError")
+    text = report(stats, 10, [100.0] * 10, None, [])
+    assert "thumbnail RemoteProtocolError: 1" in text and stats.errors["thumbnail"] == 1
