@@ -29,7 +29,7 @@ COMMANDS = {
     "parity": ("converters.export.commands:parity_command", "convert"),
     "immich": ("converters.export.commands:immich_command", "convert"),
     "bench": ("converters.bench.command:bench_command", "convert"),
-    "search-scale": ("converters.bench.command:search_scale_command", None),
+    "search-scale": ("converters.bench.scale_command:search_scale_command", None),
     "index": ("converters.search.commands:index_command", None),
     "search": ("converters.search.commands:search_command", None),
     "serve": ("converters.search.commands:serve_command", None),

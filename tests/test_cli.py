@@ -87,10 +87,12 @@ def test_convert_help_lists_every_stage():
     assert ",".join(STAGE_NAMES) in "".join(result.output.split())
 
 
-def test_cli_start_up_imports_no_converter_library():
+@pytest.mark.parametrize("command", ["search", "search-scale"])
+def test_cli_start_up_imports_no_converter_library(command):
+    """Core commands run on an install without the [convert] extra (pydantic, torch…)."""
     code = (
         "import sys; from click.testing import CliRunner; from converters.cli import cli\n"
-        "assert CliRunner().invoke(cli, ['search', '--help']).exit_code == 0\n"
+        f"assert CliRunner().invoke(cli, ['{command}', '--help']).exit_code == 0\n"
         "loaded = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'cn_clip', 'pnnx', 'onnx', 'pydantic'))\n"
         "assert not loaded, loaded"
     )

@@ -1,6 +1,7 @@
 """`bench`: speed, size and memory of every artifact of a bundle, beside PyTorch and onnxruntime fp32, in one run.
 
     command.py     the `bench` command
+    scale_command.py the `search-scale` command (core: no converter libraries)
     run.py         one run: what is measured in which order; writes bench.json and bench.md
     tower_speed.py latency, throughput, size and memory of one tower of one artifact
     timing.py      the measurement loop and its repetition budgets

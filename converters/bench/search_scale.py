@@ -219,4 +219,3 @@ def _resident_mb() -> float:
     except OSError:
         return float("nan")
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
