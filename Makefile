@@ -194,12 +194,12 @@ parity-client: $(CONVERT_STAMP) client
 	$(PY) -m converters parity $(BUNDLE_ARGS) --client $(ARCH)
 
 # tpu-mlir (the BM1684X compiler and simulators) needs Python 3.10 and pins of its own: a venv outside the
-# clone, keyed by version (converters/export/sophgo_env.py says what the recipe fixes).
+# clone, keyed by version and revision (converters/export/sophgo_env.py says what the recipe fixes).
 sophgo-env: $(CORE_STAMP)
 	$(PY) -m converters.export.sophgo_env
 
 # rknn-toolkit2 (Rockchip's converter and simulator) needs Python 3.11 and pins of its own: a venv outside the
-# clone, keyed by version (converters/export/rknn_env.py says what the recipe fixes). It installs in about 30 s,
+# clone, keyed by version and revision (converters/export/rknn_env.py says what the recipe fixes). It installs in about 30 s,
 # so make test makes it and runs the rknn tests.
 rknn-env: $(CORE_STAMP)
 	$(PY) -m converters.export.rknn_env

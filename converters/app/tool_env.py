@@ -2,7 +2,8 @@
 
 Vendor toolkits (tpu-mlir for Sophgo, rknn-toolkit2 for Rockchip) pin Python versions and libraries none of
 which can live beside this project's own, so each gets a virtualenv of its own, outside any clone, keyed by
-its version (`~/.cache/cnclip/<name>/<version>`, or the folder its override variable names), used only through
+its version and the revision of its install steps (`~/.cache/cnclip/<name>/<version>[-rev<n>]`, or the folder its
+override variable names), used only through
 subprocesses: nothing of it is imported here. Its recipe lives on the export side
 (`converters.export.tool_env`); this side only finds it.
 """
@@ -28,13 +29,14 @@ class ToolEnv:
     cost: str  # what making it takes, for the message that says it is missing
     # tpu-mlir builds shell commands from its own install path without quoting them.
     refuses_spaces: bool = False
-    # Raised when the recipe changes what an environment must hold: one made by an older recipe is then not used.
-    recipe: int = 1
+    # Raised when what its install steps put in the environment changes: one made before is then not used.
+    revision: int = 1
 
     @property
     def key(self) -> str:
-        """Its folder's name under ~/.cache/cnclip/<name>: the version, and the recipe after the first."""
-        return self.version if self.recipe == 1 else f"{self.version}-recipe{self.recipe}"
+        """Its folder's name under ~/.cache/cnclip/<name>, and its completion mark's: the version, and the revision
+        after the first."""
+        return self.version if self.revision == 1 else f"{self.version}-rev{self.revision}"
 
     def root(self) -> Path:
         override = os.environ.get(self.override)
@@ -46,7 +48,11 @@ class ToolEnv:
     def python(self) -> Path:
         """The environment's Python, or a UserError saying how to make it."""
         root = self.root()
-        if not (root / COMPLETE_MARK).is_file():
+        mark = root / COMPLETE_MARK
+        if mark.is_file() and mark.read_text().split() != [self.name, self.key]:
+            raise UserError(f"The {self.name} environment at {root} was made for {' '.join(mark.read_text().split())}, "
+                            f"not {self.key} (another revision of its install steps). {self.rebuild_hint()}")
+        if not mark.is_file():
             raise UserError(
                 f"The {self.name} {self.version} tool environment is not installed at {root}. Run `{self.make}` to "
                 f"make it there ({self.cost}), or set {self.override} to the folder it should be made in or was made in."

@@ -156,9 +156,9 @@ class _Conversion:
         else:
             parent_digest = sha256_text(*(f.sha256 for f in entry.files))
         # The package version is part of the digest: a new converter rebuilds what an old one made; so is a tool
-        # environment's recipe.
-        tool = [stage.tool.name, stage.tool.key] if stage.tool else []
-        return sha256_text(stage.name, __version__, *tool, options.model_dump_json(), parent_digest)
+        # environment's version and revision.
+        tool_env = [stage.tool_env.name, stage.tool_env.key] if stage.tool_env else []
+        return sha256_text(stage.name, __version__, *tool_env, options.model_dump_json(), parent_digest)
 
     def _build(self, stage: Stage, tower: str, options, parent, digest: str) -> None:
         with staging_dir(self.layout.staging) as workdir:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from converters.app.runtimes.rknn.env import RKNN_ENV, RKNN_TOOLKIT_VERSION
+from converters.app.runtimes.rknn.env import RKNN_ENV, RKNN_TOOLKIT_VERSION, SITE_PACKAGES
 from converters.export.tool_env import Run, create, find_python, main, pip_install
 
 # What the ONNX path imports (numpy, onnx, protobuf, scipy, cv2, tqdm at import; onnxruntime at build;
@@ -100,7 +100,7 @@ find_python311 = partial(find_python, "3.11", "CNCLIP_PYTHON311", "rknn-toolkit2
 def _install(root: Path, run: Run) -> None:
     run([*pip_install(root), "--no-deps", f"rknn-toolkit2=={RKNN_TOOLKIT_VERSION}"], "pip install rknn-toolkit2")
     run([*pip_install(root), *REQUIREMENTS], "pip install rknn-toolkit2's dependencies (torch left out)")
-    site = root / "lib" / "python3.11" / "site-packages"
+    site = root / SITE_PACKAGES
     (site / "torch").mkdir()
     (site / "torch" / "__init__.py").write_text(TORCH_STUB, encoding="utf-8")
     # Every module byte-compiled now: a build that compiles one first allocates differently, and the toolkit writes

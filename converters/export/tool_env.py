@@ -70,7 +70,7 @@ def create(env: ToolEnv, python: Callable[[], Path], install: Callable[[Path, Ru
 
         run([str(interpreter), "-m", "venv", str(root)], "creating the virtualenv")
         install(root, run)
-        (root / COMPLETE_MARK).write_text(f"{env.name} {env.version}\n")
+        (root / COMPLETE_MARK).write_text(f"{env.name} {env.key}\n")
     return root
 
 

@@ -48,7 +48,7 @@ INDEX_BATCH = 16  # photos `index_loop` adds and removes per run, and `index`'s 
 # `index` runs at the CPU priority the household page's unit gives it (Nice=10): on a box with two cores the
 # server's requests then come first, and the indexing takes what they leave.
 INDEX_NICENESS = 10
-MEMORY_WINDOW = 60  # seconds (memory samples) averaged at each end of the run: the issue's first and last minute
+MEMORY_WINDOW = 60  # seconds averaged at each end of the run: the issue's first and last minute
 
 
 def build_library(workdir: Path, bundle: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
@@ -193,7 +193,8 @@ def check_answers(index_dir: Path, bundle: Path, answers: list[tuple[str, dict]]
     return wrong
 
 
-def report(stats: Stats, seconds: float, memory: list[float], runs: int | None, wrong: list[str]) -> str:
+def report(stats: Stats, seconds: float, memory: list[tuple[float, float]], runs: int | None, wrong: list[str]) -> str:
+    """`memory`: (seconds into the run, resident MB) samples, about one a second (fewer when the loop is busy)."""
     total = sum(len(v) for v in stats.latency.values())
     lines = [f"CPU: {cpu_description()}, {os.cpu_count()} cores", f"{total} requests in {seconds:.0f} s: {total / seconds:.1f}/s",
              "| route | requests | req/s | p50 ms | p95 ms | p99 ms | errors (5xx or failed) |", "|---|---|---|---|---|---|---|"]
@@ -202,10 +203,11 @@ def report(stats: Stats, seconds: float, memory: list[float], runs: int | None, 
         lines.append(f"| {route} | {len(values)} | {len(values) / seconds:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {stats.errors[route]} |")
     lines.append("statuses: " + ", ".join(f"{route} {status}: {n}" for (route, status), n in sorted(stats.statuses.items(), key=str)))
     # The first minute against the last (a third of a shorter run each); one sample a second.
-    window = min(MEMORY_WINDOW, max(1, len(memory) // 3))
-    first, last = np.mean(memory[:window]), np.mean(memory[-window:])
-    lines.append(f"server memory: {first:.0f} MB in the first {window} s, {last:.0f} MB in the last {window} s "
-                 f"({(last / first - 1) * 100:+.1f} %), peak {max(memory):.0f} MB")
+    window = min(MEMORY_WINDOW, seconds / 3)
+    first = np.mean([mb for at, mb in memory if at < window] or [memory[0][1]])
+    last = np.mean([mb for at, mb in memory if at > seconds - window] or [memory[-1][1]])
+    lines.append(f"server memory: {first:.0f} MB in the first {window:.0f} s, {last:.0f} MB in the last {window:.0f} s "
+                 f"({(last / first - 1) * 100:+.1f} %), peak {max(mb for _, mb in memory):.0f} MB")
     if runs is not None:
         lines.append(f"`index` runs meanwhile ({INDEX_BATCH} added, {INDEX_BATCH} removed each): {runs}")
     lines.append(f"text search answers checked against an exact single-threaded scan of the committed state that gave "
@@ -236,8 +238,9 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
         memory, runs = [], None
 
         async def sample(until: float) -> None:
-            while time.perf_counter() < until:
-                memory.append(resident_mb(server.pid))
+            start = until - seconds
+            while (now := time.perf_counter()) < until:
+                memory.append((now - start, resident_mb(server.pid)))
                 await asyncio.sleep(1)
 
         async def everything() -> tuple[Stats, int | None]:

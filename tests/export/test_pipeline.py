@@ -239,19 +239,20 @@ def test_a_bundle_made_by_0_4_0_is_read_checked_and_rebuilt_by_convert(tmp_path)
     assert sorted(steps(messages, "running")) == ["text.ncnn-fp16", "visual.ncnn-fp16"]
 
 
-def test_a_new_tool_environment_recipe_rebuilds_what_the_older_one_made(tmp_path, monkeypatch):
+@pytest.mark.parametrize("change", [{"revision": 2}, {"version": "1.1"}])
+def test_a_new_tool_environment_rebuilds_what_the_older_one_made(change, tmp_path, monkeypatch):
     """A vendor stage's files are checked by rebuilding them in today's tool environment: one made by an older
-    recipe would be "up to date" for convert and refused by parity."""
+    would be "up to date" for convert and refused by parity."""
     out = tmp_path / "bundle"
     tool = ToolEnv("a-toolkit", "1.0", "CNCLIP_A_TOOLKIT_ENV", "make a-toolkit-env", "nothing")
     int8 = registered()["onnx-int8"]
-    monkeypatch.setattr(pipeline, "registered", lambda: {**registered(), "onnx-int8": replace(int8, tool=tool)})
+    monkeypatch.setattr(pipeline, "registered", lambda: {**registered(), "onnx-int8": replace(int8, tool_env=tool)})
     convert_random("tiny-vit", out, stages=ONNX_STAGES)
     messages = []
     convert_random("tiny-vit", out, messages, stages=ONNX_STAGES)
     assert steps(messages, "running") == []
-    newer = replace(tool, recipe=2)
-    monkeypatch.setattr(pipeline, "registered", lambda: {**registered(), "onnx-int8": replace(int8, tool=newer)})
+    newer = replace(tool, **change)
+    monkeypatch.setattr(pipeline, "registered", lambda: {**registered(), "onnx-int8": replace(int8, tool_env=newer)})
     messages = []
     convert_random("tiny-vit", out, messages, stages=ONNX_STAGES)
     assert steps(messages, "running") == ["visual.onnx-int8", "text.onnx-int8"]

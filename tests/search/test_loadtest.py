@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
+import httpx
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from converters.search.library import Library
-from converters.search.loadtest import Stats, build_library, check_answers, main, report
+from converters.search.loadtest import Stats, build_library, check_answers, main, report, timed
 from converters.search.serve import create_app
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
@@ -43,15 +46,19 @@ def test_the_answer_check_catches_swapped_hits_a_foreign_id_and_an_unknown_state
 
 @pytest.mark.parametrize("seconds, window", [(300, 60), (30, 10)])
 def test_memory_growth_compares_the_first_minute_with_the_last(seconds, window):
-    """Warm-up in the first seconds is averaged over a minute, and growth in the last minute is not diluted."""
-    memory = [200.0] * window + [300.0] * (seconds - 2 * window) + [220.0] * window
+    """Warm-up in the first seconds is averaged over a minute, and growth in the last minute is not diluted; the
+    samples are placed by their time, so a busy loop that samples less often does not stretch the window."""
+    level = lambda at: 200.0 if at < window else 220.0 if at > seconds - window else 300.0  # noqa: E731
+    memory = [(at, level(at)) for at in np.arange(0, seconds, 0.5 if seconds > 100 else 1.0)]
     line = next(line for line in report(Stats(), seconds, memory, None, []).splitlines() if "server memory" in line)
     assert f"200 MB in the first {window} s, 220 MB in the last {window} s (+10.0 %), peak 300 MB" in line
 
 
 def test_a_request_without_a_response_is_an_error_named_by_the_clients_exception():
+    async def refused():
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
     stats = Stats()
-    stats.record("thumbnail", 0.0, 200)
-    stats.record("thumbnail", 0.0, "RemoteProtocolError")
-    text = report(stats, 10, [100.0] * 10, None, [])
+    assert asyncio.run(timed(stats, "thumbnail", refused())) is None
+    text = report(stats, 10, [(0.0, 100.0), (9.0, 100.0)], None, [])
     assert "thumbnail RemoteProtocolError: 1" in text and stats.errors["thumbnail"] == 1

@@ -48,9 +48,9 @@ class Stage:
     # A quantized stage's layers and how to quantize all but some of them (`mixed_precision.Quantizer`), given its
     # parent, options and context: what `sensitivity` and `levers` measure. None: the stage offers none.
     quantizer: Callable[[Artifact, StageOptions, StageContext], object] | None = None
-    # The vendor tool environment it builds in: its version and recipe are part of what an artifact is made from, so
-    # a new recipe rebuilds what an older one made (the runtime that checks the files builds with the new one).
-    tool: ToolEnv | None = None
+    # The vendor tool environment it builds in: its version and revision are part of what an artifact is made from,
+    # so a new revision rebuilds what an older one made (the runtime that checks the files builds with the new one).
+    tool_env: ToolEnv | None = None
 
     @property
     def name(self) -> str:

@@ -206,5 +206,5 @@ class _Compiler:
         )
 
 
-STAGES = (Stage(stage_spec("bm1684x-f16"), Bm1684xOptions, partial(run, stage="bm1684x-f16"), tool=TPU_MLIR),
-          Stage(stage_spec("bm1684x-int8"), Bm1684xInt8Options, partial(run, stage="bm1684x-int8"), tool=TPU_MLIR))
+STAGES = (Stage(stage_spec("bm1684x-f16"), Bm1684xOptions, partial(run, stage="bm1684x-f16"), tool_env=TPU_MLIR),
+          Stage(stage_spec("bm1684x-int8"), Bm1684xInt8Options, partial(run, stage="bm1684x-int8"), tool_env=TPU_MLIR))

@@ -235,5 +235,5 @@ def _refusal(tower: str, stage: str, platform: str, rows: list[dict], allowed: s
             f"{{allow_cpu_ops: {{{tower}: [...]}}}}}}` in the model's config (allowed now: {sorted(allowed) or 'none'}).")
 
 
-STAGES = (Stage(stage_spec("rknn-fp16"), RknnOptions, partial(run, stage="rknn-fp16"), tool=RKNN_ENV),
-          Stage(stage_spec("rknn-int8"), RknnInt8Options, partial(run, stage="rknn-int8"), tool=RKNN_ENV))
+STAGES = (Stage(stage_spec("rknn-fp16"), RknnOptions, partial(run, stage="rknn-fp16"), tool_env=RKNN_ENV),
+          Stage(stage_spec("rknn-int8"), RknnInt8Options, partial(run, stage="rknn-int8"), tool_env=RKNN_ENV))

@@ -73,17 +73,18 @@ def test_a_canonical_build_runs_on_a_stopped_clock(tmp_path):
     assert b"FAKETIME=2000-01-01 00:00:00" in environ
 
 
-def test_an_environment_of_an_older_recipe_is_refused_for_canonical_builds(tmp_path, monkeypatch):
-    """One made before the stopped clock would build files a later rebuild cannot match: not used, and no advice to
-    delete anything but that environment."""
+def test_an_environment_of_an_older_revision_is_refused(tmp_path, monkeypatch):
+    """One made before the stopped clock would build files a later rebuild cannot match: not used, with advice that
+    removes nothing but that environment."""
     old = tmp_path / "old-env"
     (old / "bin").mkdir(parents=True)
     (old / "bin" / "python").symlink_to(sys.executable)
     (old / COMPLETE_MARK).write_text("rknn-toolkit2 2.5.0\n")
     monkeypatch.setenv("CNCLIP_RKNN_ENV", str(old))
-    (tmp_path / "build").mkdir()
-    with pytest.raises(UserError, match=rf"older recipe.*libfaketime.*rm -rf {old}.*make rknn-env"):
-        RknnWorker(tmp_path / "build", canonical=True, build="build.json")
+    with pytest.raises(UserError, match=rf"made for rknn-toolkit2 2\.5\.0, not 2\.5\.0-rev2.*rm -rf {old}\).*make rknn-env"):
+        RKNN_ENV.python()
+    (old / COMPLETE_MARK).write_text("rknn-toolkit2 2.5.0-rev2\n")
+    assert RKNN_ENV.python() == old / "bin" / "python"
 
 
 @pytest.mark.rknn

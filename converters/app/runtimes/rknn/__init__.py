@@ -39,7 +39,7 @@ class RknnTower:
         if description is None:
             raise ArtifactError(f"{artifact.key}: the manifest does not describe its .rknn files; convert again.")
         self.artifact, self.input = artifact, artifact.spec.inputs[0]
-        self.root, self.recipe = artifact.model_file.parent, description["build"]
+        self.root, self.build_record = artifact.model_file.parent, description["build"]
         self.worker: RknnWorker | None = None
         for entry in description["files"]:
             if entry["platform"] in REPRODUCIBLE:
@@ -72,14 +72,14 @@ class RknnTower:
 
     def _rebuild(self, platform: str) -> tuple[RknnWorker, str]:
         """A canonical build of the recorded inputs for `platform`: its worker and the sha256 of its file."""
-        onnx = [self.root / name for name in self.recipe["onnx_files"]]
-        for file, sha256 in zip(onnx, self.recipe["onnx_sha256"]):
+        onnx = [self.root / name for name in self.build_record["onnx_files"]]
+        for file, sha256 in zip(onnx, self.build_record["onnx_sha256"]):
             if not file.is_file() or sha256_file(file) != sha256:
                 raise ArtifactError(f"{self.artifact.key} is rebuilt from {file.name} to be simulated, and that file "
                                     "is missing or not the one it was built from: convert again.")
-        calibration = np.load(self.root / self.recipe["calibration"]) if self.recipe["calibration"] else None
+        calibration = np.load(self.root / self.build_record["calibration"]) if self.build_record["calibration"] else None
         with tempfile.TemporaryDirectory() as folder:
-            worker, answer = canonical_build({**self.recipe["spec"], "platform": platform}, onnx, calibration,
+            worker, answer = canonical_build({**self.build_record["spec"], "platform": platform}, onnx, calibration,
                                              Path(folder) / "rebuilt.rknn")
         return worker, answer["sha256"]
 

@@ -6,11 +6,11 @@ memory layout is fixed (the issue-24 spike, FINDINGS §2): ASLR off (`setarch -R
 fixed PATH/HOME/LANG/TMPDIR and PYTHONHASHSEED=0, one fixed folder (CANONICAL_DIR) holding the toolkit's
 environment under a fixed link, the worker, the ONNX and the calibration inputs under fixed names,
 deterministic temporary file names (worker.py), malloc filling what it hands out (MALLOC_PERTURB_), and a
-stopped clock (libfaketime, from the environment's pip). Then rebuilds were byte-identical on rk3588, rk3568 and
+stopped clock (libfaketime, from the environment's pip: revision 2). Then rebuilds were byte-identical on rk3588, rk3568 and
 rk3566 (18 of 18 in the spike, tiny towers), not on rk3576 (3 of 6 differed): `REPRODUCIBLE`. The clock matters
 at full size: the toolkit's timings change what it allocates, so the stale heap pointers it writes (130 bytes of
-RN50's int8 visual file) moved, and five rebuilds gave four different files; with the clock stopped, seven of
-seven were alike (2026-12-06, AMD EPYC, random weights). The simulator runs only a model built in the same
+RN50's int8 visual file) moved, and five rebuilds gave four different files; with the clock stopped by the
+environment's library, five of five were alike (2026-12-06, AMD EPYC, random weights). The simulator runs only a model built in the same
 process, so the worker that built a file is the one that simulates it.
 
 The proof holds within one toolkit environment, not across two: three environments made by the same recipe on
@@ -30,7 +30,6 @@ from filelock import FileLock
 
 from converters.app.runtimes.rknn.env import FAKETIME_LIBRARY, RKNN_ENV
 from converters.app.runtimes.tool_worker import PipeWorker
-from converters.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 CANONICAL_DIR = Path("/tmp/cnclip-rknn-build")
@@ -52,9 +51,6 @@ class RknnWorker(PipeWorker):
             # The environment under a fixed path too: its prefix is in every module path the toolkit touches.
             (folder / "env").symlink_to(python.parent.parent)
             command = ["setarch", "x86_64", "-R", str(folder / "env" / "bin" / "python"), "worker.py", build]
-            if not (folder / "env" / FAKETIME_LIBRARY).is_file():
-                raise UserError(f"The {RKNN_ENV.name} environment at {python.parent.parent} was made by an older recipe "
-                                f"(it lacks {FAKETIME_LIBRARY}, which canonical builds need). {RKNN_ENV.rebuild_hint()}")
             env = {"PATH": "/usr/bin:/bin", "HOME": str(folder), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                    "OMP_NUM_THREADS": "1", "TMPDIR": str(folder / "tmp"),
                    # malloc fills what it hands out with one byte: the compiler copies uninitialized heap into
