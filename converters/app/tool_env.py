@@ -50,8 +50,9 @@ class ToolEnv:
         root = self.root()
         mark = root / COMPLETE_MARK
         if mark.is_file() and mark.read_text().split() != [self.name, self.key]:
-            raise UserError(f"The {self.name} environment at {root} was made for {' '.join(mark.read_text().split())}, "
-                            f"not {self.key} (another revision of its install steps). {self.rebuild_hint()}")
+            made_for = " ".join(mark.read_text().split())
+            raise UserError(f"The {self.name} environment at {root} was made for {made_for}, not {self.key} (another "
+                            f"revision of its install steps). {self.rebuild_hint()}")
         if not mark.is_file():
             raise UserError(
                 f"The {self.name} {self.version} tool environment is not installed at {root}. Run `{self.make}` to "

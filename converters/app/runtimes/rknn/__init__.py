@@ -77,7 +77,8 @@ class RknnTower:
             if not file.is_file() or sha256_file(file) != sha256:
                 raise ArtifactError(f"{self.artifact.key} is rebuilt from {file.name} to be simulated, and that file "
                                     "is missing or not the one it was built from: convert again.")
-        calibration = np.load(self.root / self.build_record["calibration"]) if self.build_record["calibration"] else None
+        calibration = self.build_record["calibration"]
+        calibration = np.load(self.root / calibration) if calibration else None
         with tempfile.TemporaryDirectory() as folder:
             worker, answer = canonical_build({**self.build_record["spec"], "platform": platform}, onnx, calibration,
                                              Path(folder) / "rebuilt.rknn")

@@ -6,12 +6,12 @@ memory layout is fixed (the issue-24 spike, FINDINGS §2): ASLR off (`setarch -R
 fixed PATH/HOME/LANG/TMPDIR and PYTHONHASHSEED=0, one fixed folder (CANONICAL_DIR) holding the toolkit's
 environment under a fixed link, the worker, the ONNX and the calibration inputs under fixed names,
 deterministic temporary file names (worker.py), malloc filling what it hands out (MALLOC_PERTURB_), and a
-stopped clock (libfaketime, from the environment's pip: revision 2). Then rebuilds were byte-identical on rk3588, rk3568 and
-rk3566 (18 of 18 in the spike, tiny towers), not on rk3576 (3 of 6 differed): `REPRODUCIBLE`. The clock matters
-at full size: the toolkit's timings change what it allocates, so the stale heap pointers it writes (130 bytes of
-RN50's int8 visual file) moved, and five rebuilds gave four different files; with the clock stopped by the
-environment's library, five of five were alike (2026-12-06, AMD EPYC, random weights). The simulator runs only a model built in the same
-process, so the worker that built a file is the one that simulates it.
+stopped clock (libfaketime, from the environment's pip: revision 2). Then rebuilds were byte-identical on rk3588,
+rk3568 and rk3566 (18 of 18 in the spike, tiny towers), not on rk3576 (3 of 6 differed): `REPRODUCIBLE`. The
+clock matters at full size: the toolkit's timings change what it allocates, so the stale heap pointers it writes
+(130 bytes of RN50's int8 visual file) moved, and five rebuilds gave four different files; with the clock stopped
+by the environment's library, five of five were alike (2026-12-06, AMD EPYC, random weights). The simulator runs
+only a model built in the same process, so the worker that built a file is the one that simulates it.
 
 The proof holds within one toolkit environment, not across two: three environments made by the same recipe on
 one machine gave three different (each self-consistent) builds of the tiny tower (2026-12-06). A bundle converted
