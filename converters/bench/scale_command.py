@@ -40,10 +40,11 @@ def search_scale_command(sizes: list[int], backend: str, vectors: str, dim: int,
     """Time single top-10 searches over synthetic unit vectors at each size and print latency, memory and recall@10
     against an exact float32 search, naming the CPU. Held in memory, a million 512-d vectors took 1.7 GB
     (docs/cluster.md): mind the sizes asked for."""
+    from converters.bench.processes import usable_cores
     from converters.bench.search_scale import measure_topk
     from converters.cpu import cpu_description
 
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or usable_cores()
     held = "written to disk and read back" if stored else "held in memory"
     click.echo(f"CPU: {cpu_description()}, {os.cpu_count()} cores; {threads} threads; {dim}-d {vectors} vectors; "
                f"index {held}; {queries} queries\n")
