@@ -42,7 +42,8 @@ def _inconsistency(data: dict) -> str | None:
             return (f"at artifacts/{key}: tower {entry['tower']!r}, stage {entry['stage']!r}, runtime "
                     f"{entry['runtime']!r} and precision {entry['precision']!r} do not belong together")
         roles = {tensor["role"] for tensor in entry["inputs"]}
-        if TOWER_INPUT_ROLES[entry["tower"]] not in roles or [t["role"] for t in entry["outputs"]] != ["embedding"]:
+        outputs = [t["role"] for t in entry["outputs"]]
+        if TOWER_INPUT_ROLES[entry["tower"]] not in roles or outputs not in (["embedding"], ["normalized_embedding"]):
             return f"at artifacts/{key}: the inputs {sorted(roles)} and outputs are not those of a {entry['tower']} tower"
     numbers = [*data["preprocess"]["mean"], *data["preprocess"]["std"], data["embedding"]["logit_scale"]]
     if not all(math.isfinite(x) for x in numbers) or not all(x > 0 for x in data["preprocess"]["std"]):
@@ -63,8 +64,9 @@ class EmbeddingFacts:
     logit_scale: float
     normalized: bool = False
     note: str = (
-        "Outputs are unnormalized, as cn_clip's encode_image/encode_text return them; L2-normalize before "
-        "comparing, and multiply cosine similarities by logit_scale for CLIP logits."
+        "Outputs are unnormalized, as cn_clip's encode_image/encode_text return them, but where an output's role is "
+        "normalized_embedding (L2-normalized already); L2-normalize before comparing, and multiply cosine "
+        "similarities by logit_scale for CLIP logits."
     )
 
 

@@ -16,7 +16,8 @@ from typing import Literal
 Tower = Literal["visual", "text"]
 TOWERS: tuple[Tower, ...] = ("visual", "text")
 
-Role = Literal["pixels", "token_ids", "position_ids", "attention_mask", "embedding"]
+# A tower gives an "embedding" as cn_clip does (unnormalized), or a "normalized_embedding" (L2-normalized).
+Role = Literal["pixels", "token_ids", "position_ids", "attention_mask", "embedding", "normalized_embedding"]
 # The input every tower of a kind takes, whatever its runtime.
 TOWER_INPUT_ROLES: dict[Tower, Role] = {"visual": "pixels", "text": "token_ids"}
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from converters.app.artifact import Artifact
 from converters.app.runtimes import open_tower
 from converters.export.context import StageContext
-from converters.validate.fidelity import DEFAULT_TARGETS, EmbeddingTarget, Fidelity, measure
+from converters.validate.fidelity import DEFAULT_TARGETS, EmbeddingTarget, Fidelity, as_output_of, measure
 from converters.validate.parity import batched
 
 # Quantizes the parent with these layers kept out of the stage's precision (in float, or int8 for
@@ -139,7 +139,7 @@ class Probe:
         embeddings = self.embed(candidate)
         for file in candidate.files:
             file.unlink()  # a full-size tower per trial: do not keep them
-        return measure(self.reference, embeddings, self.target)
+        return measure(as_output_of(candidate.spec, self.reference), embeddings, self.target)
 
 
 def sensitivity(layers: dict[str, str], probe: Probe, what: str = "") -> list[LayerSensitivity]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from converters.app.specs import STAGES, ToleranceFamily
+from converters.app.specs import STAGES, ToleranceFamily, TowerSpec
 
 
 class EmbeddingTarget(BaseModel):
@@ -130,6 +130,12 @@ def _norms(x: np.ndarray) -> np.ndarray:
 
 def normalized(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64) / _norms(x)[:, None]
+
+
+def as_output_of(spec: TowerSpec, reference: np.ndarray) -> np.ndarray:
+    """PyTorch's embeddings as a tower of `spec` gives them: L2-normalized when its output is (rknn-int8), so its
+    norm is still judged, against 1."""
+    return normalized(reference) if spec.outputs[0].role == "normalized_embedding" else reference
 
 
 def measure(reference: np.ndarray, candidate: np.ndarray, target: EmbeddingTarget) -> Fidelity:

@@ -29,7 +29,7 @@ from converters.errors import ArtifactError
 from converters.progress import Note, Progress
 from converters.validate import golden
 from converters.validate.client import CppClient, client_parity
-from converters.validate.fidelity import Embeddings, Fidelity, judge_top1, measure, top1_agreement
+from converters.validate.fidelity import Embeddings, Fidelity, as_output_of, judge_top1, measure, top1_agreement
 from converters.validate.report import CmodelParity, ParityReport, StageParity, write
 from converters.validate.settings import ParitySettings
 
@@ -81,7 +81,7 @@ class ParityChecker:
             runner = open_tower(artifact, THREADS)
             inputs, reference = self._tower_set(artifact.tower)
             embeddings = batched(runner.embed, inputs)
-            measured = measure(reference, embeddings, self.settings.target(artifact.stage))
+            measured = measure(as_output_of(artifact.spec, reference), embeddings, self.settings.target(artifact.stage))
             if measured.failures:
                 self.progress(Note(f"parity: {artifact.key} fails: {'; '.join(measured.failures)}"))
             self._checked[key] = (embeddings, measured)

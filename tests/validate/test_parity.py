@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -78,6 +79,39 @@ def test_a_broken_artifact_fails_parity_with_exit_3(tiny_bundle, tmp_path, stage
     (broken,) = [s for s in report["stages"] if s["stage"] == stage]
     assert not broken["passed"] and any(failure in f and f.startswith(tower) for f in broken["failures"])
     assert all(s["passed"] for s in report["stages"] if s["stage"] != stage)
+
+
+def relabelled(bundle: Path, stage: str, tower: str, role: str, normalize: bool) -> None:
+    """The bundle's `tower.stage` said to give `role`, its graph given an L2 normalization or not."""
+    manifest = Manifest.load(BundleLayout(bundle).manifest)
+    artifact = manifest.artifact(tower, stage)
+    if normalize:
+        model = onnx.load(str(artifact.model_file))
+        output = model.graph.output[0]
+        for node in model.graph.node:
+            node.output[:] = [output.name + "_raw" if name == output.name else name for name in node.output]
+        model.graph.node.append(helper.make_node("LpNormalization", [output.name + "_raw"], [output.name], axis=1, p=2))
+        onnx.save(model, str(artifact.model_file))
+    (embedding,) = artifact.spec.outputs
+    spec = dataclasses.replace(artifact.spec, outputs=(dataclasses.replace(embedding, role=role),))
+    manifest.record(dataclasses.replace(artifact, spec=spec), manifest.entry(tower, stage).inputs_digest)
+    manifest.save()
+
+
+@ON_TINY_VIT
+@pytest.mark.parametrize("role, normalize, passes", [
+    ("normalized_embedding", True, True), ("normalized_embedding", False, False), ("embedding", True, False),
+])
+def test_a_normalized_output_is_judged_against_the_normalized_reference(tiny_bundle, tmp_path, role, normalize, passes):
+    """rknn-int8 gives L2-normalized embeddings: its norm is still checked, against 1, and a tower that says one
+    thing and gives the other fails on its norm."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    relabelled(bundle, "onnx-int8", "visual", role, normalize)
+    report = run_parity(load_config("tiny-vit"), BundleLayout(bundle), ignore)
+    (row,) = [s for s in report.stages if s.stage == "onnx-int8"]
+    assert row.passed == passes, row.failures
+    assert passes or any("embedding norm off" in failure for failure in row.failures)
 
 
 def test_nan_fails_every_number_check():

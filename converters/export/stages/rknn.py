@@ -4,7 +4,8 @@
 Shapes are fixed, as the NPU runs them: images at batch 1, token ids (int64) padded with 0 to the context
 length (the tower masks the padding itself). The mean and std are not folded into the model: the app feeds the
 same normalized NCHW float32 pixels as to every other stage (librknnrt converts them; its native layout for
-4-D inputs is NHWC).
+4-D inputs is NHWC). rknn-int8's output is L2-normalized on the NPU (the toolkit's worker, `normalized_onnx`):
+an int8 output clips an unnormalized embedding wherever the calibration samples' range ends.
 
 Before anything ships, each platform's graph is compiled once with the compiler's layer table on, and a graph
 with ops on the CPU is refused (`allow_cpu_ops`): rknn-toolkit2 builds such a graph without a word, and on
@@ -101,7 +102,7 @@ class _Builder:
         self.calibration = context.calibration_inputs(self.tower, options.calibration_samples) if self.int8 else None
         self.spec = {"onnx": parent.model_file.name, "input": onnx_input.name, "shape": [1, *sample],
                      "quantize": self.int8, "algorithm": getattr(options, "algorithm", None),
-                     "method": getattr(options, "method", None), "kept": []}
+                     "method": getattr(options, "method", None), "kept": [], "normalize": self.int8}
         self.native: dict[str, str] = {}  # tensor → the dtype the board's runtime takes natively
         self.cpu_ops: list[str] = []
 
@@ -167,7 +168,8 @@ class _Builder:
         description = self._describe(answer, entries, spec, calibration)
         tensors = (TensorSpec(self.input.name, self.input.dtype, self.input.shape, self.input.role),)
         output = description["output"]
-        outputs = (TensorSpec(output["name"], "float32", tuple(output["shape"]), "embedding"),)
+        role = "normalized_embedding" if spec["normalize"] else "embedding"
+        outputs = (TensorSpec(output["name"], "float32", tuple(output["shape"]), role),)
         return Artifact(self.tower, self.stage, tuple(files),
                         TowerSpec(self.tower, tensors, outputs), rknn=description)
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.app.runtimes.rknn.build import RknnWorker, canonical_build
+from converters.app.runtimes.rknn.build import CALIBRATION_LIST, RknnWorker, canonical_build, stage_inputs
 from converters.app.runtimes.rknn.env import RKNN_ENV
 from converters.app.tool_env import COMPLETE_MARK
 from converters.errors import ArtifactError, UserError
@@ -102,3 +102,42 @@ def test_the_worker_reports_a_failed_build_and_answers_the_next(tmp_path, monkey
         assert worker.process.poll() is None
     # The toolkit's own temporary folders (it removes none) stay in the worker's folder, not the system's.
     assert not list(outer.iterdir()) and list((tmp_path / "tmp").iterdir())
+
+
+def projection_onnx(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """y = W x, 16 → 8: weak for most inputs, strong (along an uneven direction) for those that follow its one
+    large component, as a photo whose embedding's norm is many times the calibration photos'."""
+    rng = np.random.RandomState(0)
+    along, direction = np.sign(rng.randn(16)).astype(np.float32), np.array([3, 2, 1, 1, -1, -1, -2, -3], np.float32)
+    weights = (np.outer(direction, along) + rng.randn(8, 16) * 0.5).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "projection",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [numpy_helper.from_array(weights.T.copy(), "w")])
+    path = folder / "projection.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, weights, along
+
+
+@pytest.mark.rknn
+def test_a_normalized_int8_output_holds_an_embedding_far_beyond_the_calibration_range(tmp_path):
+    """An int8 output has one range, the calibration samples': an embedding many times their norm clips there
+    (RN50's stress weights, a parity photo at 2.5 times the calibration range). L2-normalized, with the tensor
+    before the normalization kept in float16, it does not."""
+    create_rknn_env()
+    path, weights, along = projection_onnx(tmp_path)
+    folder = tmp_path / "worker"
+    folder.mkdir()
+    stage_inputs(folder, [path], np.random.RandomState(1).uniform(-1, 1, (16, 16)).astype(np.float32))
+    strong = along[None]  # ±1: inside the range the input was calibrated to
+    expected = strong @ weights.T
+    spec = {**SPEC, "onnx": path.name, "shape": [1, 16], "quantize": True, "algorithm": "normal", "method": "layer",
+            "dataset": CALIBRATION_LIST}
+    with RknnWorker(folder, canonical=False) as worker:
+        worker.build(spec)
+        clipped = worker.run(strong).astype(np.float64)
+        worker.build({**spec, "normalize": True})
+        unit = worker.run(strong).astype(np.float64)
+    assert np.linalg.norm(clipped) < 0.5 * np.linalg.norm(expected), "the unnormalized output did not clip"
+    cosine = float(unit.ravel() @ expected.ravel() / np.linalg.norm(unit) / np.linalg.norm(expected))
+    assert cosine > 0.999 and abs(np.linalg.norm(unit) - 1) < 0.01

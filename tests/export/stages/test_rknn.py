@@ -69,6 +69,9 @@ def test_the_manifest_describes_each_rknn_for_the_board(rknn_bundle):
             assert artifact.model_file.name == f"{tower}.{stage.replace('-', '.')}.rk3588.rknn"
             assert description["toolkit"] == "rknn-toolkit2 2.5.0" and description["mean_std_folded"] is False
             (tensor,) = artifact.spec.inputs
+            # int8 gives the embedding L2-normalized (an int8 output would clip where calibration ended); parity
+            # judged its norm against 1.
+            assert artifact.spec.outputs[0].role == ("normalized_embedding" if stage == "rknn-int8" else "embedding")
             if tower == "text":
                 assert (tensor.dtype, tensor.shape) == ("int64", (1, config.context_length))
                 assert description["cpu_ops"], "the text tower's id mask and embedding run on the CPU"

@@ -7,7 +7,8 @@ process (a saved .rknn cannot be simulated), so one worker builds one model, the
 Requests, in the worker's folder (where the model's ONNX and calibration files lie):
 - {"build": SPEC} (or SPEC as a file named on the command line: a canonical build) — load SPEC["onnx"] with its input pinned to SPEC["shape"], build for SPEC["platform"]
   (float16, or int8 on SPEC["dataset"] with SPEC["algorithm"] and SPEC["method"]; SPEC["kept"] layers in float16
-  by hybrid quantization), export `model.rknn`. Answers its sha256, its description (the .rknn's own header:
+  by hybrid quantization; with SPEC["normalize"], the output L2-normalized in float16: `normalized_onnx`), export
+  `model.rknn`. Answers its sha256, its description (the .rknn's own header:
   tensors, layout, mean/std), the dtypes the board's runtime takes natively, and with SPEC["verbose"] the
   compiler's layer table (where each op runs).
 - {"layers": SPEC} — the tensors hybrid quantization can keep in float16, in model order.
@@ -34,6 +35,9 @@ LOG = "toolkit.log"
 LAYER_ROW = re.compile(r"RKNN: \[[^\]]*\] +(\d+) +(\S+) +(\S+) +(\S+) +.*?(\S+)\s*$")
 NATIVE_DTYPE = re.compile(r"default (input|output) dtype of '([^']+)' is changed from '\w+' to '(\w+)'")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What `normalized_onnx` names: the tower's own output (renamed), the normalization's tensors and constants. The
+# toolkit derives its tensors' names from these (`..._mm`, `..._sw`), and every one of them stays in float16.
+NORMALIZATION = "cnclip_norm_"
 
 
 class _TempNames:
@@ -84,6 +88,72 @@ def layer_table(text):
     return rows
 
 
+def normalized_onnx(path):
+    """PATH with its output divided by its L2 norm, as `<stem>.normalized.onnx` beside it (external data, if any,
+    still read from beside it). An int8 output has one scale for every input, fitted to the calibration samples,
+    and an embedding's norm varies with the photo: RN50's stress weights gave norms of 14 to 264 on the parity set,
+    and the output clipped where the calibration samples had stopped (2026-12-06). A unit vector's range is bounded
+    whatever the photo. Its mean square, not its sum: a norm of 264 squares to 70,000, past float16's 65,504."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    (output,) = graph.output
+    dim = output.type.tensor_type.shape.dim[-1].dim_value
+    unnormalized = NORMALIZATION + "input"
+    for node in graph.node:
+        node.output[:] = [unnormalized if name == output.name else name for name in node.output]
+    name = {part: NORMALIZATION + part for part in ("squared", "axes", "mean_square", "root", "scaled", "inverse_root_dim")}
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    # ReduceMean takes its axes as an input from opset 18, as an attribute before.
+    reduce = ({"inputs": [name["squared"], name["axes"]]} if opset >= 18 else {"inputs": [name["squared"]], "axes": [-1]})
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1], np.int64), name["axes"]),
+                              numpy_helper.from_array(np.array(dim ** -0.5, np.float32), name["inverse_root_dim"])])
+    graph.node.extend([
+        helper.make_node("Mul", [unnormalized, unnormalized], [name["squared"]]),
+        helper.make_node("ReduceMean", reduce.pop("inputs"), [name["mean_square"]], keepdims=1, **reduce),
+        helper.make_node("Sqrt", [name["mean_square"]], [name["root"]]),
+        helper.make_node("Div", [unnormalized, name["root"]], [name["scaled"]]),
+        helper.make_node("Mul", [name["scaled"], name["inverse_root_dim"]], [output.name]),
+    ])
+    normalized = os.path.splitext(path)[0] + ".normalized.onnx"
+    onnx.save(model, normalized)
+    return normalized
+
+
+def quantized_tensors(cfg, spec):
+    """The tensors hybrid quantization can keep in float16, in model order: the quantization config's entries
+    between the float input and the float output (entries after the output, constants and the I/O's own int8
+    copies, are refused by hybrid_quantization_step2)."""
+    from ruamel.yaml import YAML
+
+    names = []
+    for name, entry in YAML().load(open(cfg))["quantize_parameters"].items():
+        if name == spec["input"]:
+            continue
+        if entry["dtype"] != "int8":
+            break
+        names.append(name)
+    return names
+
+
+def keep_in_float16(cfg, names):
+    """Write `names` into the quantization config's `custom_quantize_layers`, editing its text: step 2 refuses a
+    config whose scales changed, and ruamel.yaml wrote a scale of 1/(2**31 - 1) back one unit off in its last
+    digit (4.656612875245797e-10 as ...796: a text tower's int32 constant)."""
+    empty = "custom_quantize_layers: {}\n"
+    with open(cfg) as handle:
+        text = handle.read()
+    if not text.startswith(empty):
+        raise RuntimeError(f"{cfg} does not begin with {empty.strip()!r}, as rknn-toolkit2 2.5.0 writes it")
+    # JSON strings are YAML's double-quoted scalars: names such as "onnx::Add_924" stay names.
+    entries = "".join(f"  {json.dumps(name)}: float16\n" for name in names)
+    with open(cfg, "w") as handle:
+        handle.write("custom_quantize_layers:\n" + entries + text[len(empty):])
+
+
 def check(code, what):
     if code != 0:
         raise RuntimeError(f"{what} returned {code}; see the toolkit's messages above it")
@@ -106,41 +176,27 @@ class Builder:
 
     def _load(self, spec):
         self._new(spec)
-        check(self.rknn.load_onnx(spec["onnx"], inputs=[spec["input"]], input_size_list=[spec["shape"]]), "load_onnx")
+        path = normalized_onnx(spec["onnx"]) if spec.get("normalize") else spec["onnx"]
+        check(self.rknn.load_onnx(path, inputs=[spec["input"]], input_size_list=[spec["shape"]]), "load_onnx")
+        return path
 
     def _step1(self, spec):
         """Hybrid quantization's first step: the calibrated model and its editable quantization config."""
-        self._load(spec)
+        path = self._load(spec)
         check(self.rknn.hybrid_quantization_step1(dataset=spec["dataset"]), "hybrid_quantization_step1")
-        stem = os.path.splitext(os.path.basename(spec["onnx"]))[0]
+        stem = os.path.splitext(os.path.basename(path))[0]
         return stem + ".model", stem + ".data", stem + ".quantization.cfg"
 
     def layers(self, spec):
-        from ruamel.yaml import YAML
-
-        parameters = YAML().load(open(self._step1(spec)[2]))["quantize_parameters"]
-        # The quantized tensors of the graph come in model order, between the float input and the float output;
-        # entries after the output (constants, the I/O's own int8 copies) are refused by hybrid_quantization_step2.
-        names = []
-        for name, entry in parameters.items():
-            if name == spec["input"]:
-                continue
-            if entry["dtype"] != "int8":
-                break
-            names.append(name)
-        return names
+        # The normalization's tensors always stay in float16: not the fallback's to choose.
+        return [name for name in quantized_tensors(self._step1(spec)[2], spec) if not name.startswith(NORMALIZATION)]
 
     def build(self, spec):
         start = os.fstat(1).st_size
-        if spec["quantize"] and spec["kept"]:
-            from ruamel.yaml import YAML
-
+        if spec["quantize"] and (spec["kept"] or spec.get("normalize")):
             model, data, cfg = self._step1(spec)
-            yaml = YAML()
-            document = yaml.load(open(cfg))
-            document["custom_quantize_layers"] = {name: "float16" for name in spec["kept"]}
-            with open(cfg, "w") as handle:
-                yaml.dump(document, handle)
+            normalization = [name for name in quantized_tensors(cfg, spec) if name.startswith(NORMALIZATION)]
+            keep_in_float16(cfg, [*spec["kept"], *normalization])
             self._new(spec)
             check(self.rknn.hybrid_quantization_step2(model_input=model, data_input=data, model_quantization_cfg=cfg),
                   "hybrid_quantization_step2")
