@@ -34,6 +34,7 @@ import numpy as np
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.cpu import cpu_description
 from converters.data import PARITY_SET_DIR
+from converters.search.commands import KEEP_ALIVE_SECONDS
 from converters.search.photos import PhotoRow
 from converters.search.query import text_query
 from converters.search.stamp import ArtifactStamp
@@ -133,7 +134,9 @@ async def user(client: httpx.AsyncClient, stats: Stats, deadline: float, pace: b
 async def drive(base: str, users: int, seconds: float, pace: bool, seed: int) -> Stats:
     stats, deadline = Stats(), time.perf_counter() + seconds
     upload = PARITY_SET_DIR.joinpath("images", "cat_chelsea.jpg").read_bytes()
-    limits = httpx.Limits(max_connections=users)
+    # httpx's default keep-alive expiry is serve's own 5 s: a request sent on a connection the server was closing
+    # that moment got no response (RemoteProtocolError, 1 in 15,000 requests at saturation). Browsers retry those.
+    limits = httpx.Limits(max_connections=users, keepalive_expiry=KEEP_ALIVE_SECONDS - 1)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         await asyncio.gather(*(user(client, stats, deadline, pace, random.Random(seed + i), random.Random(f"answers {seed + i}"), upload) for i in range(users)))
     return stats
@@ -216,6 +219,15 @@ def report(stats: Stats, seconds: float, memory: list[tuple[float, float]], runs
     return "\n".join(lines)
 
 
+def wait_until_serving(server: subprocess.Popen, log: Path) -> int:
+    """Wait for serve's ready line in its log; returns the log's length then."""
+    while "photos on http://" not in (text := log.read_text(errors="replace")):
+        if server.poll() is not None:
+            raise click.ClickException(f"serve did not start: {text.strip()[-1000:]}")
+        time.sleep(0.1)
+    return len(text)
+
+
 @click.command()
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--photos", "count", type=click.IntRange(1, 1_000_000), default=100_000, show_default=True)
@@ -229,12 +241,13 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--port", str(port)],
-                              stderr=subprocess.PIPE, text=True)
+    # Its messages go to a file, not a pipe nobody reads once it has started (a full pipe would stop it).
+    log = workdir / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--port",
+                                   str(port)], stderr=sink, text=True)
     try:
-        while "photos on http://" not in (line := server.stderr.readline()):
-            if not line:
-                raise click.ClickException("serve did not start")
+        started = wait_until_serving(server, log)
         memory, runs = [], None
 
         async def sample(until: float) -> None:
@@ -252,7 +265,9 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
 
         stats, runs = asyncio.run(everything())
         wrong = check_answers(index_dir, bundle, stats.answers, count)
-        click.echo(report(stats, seconds, memory, runs, wrong))
+        said = log.read_text(errors="replace")[started:].splitlines()
+        click.echo(report(stats, seconds, memory, runs, wrong) + f"\nserve's messages during the run: {len(said)} ({log})"
+                   + "".join(f"\n  {line}" for line in said[:10]))
         if wrong:
             raise click.ClickException(f"{len(wrong)} sampled answers differ from an exact scan of their index state.")
     finally:

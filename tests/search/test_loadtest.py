@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 
+import click
 import httpx
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from converters.search.library import Library
-from converters.search.loadtest import Stats, build_library, check_answers, main, report, timed
+from converters.search.loadtest import Stats, build_library, check_answers, main, report, timed, wait_until_serving
 from converters.search.serve import create_app
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
@@ -28,6 +31,7 @@ def test_a_short_run_with_index_committing_checks_its_answers(tiny_bundle, tmp_p
     assert checked > 0 and wrong == 0
     assert int(re.search(r"removed each\): (\d+)", result.output).group(1)) >= 1
     assert "| text search |" in result.output and "server memory:" in result.output
+    assert "serve's messages during the run: 0" in result.output
 
 
 @ON_TINY_VIT
@@ -62,3 +66,11 @@ def test_a_request_without_a_response_is_an_error_named_by_the_clients_exception
     assert asyncio.run(timed(stats, "thumbnail", refused())) is None
     text = report(stats, 10, [(0.0, 100.0), (9.0, 100.0)], None, [])
     assert "thumbnail RemoteProtocolError: 1" in text and stats.errors["thumbnail"] == 1
+
+
+def test_a_server_that_does_not_start_is_reported_in_its_own_words(tmp_path):
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('No index at /nowhere')"], stderr=sink)
+    with pytest.raises(click.ClickException, match="serve did not start: No index at /nowhere"):
+        wait_until_serving(server, log)
