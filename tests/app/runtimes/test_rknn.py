@@ -104,9 +104,9 @@ def test_the_worker_reports_a_failed_build_and_answers_the_next(tmp_path, monkey
     assert not list(outer.iterdir()) and list((tmp_path / "tmp").iterdir())
 
 
-def projection_onnx(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+def projection_onnx(folder: Path, opset: int, external: bool) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """y = W x, 16 → 8: weak for most inputs, strong (along an uneven direction) for those that follow its one
-    large component, as a photo whose embedding's norm is many times the calibration photos'."""
+    large component, as a photo whose embedding's norm is many times the calibration photos'. Its files."""
     rng = np.random.RandomState(0)
     along, direction = np.sign(rng.randn(16)).astype(np.float32), np.array([3, 2, 1, 1, -1, -1, -2, -3], np.float32)
     weights = (np.outer(direction, along) + rng.randn(8, 16) * 0.5).astype(np.float32)
@@ -115,23 +115,25 @@ def projection_onnx(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
                               [numpy_helper.from_array(weights.T.copy(), "w")])
     path = folder / "projection.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path, weights, along
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path,
+              save_as_external_data=external, location="projection.data", size_threshold=0)
+    return [path, folder / "projection.data"] if external else [path], weights, along
 
 
 @pytest.mark.rknn
-def test_a_normalized_int8_output_holds_an_embedding_far_beyond_the_calibration_range(tmp_path):
+@pytest.mark.parametrize("opset, external", [(17, False), (18, True)])  # ReduceMean's axes: attribute, input
+def test_a_normalized_int8_output_holds_an_embedding_far_beyond_the_calibration_range(opset, external, tmp_path):
     """An int8 output has one range, the calibration samples': an embedding many times their norm clips there
     (RN50's stress weights, a parity photo at 2.5 times the calibration range). L2-normalized, with the tensor
     before the normalization kept in float16, it does not."""
     create_rknn_env()
-    path, weights, along = projection_onnx(tmp_path)
+    files, weights, along = projection_onnx(tmp_path, opset, external)
     folder = tmp_path / "worker"
     folder.mkdir()
-    stage_inputs(folder, [path], np.random.RandomState(1).uniform(-1, 1, (16, 16)).astype(np.float32))
+    stage_inputs(folder, files, np.random.RandomState(1).uniform(-1, 1, (16, 16)).astype(np.float32))
     strong = along[None]  # ±1: inside the range the input was calibrated to
     expected = strong @ weights.T
-    spec = {**SPEC, "onnx": path.name, "shape": [1, 16], "quantize": True, "algorithm": "normal", "method": "layer",
+    spec = {**SPEC, "onnx": files[0].name, "shape": [1, 16], "quantize": True, "algorithm": "normal", "method": "layer",
             "dataset": CALIBRATION_LIST}
     with RknnWorker(folder, canonical=False) as worker:
         worker.build(spec)
@@ -141,3 +143,15 @@ def test_a_normalized_int8_output_holds_an_embedding_far_beyond_the_calibration_
     assert np.linalg.norm(clipped) < 0.5 * np.linalg.norm(expected), "the unnormalized output did not clip"
     cosine = float(unit.ravel() @ expected.ravel() / np.linalg.norm(unit) / np.linalg.norm(expected))
     assert cosine > 0.999 and abs(np.linalg.norm(unit) - 1) < 0.01
+
+
+@pytest.mark.rknn
+def test_an_output_without_a_fixed_size_is_not_normalized_but_refused_by_name(tmp_path):
+    create_rknn_env()
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "free",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "width"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "free.onnx")
+    with RknnWorker(tmp_path, canonical=False) as worker:
+        with pytest.raises(ArtifactError, match="free.onnx: the output to normalize must be one tensor whose last dimension has a fixed size"):
+            worker.build({**SPEC, "onnx": "free.onnx", "shape": [1, 4], "normalize": True})

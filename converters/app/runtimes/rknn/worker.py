@@ -92,18 +92,25 @@ def normalized_onnx(path):
     """PATH with its output divided by its L2 norm, as `<stem>.normalized.onnx` beside it (external data, if any,
     still read from beside it). An int8 output has one scale for every input, fitted to the calibration samples,
     and an embedding's norm varies with the photo: RN50's stress weights gave norms of 14 to 264 on the parity set,
-    and the output clipped where the calibration samples had stopped (2026-12-06). A unit vector's range is bounded
-    whatever the photo. Its mean square, not its sum: a norm of 264 squares to 70,000, past float16's 65,504."""
+    and the output clipped where the calibration samples had stopped (2026-12-06). A unit vector's dimensions vary
+    far less: the largest reached 0.13 on the calibration samples and 0.144 on the parity set (the same weights),
+    so the output's range still comes from calibration but clips little. The mean square, not the sum (as ONNX's
+    LpNormalization, which the Immich export uses, would take): a norm of 264 squares to 70,000, past float16's
+    65,504."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(path, load_external_data=False)
     graph = model.graph
-    (output,) = graph.output
-    dim = output.type.tensor_type.shape.dim[-1].dim_value
+    shape = [] if len(graph.output) != 1 else graph.output[0].type.tensor_type.shape.dim
+    if not shape or not shape[-1].dim_value:
+        raise ValueError(f"{path}: the output to normalize must be one tensor whose last dimension has a fixed size; "
+                         f"outputs {[(o.name, str(o.type.tensor_type.shape.dim)) for o in graph.output]}")
+    output, dim = graph.output[0], shape[-1].dim_value
     unnormalized = NORMALIZATION + "input"
-    for node in graph.node:
+    for node in graph.node:  # whatever made or read the output now makes or reads the unnormalized tensor
+        node.input[:] = [unnormalized if name == output.name else name for name in node.input]
         node.output[:] = [unnormalized if name == output.name else name for name in node.output]
     name = {part: NORMALIZATION + part for part in ("squared", "axes", "mean_square", "root", "scaled", "inverse_root_dim")}
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
@@ -196,6 +203,9 @@ class Builder:
         if spec["quantize"] and (spec["kept"] or spec.get("normalize")):
             model, data, cfg = self._step1(spec)
             normalization = [name for name in quantized_tensors(cfg, spec) if name.startswith(NORMALIZATION)]
+            if spec.get("normalize") and not normalization:
+                raise RuntimeError(f"none of the quantized tensors of {cfg} is the normalization's ({NORMALIZATION}…): "
+                                   "this toolkit names them otherwise, and in int8 they would clip")
             keep_in_float16(cfg, [*spec["kept"], *normalization])
             self._new(spec)
             check(self.rknn.hybrid_quantization_step2(model_input=model, data_input=data, model_quantization_cfg=cfg),
