@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import get_args
 
 import jsonschema
 
@@ -21,7 +22,7 @@ from converters import __version__
 from converters.app.artifact import Artifact, ArtifactEntry, FileRecord
 from converters.app.fsutil import atomic_write_text, sha256_file
 from converters.app.preprocess import Transform
-from converters.app.specs import STAGE_NAMES, TOWER_INPUT_ROLES, TOWERS, stage_spec
+from converters.app.specs import STAGE_NAMES, TOWER_INPUT_ROLES, TOWERS, OutputRole, stage_spec
 from converters.app.tokenizer import Tokenizer
 from converters.errors import ArtifactError
 
@@ -43,7 +44,7 @@ def _inconsistency(data: dict) -> str | None:
                     f"{entry['runtime']!r} and precision {entry['precision']!r} do not belong together")
         roles = {tensor["role"] for tensor in entry["inputs"]}
         outputs = [t["role"] for t in entry["outputs"]]
-        if TOWER_INPUT_ROLES[entry["tower"]] not in roles or outputs not in (["embedding"], ["normalized_embedding"]):
+        if TOWER_INPUT_ROLES[entry["tower"]] not in roles or outputs not in ([role] for role in get_args(OutputRole)):
             return f"at artifacts/{key}: the inputs {sorted(roles)} and outputs are not those of a {entry['tower']} tower"
     numbers = [*data["preprocess"]["mean"], *data["preprocess"]["std"], data["embedding"]["logit_scale"]]
     if not all(math.isfinite(x) for x in numbers) or not all(x > 0 for x in data["preprocess"]["std"]):
@@ -64,9 +65,9 @@ class EmbeddingFacts:
     logit_scale: float
     normalized: bool = False
     note: str = (
-        "Outputs are unnormalized, as cn_clip's encode_image/encode_text return them, but where an output's role is "
-        "normalized_embedding (L2-normalized already); L2-normalize before comparing, and multiply cosine "
-        "similarities by logit_scale for CLIP logits."
+        "Outputs are unnormalized, as cn_clip's encode_image/encode_text return them, except those whose role is "
+        "normalized_embedding (rknn-int8's), L2-normalized already; L2-normalize before comparing (a no-op for "
+        "those), and multiply cosine similarities by logit_scale for CLIP logits."
     )
 
 

@@ -16,8 +16,9 @@ from typing import Literal
 Tower = Literal["visual", "text"]
 TOWERS: tuple[Tower, ...] = ("visual", "text")
 
-# A tower gives an "embedding" as cn_clip does (unnormalized), or a "normalized_embedding" (L2-normalized).
-Role = Literal["pixels", "token_ids", "position_ids", "attention_mask", "embedding", "normalized_embedding"]
+# What a tower gives: the embedding as cn_clip does (unnormalized), or that embedding L2-normalized.
+OutputRole = Literal["embedding", "normalized_embedding"]
+Role = Literal["pixels", "token_ids", "position_ids", "attention_mask", OutputRole]
 # The input every tower of a kind takes, whatever its runtime.
 TOWER_INPUT_ROLES: dict[Tower, Role] = {"visual": "pixels", "text": "token_ids"}
 
@@ -52,6 +53,11 @@ class TowerSpec:
     def input(self, role: Role) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.role == role)
 
+    @property
+    def normalized(self) -> bool:
+        """Whether its embedding comes L2-normalized (rknn-int8's), not as cn_clip gives it."""
+        return self.outputs[0].role == "normalized_embedding"
+
 
 Runtime = Literal["onnxruntime", "ncnn", "bmruntime", "rknnrt"]
 # What parity compares against PyTorch with: exact float, float16 storage, or a quantized tower.
@@ -75,6 +81,7 @@ class StageSpec:
     parent: str | None  # the stage whose artifact it is made from; None: the PyTorch model
     by_default: bool  # built by `convert` unless --stages says otherwise; else asked for by name
     tolerance: ToleranceFamily  # which of parity's default tolerances it is held to
+    output: OutputRole = "embedding"  # what its towers give
 
     @property
     def config_key(self) -> str:
@@ -98,7 +105,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("bm1684x-int8", "bmruntime", "int8", "bm1684x.int8", "onnx-sim", False, "int8"),
     # Asked for by name: they need rknn-toolkit2's own environment (`make rknn-env`, 630 MB, 30 s).
     StageSpec("rknn-fp16", "rknnrt", "fp16", "rknn.fp16", "onnx-sim", False, "fp16"),
-    StageSpec("rknn-int8", "rknnrt", "int8", "rknn.int8", "onnx-sim", False, "int8"),
+    # Normalized on the NPU: an int8 output clips an embedding whose norm is past what calibration saw.
+    StageSpec("rknn-int8", "rknnrt", "int8", "rknn.int8", "onnx-sim", False, "int8", "normalized_embedding"),
 )
 STAGE_SPECS: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGE_SPECS)

@@ -47,7 +47,7 @@ from converters.export.mixed_precision import PROBE_THREADS, FloatFallback, Prob
 from converters.export.sensitivity import float_parent
 from converters.export.stages import ncnn_int8, onnx_int4, onnx_int8
 from converters.progress import Note, Progress
-from converters.validate.fidelity import Embeddings, Fidelity, FidelityTarget, measure
+from converters.validate.fidelity import Embeddings, Fidelity, FidelityTarget, as_output_of, measure
 from converters.validate.parity import batched, parity_set_for, reference_embeddings
 
 
@@ -175,8 +175,9 @@ def _measure(lever: Lever, tower: str, offer: Quantizer, parent: Artifact, held_
                   context.writing_into(folder / "probe"))
     folder.mkdir(parents=True, exist_ok=True)
     candidate = offer.build(frozenset(), folder)
-    graded = measure(probe.reference, probe.embed(candidate), probe.target)
-    parity = measure(expected, batched(open_tower(candidate, threads=PROBE_THREADS).embed, parity_inputs), parity_target)
+    graded = measure(as_output_of(candidate.spec, probe.reference), probe.embed(candidate), probe.target)
+    parity = measure(as_output_of(candidate.spec, expected),
+                     batched(open_tower(candidate, threads=PROBE_THREADS).embed, parity_inputs), parity_target)
     megabytes = round(sum(f.stat().st_size for f in candidate.files) / 1e6, 2)
     for file in candidate.files:
         file.unlink()

@@ -27,8 +27,6 @@ from converters.search.store import load_index, read_artifact
 from converters.search.updater import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater, UpdateReport
 
 BUNDLE_HELP = "Bundle directory, e.g. artifacts/ViT-B-16 (default: the bundle the index was made with)"
-# serve closes a connection idle this long; a client that keeps connections must let go of them sooner.
-KEEP_ALIVE_SECONDS = 5
 index_option = click.option(
     "--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_DIR,
     show_default=True, help="Index directory (env CNCLIP_INDEX).",
@@ -217,8 +215,7 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
     security = Security(password, tuple(allowed_hosts(host, allowed)))
     ready = f"{len(snapshot.index)} photos on http://{_url_host(host)}:{port}/ ({'password required' if password else 'no password'}; Ctrl-C stops)"
     # Bounded: a crowd of slow clients gets 503s instead of exhausting the process's files.
-    run_server(create_app(library, security), host, port, ready, limit_concurrency=256,
-               timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    run_server(create_app(library, security), host, port, ready, limit_concurrency=256)
 
 
 def _url_host(host: str) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.cpu import cpu_description
 from converters.data import PARITY_SET_DIR
-from converters.search.commands import KEEP_ALIVE_SECONDS
+from converters.search.network import KEEP_ALIVE_SECONDS
 from converters.search.photos import PhotoRow
 from converters.search.query import text_query
 from converters.search.stamp import ArtifactStamp
@@ -134,7 +134,7 @@ async def user(client: httpx.AsyncClient, stats: Stats, deadline: float, pace: b
 async def drive(base: str, users: int, seconds: float, pace: bool, seed: int) -> Stats:
     stats, deadline = Stats(), time.perf_counter() + seconds
     upload = PARITY_SET_DIR.joinpath("images", "cat_chelsea.jpg").read_bytes()
-    # httpx's default keep-alive expiry is serve's own 5 s: a request sent on a connection the server was closing
+    # httpx's default keep-alive expiry was serve's own: a request sent on a connection the server was closing
     # that moment got no response (RemoteProtocolError, 1 in 15,000 requests at saturation). Browsers retry those.
     limits = httpx.Limits(max_connections=users, keepalive_expiry=KEEP_ALIVE_SECONDS - 1)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
@@ -219,11 +219,16 @@ def report(stats: Stats, seconds: float, memory: list[tuple[float, float]], runs
     return "\n".join(lines)
 
 
-def wait_until_serving(server: subprocess.Popen, log: Path) -> int:
-    """Wait for serve's ready line in its log; returns the log's length then."""
+def wait_until_serving(server: subprocess.Popen, log: Path, seconds: float = 300) -> int:
+    """Wait for serve's ready line in its log (loading a large index takes a while); returns the log's length
+    then."""
+    deadline = time.monotonic() + seconds
     while "photos on http://" not in (text := log.read_text(errors="replace")):
-        if server.poll() is not None:
-            raise click.ClickException(f"serve did not start: {text.strip()[-1000:]}")
+        if server.poll() is not None or time.monotonic() > deadline:
+            said = text.strip()[-1000:] or "nothing"
+            state = (f"exit status {server.returncode}" if server.returncode is not None
+                     else f"not ready after {seconds:.0f} s")
+            raise click.ClickException(f"serve did not start ({state}; {log}): {said}")
         time.sleep(0.1)
     return len(text)
 
@@ -245,7 +250,7 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
     log = workdir / "serve.log"
     with log.open("w") as sink:
         server = subprocess.Popen([sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--port",
-                                   str(port)], stderr=sink, text=True)
+                                   str(port)], stderr=sink)
     try:
         started = wait_until_serving(server, log)
         memory, runs = [], None

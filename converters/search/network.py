@@ -145,6 +145,10 @@ def check_port(host: str, port: int) -> None:
         raise UserError(f"Cannot listen on {host}:{port}: {error.strerror or error}. Choose another --port or --host.") from None
 
 
+# A connection idle this long is closed; a client that keeps connections must let go of them sooner.
+KEEP_ALIVE_SECONDS = 5
+
+
 def run_server(app: ASGIApp, host: str, port: int, ready: str, **options) -> None:
     """Serve `app` with uvicorn until stopped, saying `ready` once the socket listens: a click on the printed
     address, or a script waiting for the line, then never meets a refused connection."""
@@ -156,4 +160,6 @@ def run_server(app: ASGIApp, host: str, port: int, ready: str, **options) -> Non
             if self.started:
                 say(ready)
 
-    AnnouncingServer(uvicorn.Config(app, host=host, port=port, log_level="warning", **options)).run()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                            **options)
+    AnnouncingServer(config).run()

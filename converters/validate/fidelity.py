@@ -135,7 +135,7 @@ def normalized(x: np.ndarray) -> np.ndarray:
 def as_output_of(spec: TowerSpec, reference: np.ndarray) -> np.ndarray:
     """PyTorch's embeddings as a tower of `spec` gives them: L2-normalized when its output is (rknn-int8), so its
     norm is still judged, against 1."""
-    return normalized(reference) if spec.outputs[0].role == "normalized_embedding" else reference
+    return normalized(reference) if spec.normalized else reference
 
 
 def measure(reference: np.ndarray, candidate: np.ndarray, target: EmbeddingTarget) -> Fidelity:

@@ -105,9 +105,9 @@ def write(manifest: Manifest, parity_set: ParitySet, embeddings: dict[str, Embed
             "NCHW tensor matches pixels_sha256 only then too; pixels_sum and pixels_abs_max check it loosely. "
             "Texts: your tokenizer must give `token_ids` exactly. ONNX text towers take `token_ids` as int64 [1, L] "
             "(padded or not); ncnn text towers take in0 = `unpadded_ids` and in1 = `position_ids`, both int32. "
-            "Embeddings are unnormalized (but a stage whose output role is normalized_embedding): the cosine "
-            "between yours and the row of your stage must reach that stage's `cosine_min`. Run one sample per "
-            "call, as the rows were made."
+            "Embeddings are unnormalized, except the rows of a stage whose output role is normalized_embedding "
+            "(rknn-int8's): the cosine between yours and the row of your stage must reach that stage's "
+            "`cosine_min`. Run one sample per call, as the rows were made."
         ),
         "images": images,
         "captions": captions,

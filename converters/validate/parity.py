@@ -159,7 +159,8 @@ class ParityChecker:
                 runner.close()
             seconds = round(time.perf_counter() - started, 1)
             target = self.settings.target(artifact.stage)
-            rows.append(CmodelParity(artifact.stage, artifact.tower, net["batch"], measure(reference, embeddings, target),
+            measured = measure(as_output_of(artifact.spec, reference), embeddings, target)
+            rows.append(CmodelParity(artifact.stage, artifact.tower, net["batch"], measured,
                                      seconds, target.model_dump(exclude_none=True)))
         return rows
 

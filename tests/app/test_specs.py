@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from converters.app.layout import BundleLayout
 from converters.app.manifest import schema as manifest_schema
-from converters.app.specs import DEFAULT_STAGES, RUNTIMES, STAGE_NAMES, STAGE_SPECS, STAGES
+from converters.app.specs import DEFAULT_STAGES, RUNTIMES, STAGE_NAMES, STAGE_SPECS, STAGES, OutputRole, Role
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +44,12 @@ def test_the_published_schema_lists_exactly_the_stages_and_runtimes_of_the_table
     keys = json.dumps(manifest_schema())
     pattern = re.search(r'\^\(visual\|text\)\\\\\.\(([^)]*)\)\$', keys)
     assert pattern and pattern.group(1).split("|") == list(STAGE_NAMES)
+
+
+def test_the_published_schema_lists_exactly_the_tensor_roles():
+    tensor = manifest_schema()["$defs"]["tensor"]["properties"]
+    assert tensor["role"]["enum"] == list(get_args(Role))
+    assert {spec.output for spec in STAGE_SPECS.values()} <= set(get_args(OutputRole))
 
 
 def test_the_readme_stage_table_has_one_row_per_stage_in_table_order():

@@ -72,5 +72,6 @@ def test_a_server_that_does_not_start_is_reported_in_its_own_words(tmp_path):
     log = tmp_path / "serve.log"
     with log.open("w") as sink:
         server = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit('No index at /nowhere')"], stderr=sink)
-    with pytest.raises(click.ClickException, match="serve did not start: No index at /nowhere"):
+    said = r"serve did not start \(exit status 1; .*serve.log\): No index at /nowhere"
+    with pytest.raises(click.ClickException, match=said):
         wait_until_serving(server, log)

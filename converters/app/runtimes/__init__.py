@@ -1,7 +1,8 @@
 """Runtimes behind one small interface.
 
 An `Embedder` turns preprocessed pixels and padded token ids into
-unnormalized embeddings. The parity checker, the search engine and the
+embeddings: unnormalized, but where the tower's output role says
+`normalized_embedding`. The parity checker, the search engine and the
 benchmark use this interface and nothing else. bm1684x artifacts run in
 tpu-mlir's simulators (`bm1684x/`), rknn artifacts in rknn-toolkit2's (`rknn/`), each in a worker of its own
 environment. Torch-free: the PyTorch

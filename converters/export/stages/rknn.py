@@ -102,7 +102,8 @@ class _Builder:
         self.calibration = context.calibration_inputs(self.tower, options.calibration_samples) if self.int8 else None
         self.spec = {"onnx": parent.model_file.name, "input": onnx_input.name, "shape": [1, *sample],
                      "quantize": self.int8, "algorithm": getattr(options, "algorithm", None),
-                     "method": getattr(options, "method", None), "kept": [], "normalize": self.int8}
+                     "method": getattr(options, "method", None), "kept": [],
+                     "normalize": stage_spec(stage).output == "normalized_embedding"}
         self.native: dict[str, str] = {}  # tensor → the dtype the board's runtime takes natively
         self.cpu_ops: list[str] = []
 
@@ -168,8 +169,7 @@ class _Builder:
         description = self._describe(answer, entries, spec, calibration)
         tensors = (TensorSpec(self.input.name, self.input.dtype, self.input.shape, self.input.role),)
         output = description["output"]
-        role = "normalized_embedding" if spec["normalize"] else "embedding"
-        outputs = (TensorSpec(output["name"], "float32", tuple(output["shape"]), role),)
+        outputs = (TensorSpec(output["name"], "float32", tuple(output["shape"]), stage_spec(self.stage).output),)
         return Artifact(self.tower, self.stage, tuple(files),
                         TowerSpec(self.tower, tensors, outputs), rknn=description)
 
