@@ -211,6 +211,10 @@ def report(stats: Stats, seconds: float, memory: list[tuple[float, float]], runs
     last = np.mean([mb for at, mb in memory if at > seconds - window] or [memory[-1][1]])
     lines.append(f"server memory: {first:.0f} MB in the first {window:.0f} s, {last:.0f} MB in the last {window:.0f} s "
                  f"({(last / first - 1) * 100:+.1f} %), peak {max(mb for _, mb in memory):.0f} MB")
+    # Growth that levels off is warm-up; growth that goes on with the requests is a leak.
+    minutes = [[mb for at, mb in memory if start <= at < start + MEMORY_WINDOW]
+               for start in range(0, int(seconds), MEMORY_WINDOW)]
+    lines.append("server memory by minute (MB): " + ", ".join(f"{np.mean(mbs):.0f}" for mbs in minutes if mbs))
     if runs is not None:
         lines.append(f"`index` runs meanwhile ({INDEX_BATCH} added, {INDEX_BATCH} removed each): {runs}")
     lines.append(f"text search answers checked against an exact single-threaded scan of the committed state that gave "

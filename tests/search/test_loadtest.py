@@ -52,10 +52,13 @@ def test_the_answer_check_catches_swapped_hits_a_foreign_id_and_an_unknown_state
 def test_memory_growth_compares_the_first_minute_with_the_last(seconds, window):
     """Warm-up in the first seconds is averaged over a minute, and growth in the last minute is not diluted; the
     samples are placed by their time, so a busy loop that samples less often does not stretch the window."""
-    level = lambda at: 200.0 if at < window else 220.0 if at > seconds - window else 300.0  # noqa: E731
+    level = lambda at: 200.0 if at < window else 220.0 if at >= seconds - window else 300.0  # noqa: E731
     memory = [(at, level(at)) for at in np.arange(0, seconds, 0.5 if seconds > 100 else 1.0)]
-    line = next(line for line in report(Stats(), seconds, memory, None, []).splitlines() if "server memory" in line)
+    text = report(Stats(), seconds, memory, None, [])
+    line = next(line for line in text.splitlines() if "server memory:" in line)
     assert f"200 MB in the first {window} s, 220 MB in the last {window} s (+10.0 %), peak 300 MB" in line
+    if seconds == 300:
+        assert "server memory by minute (MB): 200, 300, 300, 300, 220" in text
 
 
 def test_a_request_without_a_response_is_an_error_named_by_the_clients_exception():
