@@ -275,8 +275,8 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
         stats, runs = asyncio.run(everything())
         wrong = check_answers(index_dir, bundle, stats.answers, count)
         said = log.read_text(errors="replace")[started:].splitlines()
-        click.echo(report(stats, seconds, memory, runs, wrong) + f"\nserve's messages during the run: {len(said)} ({log})"
-                   + "".join(f"\n  {line}" for line in said[:10]))
+        click.echo(report(stats, seconds, memory, runs, wrong))
+        click.echo(f"serve's messages during the run: {len(said)} ({log})" + "".join(f"\n  {line}" for line in said[:10]))
         if wrong:
             raise click.ClickException(f"{len(wrong)} sampled answers differ from an exact scan of their index state.")
     finally:

@@ -153,5 +153,6 @@ def test_an_output_without_a_fixed_size_is_not_normalized_but_refused_by_name(tm
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "width"])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "free.onnx")
     with RknnWorker(tmp_path, canonical=False) as worker:
-        with pytest.raises(ArtifactError, match="free.onnx: the output to normalize must be one tensor whose last dimension has a fixed size"):
+        refusal = "free.onnx: the output to normalize must be one tensor whose last dimension has a fixed size"
+        with pytest.raises(ArtifactError, match=refusal):
             worker.build({**SPEC, "onnx": "free.onnx", "shape": [1, 4], "normalize": True})
