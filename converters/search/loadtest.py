@@ -135,7 +135,7 @@ async def drive(base: str, users: int, seconds: float, pace: bool, seed: int) ->
     stats, deadline = Stats(), time.perf_counter() + seconds
     upload = PARITY_SET_DIR.joinpath("images", "cat_chelsea.jpg").read_bytes()
     # httpx's default keep-alive expiry was serve's own: a request sent on a connection the server was closing
-    # that moment got no response (RemoteProtocolError, 1 in 15,000 requests at saturation). Browsers retry those.
+    # that moment got no response (RemoteProtocolError, 1 in 15,000 requests at saturation).
     limits = httpx.Limits(max_connections=users, keepalive_expiry=KEEP_ALIVE_SECONDS - 1)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         await asyncio.gather(*(user(client, stats, deadline, pace, random.Random(seed + i), random.Random(f"answers {seed + i}"), upload) for i in range(users)))
