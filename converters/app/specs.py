@@ -84,6 +84,11 @@ class StageSpec:
     output: OutputRole = "embedding"  # what its towers give
 
     @property
+    def normalized(self) -> bool:
+        """Whether its towers give the embedding L2-normalized."""
+        return self.output == "normalized_embedding"
+
+    @property
     def config_key(self) -> str:
         """Its key under the config's `stages:` and `parity:` (`onnx_int8` for `onnx-int8`)."""
         return self.name.replace("-", "_")

@@ -103,7 +103,7 @@ class _Builder:
         self.spec = {"onnx": parent.model_file.name, "input": onnx_input.name, "shape": [1, *sample],
                      "quantize": self.int8, "algorithm": getattr(options, "algorithm", None),
                      "method": getattr(options, "method", None), "kept": [],
-                     "normalize": stage_spec(stage).output == "normalized_embedding"}
+                     "normalize": stage_spec(stage).normalized}
         self.native: dict[str, str] = {}  # tensor → the dtype the board's runtime takes natively
         self.cpu_ops: list[str] = []
 
