@@ -49,15 +49,15 @@ class ToolEnv:
         """The environment's Python, or a UserError saying how to make it."""
         root = self.root()
         mark = root / COMPLETE_MARK
-        if mark.is_file() and mark.read_text().split() != [self.name, self.key]:
-            made_for = " ".join(mark.read_text().split())
-            raise UserError(f"The {self.name} environment at {root} was made for {made_for}, not {self.key} (another "
-                            f"revision of its install steps). {self.rebuild_hint()}")
         if not mark.is_file():
             raise UserError(
                 f"The {self.name} {self.version} tool environment is not installed at {root}. Run `{self.make}` to "
                 f"make it there ({self.cost}), or set {self.override} to the folder it should be made in or was made in."
             )
+        made_for = mark.read_text().split()
+        if made_for != [self.name, self.key]:
+            raise UserError(f"The {self.name} environment at {root} was made for {' '.join(made_for)}, not {self.key} "
+                            f"(another revision of its install steps). {self.rebuild_hint()}")
         return root / "bin" / "python"
 
     def process_env(self) -> dict[str, str]:
