@@ -65,10 +65,10 @@ help:
 	@echo "make client  [ARCH=x86_64|aarch64]   (the C++ reference client, build/client/ARCH/cnclip-embed; ncnn built from its sdist once)"
 	@echo "make parity-client OUT=dir [ARCH=aarch64]   (parity plus the client's rows; aarch64 runs under qemu)"
 	@echo "Search photos (the core install: no torch; on a machine that only searches, pip install . is enough):"
-	@echo "make index   PHOTOS=folder [OUT=bundle dir | MODEL=ViT-B-16] [STAGE=onnx-int8] [INDEX=dir]   (a new index needs OUT or MODEL)"
+	@echo "make index   PHOTOS=folder|URL [OUT=bundle dir | MODEL=ViT-B-16] [STAGE=onnx-int8] [INDEX=dir]   (a new index needs OUT or MODEL)"
 	@echo "make search  Q='海边的日落' [INDEX=dir]"
 	@echo "make serve   [INDEX=dir] [PORT=8000]   (the search as a web page on 127.0.0.1)"
-	@echo "make embed   PHOTOS=folder [OUT=bundle dir] [STAGE=onnx-int8] [INDEX=dir] [RAY=address]   (embed on a Ray cluster into the index)"
+	@echo "make embed   PHOTOS=folder|URL [OUT=bundle dir] [STAGE=onnx-int8] [INDEX=dir] [RAY=address]   (embed on a Ray cluster into the index)"
 	@echo "make immich  IMMICH_OUT=folder [OUT=bundle dir] [PRECISION=int8] [IMMICH_CACHE=dir]   (Immich's model folder, checked)"
 	@echo "make immich-serve [OUT=bundle dir] [STAGE=ncnn-int8] [HOST=addr NO_AUTH=1] [IMMICH_PORT=3003]   (Immich's /predict)"
 	@echo "make loadtest OUT=bundle [PHOTOS_N=100000] [USERS=32] [SECONDS=120] [NO_PAUSE=1] [WITH_INDEX=1]   (serve under load, loopback)"
@@ -122,7 +122,7 @@ levers: $(CONVERT_STAMP)
 
 # The search side needs the core install only: no torch. Without OUT or MODEL, index keeps the bundle the index has.
 index: $(CORE_STAMP)
-	$(PY) -m converters index $(or $(PHOTOS),$(error make index needs PHOTOS=folder)) \
+	$(PY) -m converters index $(or $(PHOTOS),$(error make index needs PHOTOS=folder or URL)) \
 		$(if $(or $(OUT),$(MODEL)),--bundle $(or $(OUT),artifacts/$(MODEL))) $(if $(STAGE),--stage $(STAGE)) $(if $(INDEX),--index $(INDEX))
 
 search: $(CORE_STAMP)
@@ -133,7 +133,7 @@ serve: $(CORE_STAMP)
 
 # A library too large for one machine, embedded on a Ray cluster (RAY=HOST:PORT of its head; none: a Ray of its own) into the index.
 embed: $(TEST_STAMP)
-	$(PY) -m converters embed $(or $(PHOTOS),$(error make embed needs PHOTOS=folder)) \
+	$(PY) -m converters embed $(or $(PHOTOS),$(error make embed needs PHOTOS=folder or URL)) \
 		--bundle $(or $(OUT),artifacts/$(or $(MODEL),ViT-B-16)) $(if $(STAGE),--stage $(STAGE)) $(if $(INDEX),--index $(INDEX)) \
 		$(if $(RAY),--ray $(RAY))
 

@@ -34,6 +34,26 @@ def bundle_option(help: str, *, required: bool = False, old_name: str | None = "
     )
 
 
+def is_url(location: str | Path) -> bool:
+    """Whether a photo library is named by a URL (`s3://bucket/photos`) rather than a local path."""
+    return "://" in str(location)
+
+
+class Library(click.ParamType):
+    """A photo library: an existing local folder, or a URL of a filesystem fsspec opens (`s3://bucket/photos`),
+    which is listed only when the command runs."""
+
+    name = "folder or URL"
+
+    def convert(self, value, param, ctx):
+        if is_url(value):
+            return str(value)
+        return click.Path(exists=True, file_okay=False, path_type=Path).convert(value, param, ctx)
+
+
+library_argument = click.argument("photos", type=Library())
+
+
 def threads_option(default: int, what: str):
     return click.option(
         "--threads", type=THREADS, default=default, show_default=True,

@@ -10,12 +10,13 @@ equal to cn_clip's bit for bit (tests/app/test_preprocess.py checks this).
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -36,19 +37,24 @@ class ImageError(UserError, ValueError):
     """An image file cannot be used: missing, not an image, truncated, or too large."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode the first frame of an image file, as stored (EXIF orientation is not applied, as in cn_clip)."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        # Opening a FIFO would wait for a writer forever.
-        raise ImageError(f"{path} is not a regular file (a folder, pipe, socket or device).")
+def load_image(path: str | Path, opened: BinaryIO | None = None) -> Image.Image:
+    """Decode the first frame of an image file, as stored (EXIF orientation is not applied, as in cn_clip).
+
+    `opened`: the file already opened elsewhere (a photo on S3); `path` then only names it in errors.
+    """
+    if opened is None:
+        path = Path(path)
+        if path.exists() and not path.is_file():
+            # Opening a FIFO would wait for a writer forever.
+            raise ImageError(f"{path} is not a regular file (a folder, pipe, socket or device).")
     try:
         # The pixel limit is enforced below; Pillow's warning for the same images would only repeat it.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path if opened is None else opened)
     except Image.UnidentifiedImageError as error:
-        what = "an empty file" if path.stat().st_size == 0 else "not an image Pillow can read"
+        empty = (path.stat().st_size if opened is None else opened.seek(0, io.SEEK_END)) == 0
+        what = "an empty file" if empty else "not an image Pillow can read"
         raise ImageError(f"{path} is {what}.") from error
     except Image.DecompressionBombError as error:
         found = re.search(r"\((\d+) pixels\)", str(error))

@@ -12,14 +12,14 @@ import click
 
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.specs import STAGE_NAMES
-from converters.console import bundle_option, say
+from converters.console import bundle_option, library_argument, say
 from converters.search.updater import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater
 
 SHARDS_DIR = "shards"
 
 
 @click.command("embed")
-@click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@library_argument
 @bundle_option("Bundle directory, e.g. artifacts/ViT-B-16, at the same path on every node", required=True,
                old_name="--artifacts")
 @click.option("--stage", type=click.Choice(STAGE_NAMES), default=DEFAULT_STAGE, show_default=True,
@@ -39,13 +39,14 @@ SHARDS_DIR = "shards"
               help="CPUs each embedding actor reserves; also its inference threads.")
 @click.option("--shard-rows", type=click.IntRange(1), default=1024, show_default=True,
               help="Photos per shard: at most this many are embedded again after the driver is stopped.")
-def embed_command(photos: Path, bundle: Path, stage: str, index_dir: Path, address: str | None, shards: Path | None,
+def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path, address: str | None, shards: Path | None,
                   batch_size: int, workers: int, embed_cpus: float, shard_rows: int) -> None:
     """Embed the photos under PHOTOS on a Ray cluster into the index `index` writes.
 
     The same files as `index` are embedded (new, or changed in size or date), by the same artifact, into the
     same rows; results are kept in Parquet shards and merged into the index at the end, so a stopped run
-    continues where it was. Every node must see PHOTOS and the bundle at the same paths.
+    continues where it was. PHOTOS is a folder every node sees at the same path, or a URL fsspec reads
+    (s3://bucket/photos, with s3fs and credentials on every node); the bundle must be at the same path on every node.
     """
     import ray
 

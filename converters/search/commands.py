@@ -17,7 +17,7 @@ from tqdm import tqdm
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.fsutil import atomic_write_text
 from converters.app.specs import STAGE_NAMES
-from converters.console import bundle_option, say, threads_option
+from converters.console import bundle_option, library_argument, say, threads_option
 from converters.errors import Interrupted, UserError
 from converters.search.backends import APPROXIMATE_FROM, AUTO, BACKENDS, DEFAULT_BACKEND, HnswScan, backend_for
 from converters.search.query import Searcher, TimeRange, image_query, text_query
@@ -35,7 +35,7 @@ bundle_with_old_name = bundle_option(BUNDLE_HELP, old_name="--artifacts")
 
 
 @click.command("index")
-@click.argument("photos", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@library_argument
 @bundle_with_old_name
 @click.option(
     "--stage", type=click.Choice(STAGE_NAMES), default=None,
@@ -47,9 +47,10 @@ bundle_with_old_name = bundle_option(BUNDLE_HELP, old_name="--artifacts")
 )
 @threads_option(0, "Inference")
 def index_command(
-    photos: Path, bundle: Path | None, stage: str | None, index_dir: Path, batch_size: int, threads: int,
+    photos: Path | str, bundle: Path | None, stage: str | None, index_dir: Path, batch_size: int, threads: int,
 ) -> None:
-    """Index the photos under PHOTOS (recursively) for `search`.
+    """Index the photos under PHOTOS (recursively) for `search`: a folder, or a URL fsspec reads
+    (s3://bucket/photos, with s3fs installed).
 
     A re-run embeds only new or changed files and drops deleted ones; every
     batch is saved as it is embedded, so an interrupted run keeps its progress. Unreadable files are skipped and

@@ -24,13 +24,14 @@ from PIL import ImageOps
 
 from converters.app.bundle import Bundle
 from converters.app.fsutil import atomic_write_bytes
-from converters.app.preprocess import load_image
 from converters.app.runtimes import Embedder
 from converters.app.specs import TOWERS
+from converters.console import is_url
 from converters.errors import UserError
 from converters.search.photos import PhotoIndex
 from converters.search.query import Searcher
 from converters.search.render import THUMBNAIL_PX
+from converters.search.scanner import load_photo
 from converters.search.stamp import weights_warning
 from converters.search.store import INDEX_FILE, IndexDatabase, load_index
 
@@ -186,25 +187,36 @@ class Library:
 
     # ---- files ---------------------------------------------------------------------------------
 
-    def photo_file(self, photo_id: int, snapshot: Snapshot) -> Path:
-        """The photo `photo_id` (its rowid), if it is still indexed and a regular file inside an indexed folder."""
+    def photo_file(self, photo_id: int, snapshot: Snapshot) -> str:
+        """The photo `photo_id` (its rowid), if it is still indexed and a regular file inside an indexed folder,
+        or a URL under an indexed URL (a library `embed` read from S3)."""
         index = snapshot.index
         row = index.row_of(photo_id)
-        resolved = Path(index.photos.paths[row]).resolve()
-        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in index.roots)
+        path = index.photos.paths[row]
+        if is_url(path):
+            if not any(path.startswith(root + "/") for root in index.roots if is_url(root)):
+                raise LookupError(row)
+            return path
+        resolved = Path(path).resolve()
+        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in index.roots if not is_url(root))
         if not inside or not resolved.is_file():
             raise LookupError(row)
-        return resolved
+        return str(resolved)
 
     def thumbnail(self, photo_id: int, snapshot: Snapshot) -> bytes:
         path = self.photo_file(photo_id, snapshot)
-        stat = path.stat()
-        key = hashlib.sha256(f"{os.fsencode(path)!r}:{stat.st_size}:{stat.st_mtime_ns}:{THUMBNAIL_PX}".encode()).hexdigest()
+        if is_url(path):  # as listed when indexed: asking the bucket for every thumbnail would cost a request each
+            row = snapshot.index.row_of(photo_id)
+            size, mtime_ns = int(snapshot.index.photos.size[row]), int(snapshot.index.photos.mtime_ns[row])
+        else:
+            stat = os.stat(path)
+            size, mtime_ns = stat.st_size, stat.st_mtime_ns
+        key = hashlib.sha256(f"{os.fsencode(path)!r}:{size}:{mtime_ns}:{THUMBNAIL_PX}".encode()).hexdigest()
         cached = self.index_dir / THUMBNAIL_FOLDER / f"{key}.jpg"
         if cached.is_file():
             return cached.read_bytes()
         # Turned upright for people, unlike the model's pixels, which use the file as stored.
-        image = ImageOps.exif_transpose(load_image(path))
+        image = ImageOps.exif_transpose(load_photo(path))
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="JPEG", quality=80)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from PIL import ImageOps
 
-from converters.app.preprocess import ImageError, load_image
+from converters.app.preprocess import ImageError
 from converters.search.query import Hit, SearchResult
+from converters.search.scanner import load_photo
 
 THUMBNAIL_PX = 256
 MTIME_MARK = "*"
@@ -132,7 +133,7 @@ def one_line(text: str) -> str:
 
 def _thumbnail(path: str, size: int) -> str:
     # Turned upright for people, unlike the model's pixels, which use the file as stored.
-    image = ImageOps.exif_transpose(load_image(path))
+    image = ImageOps.exif_transpose(load_photo(path))
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=80)

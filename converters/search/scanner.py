@@ -1,4 +1,9 @@
-"""Finding photos under a folder and reading each one as the model's pixels and a capture time."""
+"""Finding photos under a folder and reading each one as the model's pixels and a capture time.
+
+A library is a local folder, or a URL of any filesystem fsspec opens (`s3://bucket/photos` with s3fs
+installed and credentials where fsspec's backend looks for them): `embed` lists it and its Ray tasks read
+from it, and the index names each photo by its URL.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image
 
 from converters.app.bundle import Bundle
 from converters.app.preprocess import ImageError, load_image
+from converters.console import is_url
+from converters.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 HEIF_SUFFIXES = frozenset({".heic", ".heif"})
@@ -77,6 +85,67 @@ def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str], exclud
     return found
 
 
+def library_root(location: str | Path) -> str:
+    """How the index names a library: a local folder's resolved path, or its URL as its photos' URLs begin."""
+    if not is_url(location):
+        return str(Path(location).resolve())
+    fs, root = _filesystem(str(location))
+    return fs.unstrip_protocol(root.rstrip("/"))
+
+
+def find_photos_at(url: str, suffixes: frozenset[str]) -> list[FoundFile]:
+    """The image files under `url`, recursively, in a stable order; names beginning with a dot are left out
+    at any depth, as `find_photos` leaves them out. Sizes and dates come from the listing: one request per
+    thousand files on S3, not one per file."""
+    fs, root = _filesystem(url)
+    try:
+        fs.invalidate_cache(root)  # the process's cached listing of an earlier run (in a test, or a notebook)
+        listing = fs.find(root, detail=True, withdirs=False)
+        if not listing and not fs.exists(root):
+            raise UserError(f"There is nothing at {url}: check the bucket and the path.")
+    except UserError:
+        raise
+    except Exception as error:  # a backend fails in its own ways: no credentials, no such bucket, no network
+        raise UserError(f"Cannot list {url}: {type(error).__name__}: {error}") from error
+    found = []
+    prefix = root.rstrip("/") + "/"
+    for key in sorted(listing):
+        info, under = listing[key], key[len(prefix):] if key.startswith(prefix) else key.rsplit("/", 1)[-1]
+        if any(part.startswith(".") for part in under.split("/")) or os.path.splitext(key)[1].lower() not in suffixes:
+            continue
+        found.append(FoundFile(fs.unstrip_protocol(key), int(info["size"]), _int64(_modified_ns(info, url))))
+    return found
+
+
+def _filesystem(url: str):
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError as error:
+        raise UserError(f"Reading {url} needs fsspec: pip install 'cnclip-converters[cluster]'.") from error
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as error:  # fsspec says which package a protocol needs
+        raise UserError(f"Cannot open {url}: {error}") from error
+
+
+# The listing's modification time, by the key each fsspec backend gives it under (local and SFTP,
+# S3, Azure, GCS, in-memory); what changed since the last run is told by it and the size.
+_MODIFIED_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _modified_ns(info: dict, url: str) -> int:
+    for key in _MODIFIED_KEYS:
+        value = info.get(key)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if isinstance(value, datetime):
+            return round(value.timestamp() * 1e9)
+        if isinstance(value, (int, float)):
+            return round(value * 1e9)
+    raise UserError(f"{url}'s listing gives no modification time for {info.get('name')}, so a changed photo could not be "
+                    "told from an unchanged one; copy the library to a filesystem that keeps one.")
+
+
 def _int64(value: int) -> int:
     # ext4 keeps times up to the year 2446; int64 nanoseconds, as the index stores them, end in 2262.
     # A clamped time still tells a changed file from an unchanged one, run after run.
@@ -103,12 +172,32 @@ class PhotoRead:
 
 def read_photo(found: FoundFile, bundle: Bundle) -> PhotoRead:
     """One photo's model pixels and facts; any reason it cannot be used is an ImageError."""
-    image = load_image(found.path)
+    image = load_photo(found.path)
     try:
         # One photo at a time: a batch of full-size decoded photos would hold gigabytes.
         return PhotoRead(bundle.pixels([image])[0], capture_time(image), *image.size, _orientation(image))
     except Exception as error:  # a decoder may fail in any way on a damaged file: that file is skipped
         raise ImageError(f"{found.path} cannot be converted to the model's pixels: {error}") from error
+
+
+def load_photo(path: str) -> Image.Image:
+    """A library's photo decoded as stored: a local file, or one at a URL, read through fsspec."""
+    if not is_url(path):
+        return load_image(path)
+    with open_remote(path) as remote:  # read as Pillow asks, not whole: the pixel limit comes first
+        return load_image(path, remote)
+
+
+def open_remote(url: str) -> BinaryIO:
+    """A photo at a URL, opened for reading; ImageError when it cannot be."""
+    fs, path = _filesystem(url)
+    try:
+        # fsspec would look a file up in a listing it cached when it first opened one in that folder, and miss the
+        # files added since: `serve` runs for months.
+        fs.invalidate_cache(path)
+        return fs.open(path, "rb")
+    except Exception as error:  # gone since the listing, no permission, the network
+        raise ImageError(f"Cannot read {url}: {type(error).__name__}: {error}") from error
 
 
 def _orientation(image: Image.Image) -> int:

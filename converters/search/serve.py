@@ -19,10 +19,13 @@ bounds the memory of many large uploads at once.
 from __future__ import annotations
 
 import functools
+import mimetypes
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import anyio
@@ -34,10 +37,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from converters.app.preprocess import ImageError, load_image
+from converters.console import is_url
 from converters.errors import UserError
 from converters.search.auth import SESSION_COOKIE, SESSION_SECONDS, Gate, Password, PasswordBackend, RequireSignIn, refused
 from converters.search.library import Library, Snapshot
@@ -45,6 +49,7 @@ from converters.search.network import LOOPBACK_NAMES, BodyLimit, BodyTooLarge, S
 from converters.search.pages import PAGE, STATUS_PAGE, login_page
 from converters.search.query import SearchResult, TimeRange, empty_index, text_query
 from converters.search.render import readable_path, to_dict
+from converters.search.scanner import open_remote
 from converters.search.vectors import normalize_rows
 
 DEFAULT_TOP = 24
@@ -152,11 +157,15 @@ def create_app(library: Library, security: Security = Security(), gate: Gate | N
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     def photo(request: Request) -> Response:
+        headers = {"Cache-Control": "private, max-age=3600"}
         try:
-            return FileResponse(library.photo_file(request.path_params["id"], library.current()),
-                                headers={"Cache-Control": "private, max-age=3600"})
-        except LookupError:
+            path = library.photo_file(request.path_params["id"], library.current())
+            if not is_url(path):
+                return FileResponse(path, headers=headers)
+            remote = open_remote(path)
+        except (LookupError, ImageError):
             return Response(status_code=404)
+        return StreamingResponse(_chunks(remote), media_type=mimetypes.guess_type(path)[0], headers=headers)
 
     async def page(request: Request) -> Response:
         return HTMLResponse(PAGE)
@@ -220,6 +229,12 @@ def _middleware(security: Security, gate: Gate | None) -> list[Middleware]:
 
 def _auth_error(conn: HTTPConnection, error: AuthenticationError) -> Response:
     return refused(conn, error)
+
+
+def _chunks(opened: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    with opened:
+        while block := opened.read(size):
+            yield block
 
 
 def _local_path(path: str) -> str:

@@ -15,12 +15,15 @@ import numpy as np
 from converters.app.bundle import Bundle
 from converters.app.fsutil import exclusive
 from converters.app.preprocess import ImageError
+from converters.console import is_url
 from converters.errors import UserError
 from converters.search.scanner import (
     FoundFile,
     PhotoRead,
     find_photos,
+    find_photos_at,
     image_suffixes,
+    library_root,
     read_photo,
 )
 from converters.search.stamp import ArtifactStamp
@@ -93,14 +96,18 @@ class IndexUpdater:
     def __exit__(self, *exc_info) -> None:
         self._held.close()
 
-    def plan(self, photos_dir: Path) -> UpdatePlan:
-        root = str(Path(photos_dir).resolve())
+    def plan(self, library: Path | str) -> UpdatePlan:
+        """What to embed and what to drop: `library` is a folder, or a URL fsspec lists (scanner.is_url)."""
+        root = library_root(library)
         skipped: list[str] = []
-        # An index folder inside the photos would have its own thumbnails indexed on the next run.
-        found = find_photos(Path(root), image_suffixes(), skipped, exclude=self.index_dir)
+        if is_url(root):
+            found = find_photos_at(root, image_suffixes())
+        else:
+            # An index folder inside the photos would have its own thumbnails indexed on the next run.
+            found = find_photos(Path(root), image_suffixes(), skipped, exclude=self.index_dir)
         known = self.database.known_files()
         to_embed = [f for f in found if known.get(f.path) != (f.size, f.mtime_ns)]
-        under_root = root.rstrip(os.sep) + os.sep
+        under_root = root.rstrip("/") + "/"
         seen = {f.path for f in found}
         gone = [path for path in known if path.startswith(under_root) and path not in seen]
         return UpdatePlan(root, to_embed, gone, len(found) - len(to_embed), skipped)

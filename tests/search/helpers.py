@@ -1,9 +1,15 @@
-"""What the search tests share: reading an index database from outside, as another process would."""
+"""What the search tests share: reading an index database from outside, as another process would, and a bucket on
+a loopback S3 server for libraries named by URL."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from converters.search.store import INDEX_FILE
 
@@ -22,3 +28,53 @@ def indexed_rows(index_dir: Path) -> int:
 def integrity(index_dir: Path) -> str:
     with sqlite3.connect(index_dir / INDEX_FILE) as connection:
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+@contextlib.contextmanager
+def s3_bucket(name: str = "household-photos") -> Iterator:
+    """An empty bucket on moto's S3 server on loopback; its address and credentials are in this process's
+    environment while it lasts, for the processes it starts too (a Ray node started meanwhile). Yields boto3's client."""
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec keeps filesystems by their options, not by the environment
+    try:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=name)
+        yield client
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def upload(client, folder: Path, bucket: str, prefix: str) -> None:
+    """Every file under `folder` to s3://bucket/prefix/…, at the same relative paths."""
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{file.relative_to(folder).as_posix()}", Body=file.read_bytes())
+
+
+def rows_by_place(index_dir: Path, root: str) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
+    """Each photo's facts that do not depend on where the library is kept (its size, capture time if any, width,
+    height, orientation) and its embedding, by its path under `root`."""
+    with sqlite3.connect(index_dir / INDEX_FILE) as connection:
+        photos = connection.execute("SELECT path, size, time, captured, width, height, orientation, embedding FROM photos").fetchall()
+    facts, vectors = {}, {}
+    for path, size, time, captured, width, height, orientation, embedding in photos:
+        place = os.fsdecode(path).removeprefix(root.rstrip("/") + "/")
+        facts[place] = (size, time if captured else None, width, height, orientation)
+        vectors[place] = np.frombuffer(embedding, "<f2").astype(np.float32)
+    return facts, vectors

@@ -1,0 +1,40 @@
+"""`embed` of a library on S3 (moto's server on loopback): the driver lists the bucket, both nodes read from it, and the
+index holds the rows a local `index` run gives the same photos from a folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from converters.app.bundle import Bundle
+from converters.cluster.run import embed_and_merge
+from converters.search.updater import IndexUpdater
+from tests.cluster.conftest import BROKEN, ON_TINY_VIT, PHOTOS, STAGE
+from tests.cluster.test_embed import OPTIONS
+from tests.search.helpers import rows_by_place, s3_bucket, upload
+
+pytestmark = pytest.mark.cluster
+
+BUCKET = "archive"
+URL = f"s3://{BUCKET}/photos"
+
+
+@pytest.fixture(scope="module")
+def bucket_library(library):
+    """The library uploaded to a bucket; asked for before `cluster`, so that the nodes start with its address."""
+    with s3_bucket(BUCKET) as client:
+        upload(client, library, BUCKET, "photos")
+        yield URL
+
+
+@ON_TINY_VIT
+def test_both_nodes_read_a_library_on_s3_into_the_rows_of_a_local_run(bucket_library, cluster, library, local_index, tiny_bundle, tmp_path):
+    with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
+        report = embed_and_merge(updater, updater.plan(bucket_library), tmp_path / "shards", OPTIONS)
+    facts, vectors = rows_by_place(tmp_path / "index", URL)
+    local_facts, local_vectors = rows_by_place(local_index, str(library))
+    assert facts == local_facts and len(facts) == PHOTOS == report.update.added
+    cosine = [float(v @ local_vectors[p]) / float(np.linalg.norm(v) * np.linalg.norm(local_vectors[p])) for p, v in vectors.items()]
+    assert min(cosine) >= 0.99999  # onnx-sim's parity target; Ray groups the batches its own way
+    assert len(report.update.skipped) == len(BROKEN) and all(URL in sentence for sentence in report.update.skipped)
+    assert len(report.embedded.per_node) == 2  # both nodes read from the bucket
