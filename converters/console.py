@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import click
 
@@ -35,23 +37,30 @@ def bundle_option(help: str, *, required: bool = False, old_name: str | None = "
 
 
 def is_url(location: str | Path) -> bool:
-    """Whether a photo library is named by a URL (`s3://bucket/photos`) rather than a local path."""
-    return "://" in str(location)
+    """Whether a photo library, or a photo, is named by the URL of a filesystem fsspec opens (`s3://bucket/photos`).
+    A `file://` URL is a local folder: it is listed and served with the local checks (no pipes, no links out)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
 
 
-class Library(click.ParamType):
-    """A photo library: an existing local folder, or a URL of a filesystem fsspec opens (`s3://bucket/photos`),
-    which is listed only when the command runs."""
+def local_path(location: str | Path) -> Path:
+    """A local folder given as a path or as a `file://` URL."""
+    text = str(location)
+    return Path(url2pathname(urlsplit(text).path)) if text.startswith("file://") else Path(location)
+
+
+class LibraryLocation(click.ParamType):
+    """A photo library: an existing local folder, or a URL (see `is_url`), which is listed only when the command runs."""
 
     name = "folder or URL"
 
     def convert(self, value, param, ctx):
         if is_url(value):
             return str(value)
-        return click.Path(exists=True, file_okay=False, path_type=Path).convert(value, param, ctx)
+        return click.Path(exists=True, file_okay=False, path_type=Path).convert(str(local_path(value)), param, ctx)
 
 
-library_argument = click.argument("photos", type=Library())
+library_argument = click.argument("photos", type=LibraryLocation())
 
 
 def threads_option(default: int, what: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import ImageOps
 
 from converters.app.preprocess import ImageError
+from converters.console import is_url
 from converters.search.query import Hit, SearchResult
 from converters.search.scanner import load_photo
 
@@ -107,7 +108,7 @@ def _figure(hit: Hit, thumbnail_px: int) -> str:
         # Indexed earlier, since moved, deleted or damaged: the hit stays, without its picture.
         picture = f'<div class="missing">{html.escape(str(error))}</div>'
     caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(one_line(readable_path(hit.path)))}"
-    link = html.escape(Path(hit.path).as_uri())
+    link = html.escape(hit.path if is_url(hit.path) else Path(hit.path).as_uri())
     return f'<figure><a href="{link}">{picture}</a><figcaption>{caption}</figcaption></figure>'
 
 

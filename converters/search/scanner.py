@@ -19,9 +19,10 @@ from PIL import ExifTags, Image
 
 from converters.app.bundle import Bundle
 from converters.app.preprocess import ImageError, load_image
-from converters.console import is_url
+from converters.console import is_url, local_path
 from converters.errors import UserError
 
+REMOTE_BLOCK = 1 << 20  # bytes read from a URL at a time
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 HEIF_SUFFIXES = frozenset({".heic", ".heif"})
 
@@ -88,21 +89,22 @@ def find_photos(root: Path, suffixes: frozenset[str], skipped: list[str], exclud
 def library_root(location: str | Path) -> str:
     """How the index names a library: a local folder's resolved path, or its URL as its photos' URLs begin."""
     if not is_url(location):
-        return str(Path(location).resolve())
+        return str(local_path(location).resolve())
     fs, root = _filesystem(str(location))
     return fs.unstrip_protocol(root.rstrip("/"))
 
 
 def find_photos_at(url: str, suffixes: frozenset[str]) -> list[FoundFile]:
     """The image files under `url`, recursively, in a stable order; names beginning with a dot are left out
-    at any depth, as `find_photos` leaves them out. Sizes and dates come from the listing: one request per
-    thousand files on S3, not one per file."""
+    at any depth, as `find_photos` leaves them out. Sizes and dates come from the listing (on S3, one request
+    per thousand files), not from a request per file. Nothing there is an empty list: a bucket emptied since
+    the last run."""
     fs, root = _filesystem(url)
     try:
-        fs.invalidate_cache(root)  # the process's cached listing of an earlier run (in a test, or a notebook)
+        fs.invalidate_cache()  # the process's cached listings of an earlier run (in a test, or a notebook)
+        if fs.isfile(root):
+            raise UserError(f"{url} is a file: give the folder it is in (the prefix of the photos' keys).")
         listing = fs.find(root, detail=True, withdirs=False)
-        if not listing and not fs.exists(root):
-            raise UserError(f"There is nothing at {url}: check the bucket and the path.")
     except UserError:
         raise
     except Exception as error:  # a backend fails in its own ways: no credentials, no such bucket, no network
@@ -110,10 +112,10 @@ def find_photos_at(url: str, suffixes: frozenset[str]) -> list[FoundFile]:
     found = []
     prefix = root.rstrip("/") + "/"
     for key in sorted(listing):
-        info, under = listing[key], key[len(prefix):] if key.startswith(prefix) else key.rsplit("/", 1)[-1]
+        under = key.removeprefix(prefix)
         if any(part.startswith(".") for part in under.split("/")) or os.path.splitext(key)[1].lower() not in suffixes:
             continue
-        found.append(FoundFile(fs.unstrip_protocol(key), int(info["size"]), _int64(_modified_ns(info, url))))
+        found.append(FoundFile(fs.unstrip_protocol(key), int(listing[key]["size"]), _int64(_modified_ns(listing[key], url))))
     return found
 
 
@@ -121,15 +123,16 @@ def _filesystem(url: str):
     try:
         from fsspec.core import url_to_fs
     except ImportError as error:
-        raise UserError(f"Reading {url} needs fsspec: pip install 'cnclip-converters[cluster]'.") from error
+        raise UserError(f"Reading {url} needs fsspec and its package for the protocol: pip install 'cnclip-converters[s3]' "
+                        "for s3://.") from error
     try:
         return url_to_fs(url)
     except (ImportError, ValueError) as error:  # fsspec says which package a protocol needs
         raise UserError(f"Cannot open {url}: {error}") from error
 
 
-# The listing's modification time, by the key each fsspec backend gives it under (local and SFTP,
-# S3, Azure, GCS, in-memory); what changed since the last run is told by it and the size.
+# The listing's modification time, under the key each fsspec backend gives it (s3fs: LastModified; the
+# in-memory one: created; others by their code); with the size it tells what changed since the last run.
 _MODIFIED_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
 
@@ -195,7 +198,9 @@ def open_remote(url: str) -> BinaryIO:
         # fsspec would look a file up in a listing it cached when it first opened one in that folder, and miss the
         # files added since: `serve` runs for months.
         fs.invalidate_cache(path)
-        return fs.open(path, "rb")
+        # Blocks of REMOTE_BLOCK: s3fs's default of 50 MiB would fetch a whole photo before the decoder reads its
+        # size, and hold that much for each photo `serve` streams.
+        return fs.open(path, "rb", block_size=REMOTE_BLOCK)
     except Exception as error:  # gone since the listing, no permission, the network
         raise ImageError(f"Cannot read {url}: {type(error).__name__}: {error}") from error
 

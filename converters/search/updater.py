@@ -97,7 +97,7 @@ class IndexUpdater:
         self._held.close()
 
     def plan(self, library: Path | str) -> UpdatePlan:
-        """What to embed and what to drop: `library` is a folder, or a URL fsspec lists (scanner.is_url)."""
+        """What to embed and what to drop: `library` is a folder, or a URL fsspec lists (console.is_url)."""
         root = library_root(library)
         skipped: list[str] = []
         if is_url(root):
@@ -110,6 +110,8 @@ class IndexUpdater:
         under_root = root.rstrip("/") + "/"
         seen = {f.path for f in found}
         gone = [path for path in known if path.startswith(under_root) and path not in seen]
+        if is_url(root) and not found and not gone:  # an emptied bucket is not refused: its photos go
+            raise UserError(f"There are no photos at {root}: check the bucket and the path.")
         return UpdatePlan(root, to_embed, gone, len(found) - len(to_embed), skipped)
 
     def run(
