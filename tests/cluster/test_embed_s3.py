@@ -34,7 +34,7 @@ def cluster(bucket_library, cluster):
 
 
 @ON_TINY_VIT
-def test_both_nodes_read_a_library_on_s3_into_the_rows_of_a_local_run(bucket_library, cluster, library, local_index, tiny_bundle, tmp_path):
+def test_the_cluster_reads_a_library_on_s3_into_the_rows_of_a_local_run(bucket_library, cluster, library, local_index, tiny_bundle, tmp_path):
     with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
         report = embed_and_merge(updater, updater.plan(bucket_library), tmp_path / "shards", OPTIONS)
     facts, vectors = rows_by_place(tmp_path / "index", URL)
