@@ -195,7 +195,7 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
     A re-run of `index` is picked up without a restart.
     """
     from converters.search.auth import read_password
-    from converters.search.library import Library
+    from converters.search.library import Library, map_large_blocks_apart
     from converters.search.network import allowed_hosts, check_port, is_loopback, run_server
     from converters.search.serve import Security, create_app
 
@@ -206,6 +206,7 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
             "Set a password (--password-file FILE, or the variable CNCLIP_PASSWORD), or pass --no-auth to serve "
             "without one on purpose, or listen on 127.0.0.1."
         )
+    map_large_blocks_apart()  # a server runs for months, reloading its index at every commit
     library = Library.open(index_dir, bundle, threads)
     check_port(host, port)
     if password is None and not is_loopback(host):

@@ -38,9 +38,23 @@ from converters.search.store import INDEX_FILE, IndexDatabase, load_index
 THUMBNAIL_FOLDER = "thumbnails"
 
 try:
-    _malloc_trim = ctypes.CDLL(None).malloc_trim
+    _malloc_trim, _mallopt = ctypes.CDLL(None).malloc_trim, ctypes.CDLL(None).mallopt
 except (OSError, AttributeError, TypeError):  # no glibc (macOS, musl, Windows): nothing to ask
-    _malloc_trim = None
+    _malloc_trim = _mallopt = None
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+LARGE_BLOCK = 128 * 1024  # bytes: glibc's own initial threshold, held there
+
+
+def map_large_blocks_apart() -> None:
+    """From now on every block of LARGE_BLOCK bytes or more is a mapping of its own, returned to the system when freed.
+
+    glibc starts so, but raises the threshold to the size of each mapped block freed (up to 32 MB): after the first
+    reload, a reload's arrays (megabytes each) came from the heap, which keeps the holes they leave. In a 4-minute
+    paced load run with `index` committing (tiny ViT, 100,000 photos, AMD EPYC, 2 cores), the server's memory by
+    minute went from 207, 226, 236, 236 MB to 164, 168, 170, 170 MB held so.
+    """
+    if _mallopt is not None:
+        _mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
 
 
 class LibraryProblem(UserError):

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -27,10 +28,10 @@ from converters.search.serve import create_app
 from converters.search.store import INDEX_FILE, load_index
 from converters.search.updater import IndexUpdater
 from tests.app.test_preprocess import write_jpeg_claiming
-from tests.cluster.conftest import REPO
 from tests.search.conftest import PHOTOS
 from tests.search.helpers import rows_by_place, s3_bucket, upload
 
+REPO = Path(__file__).resolve().parents[2]
 BUCKET, STAGE = "household-photos", "onnx-sim"
 URL = f"s3://{BUCKET}/photos"
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
