@@ -1,8 +1,8 @@
 """The Ray Data pipeline: files → read and preprocess (CPU tasks) → embed (an actor pool) → shards on the driver.
 
 The photos are read where the tasks run, so every node sees the library under the same paths (a shared
-mount), or reads it at the same URL (a bucket; scanner.py). Only the results travel back: a few bytes of facts and 2·dim bytes of embedding per photo, which the
-driver writes as shards (shards.py). Rows are made by the functions a local `index` run uses
+mount), or reads it at the same URL (a bucket; scanner.py). Only the results travel back: a few bytes of
+facts and 2·dim bytes of embedding per photo, which the driver writes as shards (shards.py). Rows are made by the functions a local `index` run uses
 (`read_batch`, `photo_rows`), so a row embedded here is the row `index` would have written.
 """
 

@@ -203,7 +203,7 @@ class Library:
 
     def photo_file(self, photo_id: int, snapshot: Snapshot) -> str:
         """The photo `photo_id` (its rowid), if it is still indexed and a regular file inside an indexed folder,
-        or a URL under an indexed URL (a library `embed` read from S3)."""
+        or a URL under an indexed URL (a library in a bucket)."""
         index = snapshot.index
         row = index.row_of(photo_id)
         path = index.photos.paths[row]
