@@ -49,7 +49,7 @@ from converters.search.network import LOOPBACK_NAMES, BodyLimit, BodyTooLarge, S
 from converters.search.pages import PAGE, STATUS_PAGE, login_page
 from converters.search.query import SearchResult, TimeRange, empty_index, text_query
 from converters.search.render import readable_path, to_dict
-from converters.search.scanner import open_remote
+from converters.search.scanner import REMOTE_BLOCK, open_remote
 from converters.search.vectors import normalize_rows
 
 DEFAULT_TOP = 24
@@ -231,9 +231,9 @@ def _auth_error(conn: HTTPConnection, error: AuthenticationError) -> Response:
     return refused(conn, error)
 
 
-def _chunks(opened: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+def _chunks(opened: BinaryIO) -> Iterator[bytes]:
     with opened:
-        while block := opened.read(size):
+        while block := opened.read(REMOTE_BLOCK):
             yield block
 
 
