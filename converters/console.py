@@ -44,9 +44,14 @@ def is_url(location: str | Path) -> bool:
 
 
 def local_path(location: str | Path) -> Path:
-    """A local folder given as a path or as a `file://` URL."""
+    """A local folder given as a path or as a `file://` URL (of this machine: file://nas/share is refused)."""
     text = str(location)
-    return Path(url2pathname(urlsplit(text).path)) if text.startswith("file://") else Path(location)
+    if not text.startswith("file://"):
+        return Path(location)
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        raise click.BadParameter(f"{text} names a folder on {parts.netloc}; mount it here and give its local path.")
+    return Path(url2pathname(parts.path))
 
 
 class LibraryLocation(click.ParamType):

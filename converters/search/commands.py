@@ -50,7 +50,7 @@ def index_command(
     photos: Path | str, bundle: Path | None, stage: str | None, index_dir: Path, batch_size: int, threads: int,
 ) -> None:
     """Index the photos under PHOTOS (recursively) for `search`: a folder, or a URL fsspec reads
-    (s3://bucket/photos, with s3fs installed).
+    (s3://bucket/photos, with s3fs installed and credentials where it looks for them; docs/cluster.md).
 
     A re-run embeds only new or changed files and drops deleted ones; every
     batch is saved as it is embedded, so an interrupted run keeps its progress. Unreadable files are skipped and
@@ -191,7 +191,7 @@ def serve_command(index_dir: Path, bundle: Path | None, host: str, port: int, th
     """Serve the index as a web page: search by text or by a dropped photo, dates, "more like this".
 
     The page, a JSON API under /api (search, search/image, similar, status) and
-    the photos' thumbnails; only files inside the indexed folders are served.
+    the photos' thumbnails; only files inside the indexed folders (or under the indexed URLs) are served.
     A re-run of `index` is picked up without a restart.
     """
     from converters.search.auth import read_password

@@ -7,6 +7,7 @@ import html
 import io
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from PIL import ImageOps
 
@@ -108,7 +109,7 @@ def _figure(hit: Hit, thumbnail_px: int) -> str:
         # Indexed earlier, since moved, deleted or damaged: the hit stays, without its picture.
         picture = f'<div class="missing">{html.escape(str(error))}</div>'
     caption = f"#{hit.rank} · {hit.score:.3f} · {_when(hit)}<br>{html.escape(one_line(readable_path(hit.path)))}"
-    link = html.escape(hit.path if is_url(hit.path) else Path(hit.path).as_uri())
+    link = html.escape(quote(hit.path, safe=":/") if is_url(hit.path) else Path(hit.path).as_uri())
     return f'<figure><a href="{link}">{picture}</a><figcaption>{caption}</figcaption></figure>'
 
 

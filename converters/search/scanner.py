@@ -8,6 +8,7 @@ from it, and the index names each photo by its URL.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 from datetime import datetime
@@ -91,7 +92,8 @@ def library_root(location: str | Path) -> str:
     if not is_url(location):
         return str(local_path(location).resolve())
     fs, root = _filesystem(str(location))
-    return fs.unstrip_protocol(root.rstrip("/"))
+    # The listing names keys without doubled slashes or dot folders: so must the root their paths begin with.
+    return fs.unstrip_protocol(posixpath.normpath(root) if root.strip("/") else root.rstrip("/"))
 
 
 def find_photos_at(url: str, suffixes: frozenset[str]) -> list[FoundFile]:
@@ -191,8 +193,16 @@ def load_photo(path: str) -> Image.Image:
         return load_image(path, remote)
 
 
+class RemoteReadError(UserError):
+    """The filesystem behind a URL did not answer as it should (the network, the endpoint, the credentials): not the
+    photo's fault, so `index` stops rather than dropping its row, and `serve` says so rather than "not found"."""
+
+    status_code = 502
+
+
 def open_remote(url: str) -> BinaryIO:
-    """A photo at a URL, opened for reading; ImageError when it cannot be."""
+    """A photo at a URL, opened for reading: ImageError when it is not there (or not for us), RemoteReadError when
+    the filesystem fails."""
     fs, path = _filesystem(url)
     try:
         # fsspec would look a file up in a listing it cached when it first opened one in that folder, and miss the
@@ -201,8 +211,11 @@ def open_remote(url: str) -> BinaryIO:
         # Blocks of REMOTE_BLOCK: s3fs's default of 50 MiB would fetch a whole photo before the decoder reads its
         # size, and hold that much for each photo `serve` streams.
         return fs.open(path, "rb", block_size=REMOTE_BLOCK)
-    except Exception as error:  # gone since the listing, no permission, the network
+    except (FileNotFoundError, PermissionError) as error:  # deleted since the listing, or not ours to read
         raise ImageError(f"Cannot read {url}: {type(error).__name__}: {error}") from error
+    except Exception as error:  # a backend fails in its own ways
+        raise RemoteReadError(f"Cannot read {url}: {type(error).__name__}: {error}. Check the connection and the "
+                              "credentials, then run again: what was saved is kept.") from error
 
 
 def _orientation(image: Image.Image) -> int:

@@ -23,7 +23,7 @@ from converters.cli import cli
 from converters.console import is_url
 from converters.errors import UserError
 from converters.search.library import Library
-from converters.search.scanner import find_photos_at, image_suffixes, library_root
+from converters.search.scanner import RemoteReadError, find_photos_at, image_suffixes, library_root
 from converters.search.serve import create_app
 from converters.search.store import INDEX_FILE, load_index
 from converters.search.updater import IndexUpdater
@@ -162,6 +162,42 @@ def test_a_file_url_is_the_local_folder_with_its_checks(tiny_bundle, tmp_path):
         plan = updater.plan(folder.as_uri())
     assert plan.root == str(folder.resolve()) and [found.path for found in plan.to_embed] == [str(folder / "cat.jpg")]
     assert plan.skipped == [f"{folder / 'pipe.jpg'}: not a regular file (a pipe, socket or device), left out."]
+
+
+@ON_TINY_VIT
+def test_a_bucket_that_stops_answering_is_a_502_and_stops_index_without_dropping_rows(bucket, tiny_bundle, tmp_path, monkeypatch):
+    import s3fs
+
+    update(tmp_path / "index", URL, tiny_bundle)
+    index = load_index(tmp_path / "index")
+    photo_id = int(index.rowids[index.photos.paths.index(f"{URL}/grass.jpg")])
+    client = TestClient(create_app(Library.open(tmp_path / "index", None, 1)), base_url="http://localhost")
+    bucket.put_object(Bucket=BUCKET, Key="photos/grass.jpg", Body=(PHOTOS / "cat_chelsea.jpg").read_bytes())  # changed
+    try:
+        with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
+            plan = updater.plan(URL)
+            monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing answers
+            s3fs.S3FileSystem.clear_instance_cache()
+            with pytest.raises(RemoteReadError, match="Cannot read .*Check the connection and the credentials"):
+                updater.run(plan)
+        assert f"{URL}/grass.jpg" in load_index(tmp_path / "index").photos.paths  # its old row is kept
+        for route in ("photo", "thumb"):
+            answer = client.get(f"/{route}/{photo_id}")
+            assert answer.status_code == 502 and "Cannot read" in answer.json()["error"]
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+        bucket.put_object(Bucket=BUCKET, Key="photos/grass.jpg", Body=(PHOTOS / "grass.jpg").read_bytes())
+
+
+def test_a_url_names_the_root_its_listing_does():
+    """The listing names keys without doubled slashes or dot folders; a root written with them would hold none."""
+    assert library_root(f"s3://{BUCKET}//photos/./") == library_root(f"{URL}//") == URL
+
+
+def test_a_file_url_of_another_machine_is_refused(tmp_path):
+    result = CliRunner().invoke(cli, ["index", "file://nas/share/photos", "--index", str(tmp_path / "index")])
+    assert result.exit_code == 2 and "names a folder on nas; mount it here" in result.output
 
 
 def test_a_url_of_one_file_is_refused(bucket):
