@@ -38,7 +38,8 @@ from converters.search.store import INDEX_FILE, IndexDatabase, load_index
 THUMBNAIL_FOLDER = "thumbnails"
 
 try:
-    _malloc_trim, _mallopt = ctypes.CDLL(None).malloc_trim, ctypes.CDLL(None).mallopt
+    _libc = ctypes.CDLL(None)
+    _malloc_trim, _mallopt = _libc.malloc_trim, _libc.mallopt
 except (OSError, AttributeError, TypeError):  # no glibc (macOS, musl, Windows): nothing to ask
     _malloc_trim = _mallopt = None
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h

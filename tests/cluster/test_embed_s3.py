@@ -3,7 +3,6 @@ the index holds the rows a local `index` run gives the same photos from a folder
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from converters.app.bundle import Bundle
@@ -11,7 +10,7 @@ from converters.cluster.run import embed_and_merge
 from converters.search.updater import IndexUpdater
 from tests.cluster.conftest import BROKEN, ON_TINY_VIT, PHOTOS, STAGE
 from tests.cluster.test_embed import OPTIONS
-from tests.search.helpers import rows_by_place, s3_bucket, upload
+from tests.search.helpers import assert_same_photos, s3_bucket, upload
 
 pytestmark = pytest.mark.cluster
 
@@ -37,9 +36,6 @@ def cluster(bucket_library, cluster):
 def test_the_cluster_reads_a_library_on_s3_into_the_rows_of_a_local_run(bucket_library, cluster, library, local_index, tiny_bundle, tmp_path):
     with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
         report = embed_and_merge(updater, updater.plan(bucket_library), tmp_path / "shards", OPTIONS)
-    facts, vectors = rows_by_place(tmp_path / "index", URL)
-    local_facts, local_vectors = rows_by_place(local_index, str(library))
-    assert facts == local_facts and len(facts) == PHOTOS == report.update.added
-    cosine = [float(v @ local_vectors[p]) / float(np.linalg.norm(v) * np.linalg.norm(local_vectors[p])) for p, v in vectors.items()]
-    assert min(cosine) >= 0.99999  # onnx-sim's parity target; Ray groups the batches its own way
+    facts = assert_same_photos(tmp_path / "index", URL, local_index, str(library))  # Ray groups the batches its own way
+    assert len(facts) == PHOTOS == report.update.added
     assert len(report.update.skipped) == len(BROKEN) and all(URL in sentence for sentence in report.update.skipped)

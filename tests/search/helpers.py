@@ -78,3 +78,17 @@ def rows_by_place(index_dir: Path, root: str) -> tuple[dict[str, tuple], dict[st
         facts[place] = (size, time if captured else None, width, height, orientation)
         vectors[place] = np.frombuffer(embedding, "<f2").astype(np.float32)
     return facts, vectors
+
+
+def assert_same_photos(index_dir: Path, root: str, other_dir: Path, other_root: str) -> dict[str, tuple]:
+    """Both indexes hold the same photos under their roots: the same facts (`rows_by_place`), and embeddings within
+    the fp32 stages' parity target, cosine ≥ 0.99999 (the photos may have been grouped into other model calls).
+    Returns the facts."""
+    facts, vectors = rows_by_place(index_dir, root)
+    other_facts, other_vectors = rows_by_place(other_dir, other_root)
+    assert facts == other_facts
+    for place, vector in vectors.items():
+        other = other_vectors[place]
+        cosine = float(vector @ other) / float(np.linalg.norm(vector) * np.linalg.norm(other))
+        assert cosine >= 0.99999, (place, cosine)
+    return facts
