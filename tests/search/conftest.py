@@ -6,6 +6,8 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from starlette.testclient import TestClient
 
 from converters.cli import cli
 from converters.data import PARITY_SET_DIR
+from converters.search.loadtest import wait_until_serving
 from converters.search.serve import Library, create_app
 
 PHOTOS = PARITY_SET_DIR / "images"
@@ -72,3 +75,21 @@ def live(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def serving(index_dir: Path, log: Path, host: str = "127.0.0.1", env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The `serve` command in a process of its own on a free port of `host`, its messages in `log`; yields its base
+    URL and the process once it says it is ready."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--host", host, "--port", str(port)]
+    with log.open("w") as sink:
+        server = subprocess.Popen(command, stdout=sink, stderr=sink, env=env)
+    try:
+        wait_until_serving(server, log, seconds=120)
+        yield f"http://{host}:{port}", server
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -7,9 +7,6 @@ import base64
 import hashlib
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -20,6 +17,7 @@ from starlette.testclient import TestClient
 from converters.cli import cli
 from converters.search.auth import Gate, Password, PasswordError, read_password
 from converters.search.serve import Library, Security, create_app
+from tests.search.conftest import serving
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 SECRET = "correct horse battery"
@@ -159,23 +157,11 @@ def test_a_lan_address_without_a_password_refuses_to_start(tmp_path, host):
 
 
 @ON_TINY_VIT
-def test_the_password_appears_in_no_output(library):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "CNCLIP_PASSWORD": SECRET}
-    command = [sys.executable, "-m", "converters", "serve", "--index", str(library[1]), "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = server.stderr.readline()
-        while line and "photos on http://" not in line:
-            line = server.stderr.readline()
-        assert "password required" in line
-        base = f"http://127.0.0.1:{port}"
+def test_the_password_appears_in_no_output(library, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(library[1], log, env={**os.environ, "CNCLIP_PASSWORD": SECRET}) as (base, _):
+        assert "password required" in log.read_text()
         assert httpx.post(base + "/login", data={"password": "wrong guess"}, timeout=60).status_code == 401
         assert httpx.get(base + "/api/status", auth=("me", SECRET), timeout=60).status_code == 200
         assert httpx.get(base + "/api/search?q=" + SECRET, auth=("me", SECRET), timeout=60).status_code == 200
-    finally:
-        server.terminate()
-        out, err = server.communicate(timeout=60)
-    assert SECRET not in out + err + line
+    assert SECRET not in log.read_text()

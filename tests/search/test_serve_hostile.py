@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 from starlette.testclient import TestClient
 
 from converters.search.serve import Library, create_app
-from tests.search.conftest import PHOTOS, index
+from tests.search.conftest import PHOTOS, index, serving
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 
@@ -85,24 +83,11 @@ def test_the_whole_of_127_0_0_0_8_is_loopback(host, loopback):
 
 
 @ON_TINY_VIT
-def test_serving_on_127_0_0_2_gives_no_lan_warning(library):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.2", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "converters", "serve", "--index", str(library[1]), "--host", "127.0.0.2", "--port", str(port)]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = []
-        while not lines or "photos on http://" not in lines[-1]:
-            line = server.stderr.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    assert not any("warning: listening" in line for line in lines), lines
+def test_serving_on_127_0_0_2_gives_no_lan_warning(library, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(library[1], log, host="127.0.0.2"):
+        said = log.read_text()
+    assert "photos on http://127.0.0.2" in said and "warning: listening" not in said, said
 
 
 @ON_TINY_VIT
