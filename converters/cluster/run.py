@@ -12,6 +12,7 @@ import ray
 from converters.cluster.pipeline import ClusterOptions, Throughput, embed_files
 from converters.cluster.shards import ShardEntry, read_shards, shard_files
 from converters.console import say
+from converters.errors import UserError
 from converters.search.scanner import FoundFile
 from converters.search.store import PhotoRow
 from converters.search.updater import IndexUpdater, UpdatePlan, UpdateReport
@@ -36,13 +37,17 @@ def embed_and_merge(
     held = _usable(read_shards(shards, updater.stamp), plan.to_embed)
     throughput = Throughput()
     for attempt in range(1, ATTEMPTS + 1):
-        todo = [found for found in plan.to_embed if found.path not in _usable(read_shards(shards, updater.stamp), plan.to_embed)]
+        done = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+        todo = [found for found in plan.to_embed if found.path not in done]
         if not todo:
             break
-        say(f"{len(todo)} photos to embed on the cluster ({len(held)} already in shards under {shards})")
+        say(f"{len(todo)} photos to embed on the cluster ({len(done)} already in shards under {shards})")
         try:
             part = embed_files(todo, updater.bundle, updater.stage, shards, options, on_shard)
         except ray.exceptions.RayError as error:
+            cause = getattr(error, "cause", None)  # what a task raised
+            if isinstance(cause, UserError):  # the library's fault (a bucket that stopped answering): no retry helps
+                raise cause from None
             if attempt == ATTEMPTS:
                 raise
             say(f"the cluster lost work ({type(error).__name__}); attempt {attempt + 1} of {ATTEMPTS} continues from the shards")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,10 +31,15 @@ def integrity(index_dir: Path) -> str:
         return connection.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+class Bucket(NamedTuple):
+    client: object  # boto3's
+    outage: Callable[[], contextlib.AbstractContextManager[None]]  # while it lasts, nothing listens at the address
+
+
 @contextlib.contextmanager
-def s3_bucket(name: str = "household-photos") -> Iterator:
+def s3_bucket(name: str = "household-photos") -> Iterator[Bucket]:
     """An empty bucket on moto's S3 server on loopback; its address and credentials are in this process's
-    environment while it lasts, for the processes it starts too (a Ray node started meanwhile). Yields boto3's client."""
+    environment while it lasts, for the processes it starts too (a Ray node started meanwhile)."""
     import boto3
     import s3fs
     from moto.server import ThreadedMotoServer
@@ -41,6 +47,18 @@ def s3_bucket(name: str = "household-photos") -> Iterator:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+
+    @contextlib.contextmanager
+    def outage() -> Iterator[None]:
+        nonlocal server
+        server.stop()
+        server._server.server_close()  # refused, not left waiting in the listen queue
+        try:
+            yield
+        finally:  # moto keeps the buckets in this process: they are back with the server
+            server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+            server.start()
+
     settings = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}
     saved = {key: os.environ.get(key) for key in settings}
@@ -49,7 +67,7 @@ def s3_bucket(name: str = "household-photos") -> Iterator:
     try:
         client = boto3.client("s3")
         client.create_bucket(Bucket=name)
-        yield client
+        yield Bucket(client, outage)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -59,9 +59,9 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bucket(folder):
-    with s3_bucket(BUCKET) as client:
-        upload(client, folder, BUCKET, "photos")
-        yield client
+    with s3_bucket(BUCKET) as bucket:
+        upload(bucket.client, folder, BUCKET, "photos")
+        yield bucket.client
 
 
 def update(index_dir, library, bundle_dir):
@@ -113,6 +113,24 @@ def test_an_emptied_bucket_drops_its_photos_and_an_empty_one_is_refused(bucket, 
     assert plan.gone == [f"s3://{BUCKET}/later/cat.jpg"] and report.total == 0
     with pytest.raises(UserError, match=f"There are no photos at s3://{BUCKET}/never"):
         update(tmp_path / "other", f"s3://{BUCKET}/never", tiny_bundle)
+
+
+@ON_TINY_VIT
+def test_a_first_run_that_fails_leaves_no_index_and_a_failing_later_run_keeps_it(bucket, tiny_bundle, tmp_path):
+    mistyped = f"s3://{BUCKET}/mistyped"
+    with pytest.raises(UserError, match=f"There are no photos at {mistyped}"):
+        update(tmp_path / "index", mistyped, tiny_bundle)
+    assert not (tmp_path / "index").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    with pytest.raises(UserError):
+        update(tmp_path / "mine", mistyped, tiny_bundle)
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / INDEX_FILE).exists()
+    with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), "onnx-int8") as updater:  # not tied to onnx-sim
+        report = updater.run(updater.plan(URL))
+    with pytest.raises(UserError):
+        with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), "onnx-int8") as updater:
+            updater.plan(mistyped)
+    assert load_index(tmp_path / "index").artifact.stage == "onnx-int8" and len(load_index(tmp_path / "index")) == report.total > 0
 
 
 @ON_TINY_VIT
