@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -13,6 +16,7 @@ import click
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.app.specs import STAGE_NAMES
 from converters.console import bundle_option, library_argument, say
+from converters.errors import UserError
 from converters.search.updater import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater
 
 SHARDS_DIR = "shards"
@@ -48,21 +52,16 @@ def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path,
     continues where it was. PHOTOS is a folder every node sees at the same path, or a URL fsspec reads
     (s3://bucket/photos, with s3fs and credentials on every node); the bundle must be at the same path on every node.
     """
-    import ray
-
     from converters.cluster.pipeline import ClusterOptions
     from converters.cluster.run import describe_throughput, embed_and_merge
 
     options = ClusterOptions(batch_size, workers, embed_cpus, min(1.0, embed_cpus), shard_rows)
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: photos/s and time left
-    try:
-        with IndexUpdater(index_dir, Bundle.open(bundle), stage) as updater:
-            plan = updater.plan(photos)
-            say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {len(plan.gone)} gone since last time")
+    with IndexUpdater(index_dir, Bundle.open(bundle), stage) as updater:
+        # Listed before Ray starts (some seconds): a mistyped library is said at once, and an unchanged one needs no cluster.
+        plan = updater.plan(photos)
+        say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {len(plan.gone)} gone since last time")
+        with _connected(address) if plan.to_embed else contextlib.nullcontext():
             result = embed_and_merge(updater, plan, shards or index_dir / SHARDS_DIR, options)
-    finally:
-        ray.shutdown()
     for line in describe_throughput(result.embedded):
         say(line)
     update = result.update
@@ -71,3 +70,30 @@ def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path,
         f"{result.from_shards} from an earlier run's shards)")
     for reason in update.skipped:
         say(f"skipped: {reason}")
+
+
+@contextlib.contextmanager
+def _connected(address: str | None) -> Iterator[None]:
+    import ray
+
+    if address not in (None, "auto") and "://" not in address:  # a head's HOST:PORT, not Ray Client's ray://
+        _require_listening(address)
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: photos/s and time left
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _require_listening(address: str) -> None:
+    """Ray waits minutes on an address where nothing listens, then exits without saying why."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"No Ray cluster answers at --ray {address} ({error}). Give the HOST:PORT of a head started with "
+            "`ray start --head --port PORT`, bare --ray for the one `ray start` runs on this machine, or no --ray "
+            "for a Ray of this run's own."
+        ) from None

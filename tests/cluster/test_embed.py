@@ -4,14 +4,18 @@ an interrupted driver."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
 import ray
+from click.testing import CliRunner
 
 from converters.app.bundle import Bundle
+from converters.cli import cli
+from converters.errors import UserError
 from converters.search.updater import IndexUpdater
 from converters.cluster.pipeline import ClusterOptions
 from converters.cluster.run import embed_and_merge
@@ -85,3 +89,17 @@ def test_an_interrupted_driver_resumes_without_embedding_again_what_its_shards_h
     assert report.from_shards == len(first) and report.embedded.photos == len(second)
     assert not set(first) & set(second) and len(first) + len(second) == PHOTOS + len(BROKEN)
     assert_same_index(tmp_path / "index", local_index)
+
+
+@ON_TINY_VIT
+def test_an_unchanged_library_is_listed_and_done_without_a_cluster(library, local_index, tiny_bundle, tmp_path):
+    shutil.copytree(local_index, tmp_path / "index")
+    unchanged = library / "album0" / "sub"  # no unreadable file, which every run tries again
+    # Nothing listens at the discard port: a run that started Ray before listing would wait to connect, then fail.
+    arguments = ["embed", str(unchanged), "--bundle", str(tiny_bundle), "--stage", STAGE, "--index", str(tmp_path / "index"),
+                 "--ray", "127.0.0.1:9"]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    assert f"0 to embed, {len(list(unchanged.glob('*.jpg')))} unchanged" in result.output
+    changed = CliRunner().invoke(cli, [*arguments[:1], str(library), *arguments[2:]])  # its unreadable files are tried again
+    assert isinstance(changed.exception, UserError) and "No Ray cluster answers at --ray 127.0.0.1:9" in str(changed.exception)
