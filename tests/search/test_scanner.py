@@ -231,9 +231,15 @@ def test_the_index_command_reads_a_bucket_and_says_why_when_it_cannot(bucket, ti
     assert refused.returncode != 0 and f"Cannot list {URL}:" in refused.stderr and "Traceback" not in refused.stderr
 
 
-def test_an_unknown_protocol_is_refused_by_name():
-    with pytest.raises(UserError, match="Cannot open nosuch://x/photos: .*nosuch"):
-        library_root("nosuch://x/photos")
+@pytest.mark.parametrize("url, said", [
+    ("nosuch://x/photos", "Cannot open nosuch://x/photos: .*nosuch"),
+    ("ftp://127.0.0.1:9/photos", "Cannot open ftp://127.0.0.1:9/photos: ConnectionRefusedError"),
+    ("local:///tmp", "local:///tmp names this machine's own files: give the folder as a path"),
+    ("http://127.0.0.1:9/photos", "http://127.0.0.1:9/photos is a web address"),
+])
+def test_an_odd_url_is_refused_by_name(url, said):
+    with pytest.raises(UserError, match=said):
+        library_root(url)
 
 
 class UndatedFileSystem(MemoryFileSystem):
