@@ -81,15 +81,15 @@ class IndexUpdater:
         self.bundle, self.stage, self.threads = bundle, stage, threads
         self.stamp = ArtifactStamp.of(bundle, stage)
         self._held = contextlib.ExitStack()
+        self._made_index = False  # by this run: it goes again if the run fails before committing a photo
 
     def __enter__(self) -> "IndexUpdater":
-        self._creates_folder = not self.index_dir.exists()
         self.index_dir.mkdir(parents=True, exist_ok=True)
         require_writable(self.index_dir)  # before the lock, which a read-only folder would call busy
         with contextlib.ExitStack() as opening:
             busy = f"Another `index` run is updating {self.index_dir}; wait for it to finish or use another --index."
             opening.enter_context(exclusive(self.index_dir / LOCK_FILE, busy, IndexBusyError))
-            self._creates_index = not (self.index_dir / INDEX_FILE).exists()
+            self._made_index = not (self.index_dir / INDEX_FILE).exists()
             self.database = IndexDatabase(self.index_dir, create_for=self.stamp)
             opening.callback(self.database.close)
             self.database.stamp.require_same(self.stamp, self.database.file)
@@ -97,18 +97,16 @@ class IndexUpdater:
         return self
 
     def __exit__(self, failure: type[BaseException] | None, *exc_info) -> None:
-        # A first run that failed before a photo was committed (a mistyped bucket, Ctrl-C while listing) leaves no
-        # index: an empty one would tie the folder to this run's --stage. Embedded work in shards stays.
-        discard = failure is not None and self._creates_index and self.database.count() == 0
-        if discard:
-            self.database.close()
-            for suffix in ("", "-wal", "-shm"):  # removed under the lock, so no other run opens it meanwhile
-                self.database.file.with_name(self.database.file.name + suffix).unlink(missing_ok=True)
-        self._held.close()
-        lock = self.index_dir / LOCK_FILE
-        if discard and self._creates_folder and [*self.index_dir.iterdir()] == [lock]:
-            lock.unlink()
-            self.index_dir.rmdir()
+        try:
+            # A first run that failed before a photo was committed (a mistyped bucket, Ctrl-C while listing) leaves
+            # no index: an empty one would tie the folder to this run's --stage.
+            if failure is not None and self._made_index and self.database.count() == 0:
+                self.database.close()
+                for suffix in ("", "-wal", "-shm"):  # under the lock, so that no other run opens it meanwhile
+                    with contextlib.suppress(OSError):
+                        self.database.file.with_name(self.database.file.name + suffix).unlink(missing_ok=True)
+        finally:
+            self._held.close()
 
     def plan(self, library: Path | str) -> UpdatePlan:
         """What to embed and what to drop: `library` is a folder, or a URL fsspec lists (console.is_url)."""
