@@ -127,19 +127,17 @@ def _filesystem(url: str):
     except ImportError as error:
         raise UserError(f"Reading {url} needs fsspec and its package for the protocol: pip install 'cnclip-converters[s3]' "
                         "for s3://.") from error
-    from fsspec.implementations.http import HTTPFileSystem
-    from fsspec.implementations.local import LocalFileSystem
-
     try:
         fs, path = url_to_fs(url)
     except (ImportError, ValueError) as error:  # fsspec says which package a protocol needs
         raise UserError(f"Cannot open {url}: {error}") from error
     except Exception as error:  # some backends connect at once (ftp://, sftp://) and fail in their own ways
-        raise UserError(f"Cannot open {url}: {type(error).__name__}: {error}") from error
-    if isinstance(fs, LocalFileSystem):
+        raise RemoteReadError(f"Cannot open {url}: {type(error).__name__}: {error}") from error
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)  # e.g. ("s3", "s3a")
+    if protocols & {"file", "local"}:
         raise UserError(f"{url} names this machine's own files: give the folder as a path (or a file:// URL), which "
                         "is listed with the local checks (no pipes, no links out of the folder).")
-    if isinstance(fs, HTTPFileSystem):
+    if protocols & {"http", "https"}:
         raise UserError(f"{url} is a web address, whose pages list no sizes or dates to tell a changed photo by: "
                         "give a folder (a mounted share) or a storage URL such as s3://bucket/photos.")
     return fs, path
