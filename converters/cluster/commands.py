@@ -10,6 +10,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -20,6 +21,8 @@ from converters.errors import UserError
 from converters.search.updater import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater
 
 SHARDS_DIR = "shards"
+# Addresses Ray resolves itself: the cluster `ray start` runs on this machine, or one it starts.
+RAY_STARTS_OR_FINDS = ("auto", "local")
 
 
 @click.command("embed")
@@ -30,7 +33,7 @@ SHARDS_DIR = "shards"
               help="Which of the bundle's artifacts embeds the photos; an existing index needs its own.")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_DIR,
               show_default=True, help="Index directory (env CNCLIP_INDEX), the one `index` and `search` use.")
-@click.option("--ray", "address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+@click.option("--ray", "address", is_flag=False, flag_value=RAY_STARTS_OR_FINDS[0], default=None, metavar="[ADDRESS]",
               help="The Ray cluster: HOST:PORT of its head, or bare --ray for the one `ray start` runs here "
               "(default: a Ray started for this run on this machine alone).")
 @click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -57,11 +60,12 @@ def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path,
 
     options = ClusterOptions(batch_size, workers, embed_cpus, min(1.0, embed_cpus), shard_rows)
     with IndexUpdater(index_dir, Bundle.open(bundle), stage) as updater:
-        # Listed before Ray starts (some seconds): a mistyped library is said at once, and an unchanged one needs no cluster.
+        # Listed before Ray starts (some seconds): a mistyped library is said at once, and one whose photos are all
+        # in the index or in shards needs no cluster.
         plan = updater.plan(photos)
         say(f"{plan.root}: {len(plan.to_embed)} to embed, {plan.unchanged} unchanged, {len(plan.gone)} gone since last time")
-        with _connected(address) if plan.to_embed else contextlib.nullcontext():
-            result = embed_and_merge(updater, plan, shards or index_dir / SHARDS_DIR, options)
+        result = embed_and_merge(updater, plan, shards or index_dir / SHARDS_DIR, options,
+                                 cluster=lambda: _ray_cluster(address))
     for line in describe_throughput(result.embedded):
         say(line)
     update = result.update
@@ -73,13 +77,12 @@ def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path,
 
 
 @contextlib.contextmanager
-def _connected(address: str | None) -> Iterator[None]:
+def _ray_cluster(address: str | None) -> Iterator[None]:
     import ray
 
-    if address not in (None, "auto") and "://" not in address:  # a head's HOST:PORT, not Ray Client's ray://
+    if address not in (None, *RAY_STARTS_OR_FINDS) and "://" not in address:  # a head's HOST:PORT, not ray://
         _require_listening(address)
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: photos/s and time left
     try:
         yield
     finally:
@@ -88,10 +91,10 @@ def _connected(address: str | None) -> Iterator[None]:
 
 def _require_listening(address: str) -> None:
     """Ray waits minutes on an address where nothing listens, then exits without saying why."""
-    host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
-    except (OSError, ValueError) as error:
+        where = urlsplit(f"//{address}")  # HOST:PORT, [IPv6]:PORT
+        socket.create_connection((where.hostname or "127.0.0.1", where.port), timeout=10).close()
+    except (OSError, ValueError, TypeError) as error:
         raise UserError(
             f"No Ray cluster answers at --ray {address} ({error}). Give the HOST:PORT of a head started with "
             "`ray start --head --port PORT`, bare --ray for the one `ray start` runs on this machine, or no --ray "

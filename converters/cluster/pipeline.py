@@ -94,9 +94,11 @@ def embed_files(
 ) -> Throughput:
     """Embed `files` on the connected Ray cluster, writing a shard every `options.shard_rows` files."""
     workers = options.workers or len([node for node in ray.nodes() if node["Alive"]])
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # one bar: photos/s and time left
     # A task's own error (a bucket that stopped answering) reaches the driver as itself, not as Ray Data's
     # UserCodeException, whose cause is lost on the way.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    context.raise_original_map_exception = True
     items = [{"path": os.fsencode(f.path), "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // options.batch_size)))
     dataset = dataset.map_batches(read_stage, fn_args=(bundle,), batch_size=options.batch_size, batch_format="numpy",

@@ -3,7 +3,9 @@ Ray Data; then every shard is checked and merged through `IndexUpdater.run`, the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +34,28 @@ class ClusterReport:
 def embed_and_merge(
     updater: IndexUpdater, plan: UpdatePlan, shards: Path, options: ClusterOptions,
     on_shard: Callable[[Path], None] = lambda shard: None,
+    cluster: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> ClusterReport:
-    """Bring the index up to date with `plan`, embedding on the Ray cluster the driver is connected to."""
+    """Bring the index up to date with `plan`, embedding on the Ray cluster: the one the driver is connected to, or
+    the one `cluster()` connects to, entered only when the shards leave a photo to embed."""
     held = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+    throughput = Throughput()
+    if any(found.path not in held for found in plan.to_embed):
+        with cluster():
+            throughput = _embed_what_shards_lack(updater, plan, shards, options, on_shard)
+    entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)  # every shard checked before the first write
+    missing = [found.path for found in plan.to_embed if found.path not in entries]
+    if missing:
+        raise RuntimeError(f"{len(missing)} photos are in no shard after the run, e.g. {missing[0]}")
+    report = updater.run(plan, batch_size=options.batch_size, embed_batch=lambda batch: _from_shards(batch, entries))
+    for shard in shard_files(shards):  # merged: the index holds them now
+        shard.unlink()
+    return ClusterReport(report, len(held), throughput)
+
+
+def _embed_what_shards_lack(
+    updater: IndexUpdater, plan: UpdatePlan, shards: Path, options: ClusterOptions, on_shard: Callable[[Path], None],
+) -> Throughput:
     throughput = Throughput()
     for attempt in range(1, ATTEMPTS + 1):
         done = _usable(read_shards(shards, updater.stamp), plan.to_embed)
@@ -47,7 +68,7 @@ def embed_and_merge(
         except ray.exceptions.RayError as error:
             cause = getattr(error, "cause", None)  # what a task raised
             if isinstance(cause, UserError):  # the library's fault (a bucket that stopped answering): no retry helps
-                raise cause from None
+                raise cause from error
             if attempt == ATTEMPTS:
                 raise
             say(f"the cluster lost work ({type(error).__name__}); attempt {attempt + 1} of {ATTEMPTS} continues from the shards")
@@ -55,14 +76,7 @@ def embed_and_merge(
         throughput.photos += part.photos
         throughput.seconds += part.seconds
         throughput.per_node.update(part.per_node)
-    entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)  # every shard checked before the first write
-    missing = [found.path for found in plan.to_embed if found.path not in entries]
-    if missing:
-        raise RuntimeError(f"{len(missing)} photos are in no shard after the run, e.g. {missing[0]}")
-    report = updater.run(plan, batch_size=options.batch_size, embed_batch=lambda batch: _from_shards(batch, entries))
-    for shard in shard_files(shards):  # merged: the index holds them now
-        shard.unlink()
-    return ClusterReport(report, len(held), throughput)
+    return throughput
 
 
 def _usable(entries: dict[str, ShardEntry], files: list[FoundFile]) -> dict[str, ShardEntry]:

@@ -10,7 +10,6 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 from click.testing import CliRunner
 
 from converters.app.bundle import Bundle
@@ -88,6 +87,27 @@ def test_an_interrupted_driver_resumes_without_embedding_again_what_its_shards_h
 
     assert report.from_shards == len(first) and report.embedded.photos == len(second)
     assert not set(first) & set(second) and len(first) + len(second) == PHOTOS + len(BROKEN)
+    assert_same_index(tmp_path / "index", local_index)
+
+
+@ON_TINY_VIT
+def test_a_run_whose_shards_hold_every_photo_merges_them_without_a_cluster(cluster, library, local_index, tiny_bundle, tmp_path):
+    written = []
+
+    def stop_after_the_last_shard(shard):
+        written.extend(shard_paths(shard))
+        if len(written) == PHOTOS + len(BROKEN):
+            raise KeyboardInterrupt  # every photo embedded, none merged
+
+    with pytest.raises(KeyboardInterrupt):
+        embed(tmp_path / "index", library, tiny_bundle, tmp_path / "shards", stop_after_the_last_shard)
+
+    def no_cluster():
+        raise AssertionError("the cluster was reached though the shards hold every photo")
+
+    with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
+        report = embed_and_merge(updater, updater.plan(library), tmp_path / "shards", OPTIONS, cluster=no_cluster)
+    assert report.from_shards == len(written) and report.embedded.photos == 0
     assert_same_index(tmp_path / "index", local_index)
 
 

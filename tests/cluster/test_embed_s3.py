@@ -4,6 +4,7 @@ the index holds the rows a local `index` run gives the same photos from a folder
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -57,7 +58,9 @@ def test_a_bucket_that_stops_answering_stops_embed_by_name_and_the_next_run_resu
 
     with outage, pytest.raises(RemoteReadError, match=f"Cannot read {URL}/.*Check the connection"):
         with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
-            embed_and_merge(updater, updater.plan(URL), tmp_path / "shards", OPTIONS, stop_the_bucket_after_the_first_shard)
+            # A shard a batch: the bucket stops while most photos are still to be read.
+            embed_and_merge(updater, updater.plan(URL), tmp_path / "shards", replace(OPTIONS, shard_rows=OPTIONS.batch_size),
+                            stop_the_bucket_after_the_first_shard)
     assert "attempt 2" not in capfd.readouterr().err  # stopped at once: trying again cannot help
     with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
         report = embed_and_merge(updater, updater.plan(URL), tmp_path / "shards", OPTIONS)
