@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,6 +24,7 @@ import pytest
 
 from converters.cli import COMMANDS
 from converters.data import PARITY_SET_DIR
+from converters.search.network import free_port
 from tests.conftest import convert_random
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,9 +131,7 @@ def test_the_core_install_indexes_searches_and_serves_a_bundle_without_torch(whe
 
 def serve_and_ask(python: Path, index: Path, query: str, cwd: Path) -> dict:
     """Start `serve` on a free loopback port, ask it one text search over HTTP, and stop it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [python, "-m", "converters", "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,

@@ -17,14 +17,15 @@ fails when one differs). Only loopback; bounded in time and users.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -34,7 +35,7 @@ import numpy as np
 from converters.app.bundle import DEFAULT_STAGE, Bundle
 from converters.cpu import cpu_description
 from converters.data import PARITY_SET_DIR
-from converters.search.network import KEEP_ALIVE_SECONDS
+from converters.search.network import KEEP_ALIVE_SECONDS, free_port
 from converters.search.photos import PhotoRow
 from converters.search.query import text_query
 from converters.search.stamp import ArtifactStamp
@@ -223,9 +224,29 @@ def report(stats: Stats, seconds: float, memory: list[tuple[float, float]], runs
     return "\n".join(lines)
 
 
-def wait_until_serving(server: subprocess.Popen, log: Path, seconds: float = 300) -> int:
-    """Wait for serve's ready line in its log (loading a large index takes a while); returns the log's length
-    then."""
+@contextlib.contextmanager
+def serving(index_dir: Path, log: Path, host: str = "127.0.0.1", env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The `serve` command in a process of its own on a free port of `host`; yields its base URL and the process once
+    it says it is ready. Its messages go to `log`, not to a pipe nobody reads once it has started (a full pipe
+    would stop it)."""
+    port = free_port(host)
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--host", host,
+                                   "--port", str(port)], stdout=sink, stderr=sink, env=env)
+    try:
+        wait_until_serving(server, log)
+        yield f"http://{host}:{port}", server
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_until_serving(server: subprocess.Popen, log: Path, seconds: float = 300) -> None:
+    """Wait for serve's ready line in its log (loading a large index takes a while)."""
     deadline = time.monotonic() + seconds
     while "photos on http://" not in (text := log.read_text(errors="replace")):
         if server.poll() is not None or time.monotonic() > deadline:
@@ -234,7 +255,6 @@ def wait_until_serving(server: subprocess.Popen, log: Path, seconds: float = 300
                      else f"not ready after {seconds:.0f} s")
             raise click.ClickException(f"serve did not start ({state}; {log}): {said}")
         time.sleep(0.1)
-    return len(text)
 
 
 @click.command()
@@ -247,16 +267,9 @@ def wait_until_serving(server: subprocess.Popen, log: Path, seconds: float = 300
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("/tmp/cnclip-load"), show_default=True)
 def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, with_index: bool, workdir: Path) -> None:
     photos, index_dir = build_library(workdir, bundle, count)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # Its messages go to a file, not a pipe nobody reads once it has started (a full pipe would stop it).
     log = workdir / "serve.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen([sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--port",
-                                   str(port)], stderr=sink)
-    try:
-        started = wait_until_serving(server, log)
+    with serving(index_dir, log) as (base, server):
+        started = len(log.read_text(errors="replace"))
         memory, runs = [], None
 
         async def sample(until: float) -> None:
@@ -268,7 +281,7 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
         async def everything() -> tuple[Stats, int | None]:
             until = time.perf_counter() + seconds
             indexing = asyncio.to_thread(index_loop, photos, index_dir, until) if with_index else asyncio.sleep(0, None)
-            stats, _, made = await asyncio.gather(drive(f"http://127.0.0.1:{port}", users, seconds, not no_pause, 0),
+            stats, _, made = await asyncio.gather(drive(base, users, seconds, not no_pause, 0),
                                                   sample(until), indexing)
             return stats, made
 
@@ -279,9 +292,6 @@ def main(bundle: Path, count: int, users: int, seconds: int, no_pause: bool, wit
         click.echo(f"serve's messages during the run: {len(said)} ({log})" + "".join(f"\n  {line}" for line in said[:10]))
         if wrong:
             raise click.ClickException(f"{len(wrong)} sampled answers differ from an exact scan of their index state.")
-    finally:
-        server.terminate()
-        server.wait(60)
 
 
 if __name__ == "__main__":

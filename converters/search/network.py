@@ -145,6 +145,12 @@ def check_port(host: str, port: int) -> None:
         raise UserError(f"Cannot listen on {host}:{port}: {error.strerror or error}. Choose another --port or --host.") from None
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a server started next (the load test's, the tests')."""
+    with socket.create_server((host, 0)) as probe:
+        return probe.getsockname()[1]
+
+
 # A connection idle this long is closed; a client that keeps connections must let go of them sooner.
 KEEP_ALIVE_SECONDS = 5
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,7 @@ from starlette.testclient import TestClient
 
 from converters.cli import cli
 from converters.data import PARITY_SET_DIR
-from converters.search.loadtest import wait_until_serving
+from converters.search.network import free_port
 from converters.search.serve import Library, create_app
 
 PHOTOS = PARITY_SET_DIR / "images"
@@ -60,9 +57,7 @@ def served(library) -> tuple[TestClient, Path]:
 @contextlib.contextmanager
 def live(app) -> Iterator[str]:
     """`app` served by uvicorn on a free loopback port in a thread, as `serve` runs it; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -76,20 +71,3 @@ def live(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
 
-
-@contextlib.contextmanager
-def serving(index_dir: Path, log: Path, host: str = "127.0.0.1", env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The `serve` command in a process of its own on a free port of `host`, its messages in `log`; yields its base
-    URL and the process once it says it is ready."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "converters", "serve", "--index", str(index_dir), "--host", host, "--port", str(port)]
-    with log.open("w") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=sink, env=env)
-    try:
-        wait_until_serving(server, log, seconds=120)
-        yield f"http://{host}:{port}", server
-    finally:
-        server.terminate()
-        server.wait(timeout=60)

@@ -16,8 +16,8 @@ from starlette.testclient import TestClient
 
 from converters.cli import cli
 from converters.search.auth import Gate, Password, PasswordError, read_password
+from converters.search.loadtest import serving
 from converters.search.serve import Library, Security, create_app
-from tests.search.conftest import serving
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 SECRET = "correct horse battery"

@@ -13,15 +13,14 @@ import sys
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
 from converters.app.bundle import Bundle
 from converters.search import library as library_module
-from converters.search.loadtest import resident_mb
+from converters.search.loadtest import resident_mb, serving
 from converters.search.query import Searcher, text_query
 from converters.search.serve import Library, create_app
 from converters.search.store import INDEX_FILE, load_index
-from tests.search.conftest import PHOTOS, index, live, serving
+from tests.search.conftest import PHOTOS, index, live
 from tests.search.helpers import indexed_rows, integrity
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)

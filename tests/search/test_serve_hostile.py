@@ -8,8 +8,9 @@ import shutil
 import pytest
 from starlette.testclient import TestClient
 
+from converters.search.loadtest import serving
 from converters.search.serve import Library, create_app
-from tests.search.conftest import PHOTOS, index, serving
+from tests.search.conftest import PHOTOS, index
 
 ON_TINY_VIT = pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
 

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.app.bundle import Bundle
-from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS, OnnxTower, session
+from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS, OnnxTower
 from converters.app.specs import STAGES
 from converters.errors import ArtifactError
 
