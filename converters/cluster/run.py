@@ -38,33 +38,33 @@ def embed_and_merge(
 ) -> ClusterReport:
     """Bring the index up to date with `plan`, embedding on the Ray cluster: the one the driver is connected to, or
     the one `cluster()` connects to, entered only when the shards leave a photo to embed."""
-    held = _usable(read_shards(shards, updater.stamp), plan.to_embed)
-    throughput = Throughput()
-    if any(found.path not in held for found in plan.to_embed):
+    # Every shard is read, and checked, before the first write; read again after embedding, for the new ones.
+    entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+    held, throughput = len(entries), Throughput()
+    if any(found.path not in entries for found in plan.to_embed):
         with cluster():
-            throughput = _embed_what_shards_lack(updater, plan, shards, options, on_shard)
-    entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)  # every shard checked before the first write
+            throughput = _embed_what_shards_lack(updater, plan, shards, options, on_shard, entries)
+        entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)
     missing = [found.path for found in plan.to_embed if found.path not in entries]
     if missing:
         raise RuntimeError(f"{len(missing)} photos are in no shard after the run, e.g. {missing[0]}")
     report = updater.run(plan, batch_size=options.batch_size, embed_batch=lambda batch: _from_shards(batch, entries))
     for shard in shard_files(shards):  # merged: the index holds them now
         shard.unlink()
-    return ClusterReport(report, len(held), throughput)
+    return ClusterReport(report, held, throughput)
 
 
 def _embed_what_shards_lack(
     updater: IndexUpdater, plan: UpdatePlan, shards: Path, options: ClusterOptions, on_shard: Callable[[Path], None],
+    done: dict[str, ShardEntry],
 ) -> Throughput:
-    throughput = Throughput()
     for attempt in range(1, ATTEMPTS + 1):
-        done = _usable(read_shards(shards, updater.stamp), plan.to_embed)
         todo = [found for found in plan.to_embed if found.path not in done]
         if not todo:
             break
         say(f"{len(todo)} photos to embed on the cluster ({len(done)} already in shards under {shards})")
         try:
-            part = embed_files(todo, updater.bundle, updater.stage, shards, options, on_shard)
+            return embed_files(todo, updater.bundle, updater.stage, shards, options, on_shard)
         except ray.exceptions.RayError as error:
             cause = getattr(error, "cause", None)  # what a task raised
             if isinstance(cause, UserError):  # the library's fault (a bucket that stopped answering): no retry helps
@@ -72,11 +72,8 @@ def _embed_what_shards_lack(
             if attempt == ATTEMPTS:
                 raise
             say(f"the cluster lost work ({type(error).__name__}); attempt {attempt + 1} of {ATTEMPTS} continues from the shards")
-            continue
-        throughput.photos += part.photos
-        throughput.seconds += part.seconds
-        throughput.per_node.update(part.per_node)
-    return throughput
+        done = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+    return Throughput()
 
 
 def _usable(entries: dict[str, ShardEntry], files: list[FoundFile]) -> dict[str, ShardEntry]:
