@@ -152,6 +152,14 @@ class IndexDatabase:
     def close(self) -> None:
         self.connection.close()
 
+    def discard(self) -> None:
+        """Close the database and delete its file with SQLite's journal beside it (a run that made it and failed
+        before its first photo; the caller holds the folder's lock, so no other run opens it meanwhile)."""
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self.file.with_name(self.file.name + suffix).unlink(missing_ok=True)
+
     # ---- what the indexer reads and writes ----------------------------------------------------
 
     def known_files(self) -> dict[str, tuple[int, int]]:

@@ -81,7 +81,7 @@ class IndexUpdater:
         self.bundle, self.stage, self.threads = bundle, stage, threads
         self.stamp = ArtifactStamp.of(bundle, stage)
         self._held = contextlib.ExitStack()
-        self._made_index = False  # by this run: it goes again if the run fails before committing a photo
+        self._made_index = False  # by this run: removed again if the run fails before committing a photo
 
     def __enter__(self) -> "IndexUpdater":
         self.index_dir.mkdir(parents=True, exist_ok=True)
@@ -101,10 +101,7 @@ class IndexUpdater:
             # A first run that failed before a photo was committed (a mistyped bucket, Ctrl-C while listing) leaves
             # no index: an empty one would tie the folder to this run's --stage.
             if failure is not None and self._made_index and self.database.count() == 0:
-                self.database.close()
-                for suffix in ("", "-wal", "-shm"):  # under the lock, so that no other run opens it meanwhile
-                    with contextlib.suppress(OSError):
-                        self.database.file.with_name(self.database.file.name + suffix).unlink(missing_ok=True)
+                self.database.discard()  # under the lock, so that no other run opens it meanwhile
         finally:
             self._held.close()
 
