@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import tomllib
 import urllib.parse
 import urllib.request
@@ -24,13 +22,12 @@ import pytest
 
 from converters.cli import COMMANDS
 from converters.data import PARITY_SET_DIR
-from converters.search.network import free_port
+from converters.search.loadtest import serving
 from tests.conftest import convert_random
 
 REPO = Path(__file__).resolve().parents[1]
 CORE_STAGES = ("onnx-fp32", "onnx-sim", "onnx-int8")
 PHOTOS = ("cat_chelsea.jpg", "coffee_cup.jpg", "grass.jpg", "astronaut.jpg")
-SERVE_WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -130,28 +127,9 @@ def test_the_core_install_indexes_searches_and_serves_a_bundle_without_torch(whe
 
 
 def serve_and_ask(python: Path, index: Path, query: str, cwd: Path) -> dict:
-    """Start `serve` on a free loopback port, ask it one text search over HTTP, and stop it."""
-    port = free_port()
-    server = subprocess.Popen(
-        [python, "-m", "converters", "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-    )
-    url = f"http://127.0.0.1:{port}/api/search?" + urllib.parse.urlencode({"q": query, "top": 2})
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, whatever *_proxy says
-    deadline = time.monotonic() + SERVE_WAIT_S
-    try:
-        while True:
-            assert server.poll() is None, f"serve exited with {server.returncode}: {server.stdout.read()[-3000:]}"
-            try:
-                with direct.open(url, timeout=10) as response:
-                    return json.loads(response.read())
-            except OSError:
-                assert time.monotonic() < deadline, f"serve did not answer within {SERVE_WAIT_S} s"
-                time.sleep(0.5)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    """Start `python`'s `serve` on a free loopback port, ask it one text search over HTTP, and stop it."""
+    with serving(index, cwd / "serve.log", python=python, cwd=cwd) as (base, _):
+        url = f"{base}/api/search?" + urllib.parse.urlencode({"q": query, "top": 2})
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, whatever *_proxy says
+        with direct.open(url, timeout=10) as response:
+            return json.loads(response.read())
