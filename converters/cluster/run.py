@@ -58,10 +58,11 @@ def _embed_what_shards_lack(
     updater: IndexUpdater, plan: UpdatePlan, shards: Path, options: ClusterOptions, on_shard: Callable[[Path], None],
     done: dict[str, ShardEntry],
 ) -> Throughput:
-    for attempt in range(1, ATTEMPTS + 1):
+    attempt = 1
+    while True:
         todo = [found for found in plan.to_embed if found.path not in done]
-        if not todo:
-            break
+        if not todo:  # the failed attempt had written every shard
+            return Throughput()
         say(f"{len(todo)} photos to embed on the cluster ({len(done)} already in shards under {shards})")
         try:
             return embed_files(todo, updater.bundle, updater.stage, shards, options, on_shard)
@@ -71,9 +72,9 @@ def _embed_what_shards_lack(
                 raise cause from error
             if attempt == ATTEMPTS:
                 raise
-            say(f"the cluster lost work ({type(error).__name__}); attempt {attempt + 1} of {ATTEMPTS} continues from the shards")
+            attempt += 1
+            say(f"the cluster lost work ({type(error).__name__}); attempt {attempt} of {ATTEMPTS} continues from the shards")
         done = _usable(read_shards(shards, updater.stamp), plan.to_embed)
-    return Throughput()
 
 
 def _usable(entries: dict[str, ShardEntry], files: list[FoundFile]) -> dict[str, ShardEntry]:

@@ -49,6 +49,16 @@ def library(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def six_photos(tmp_path) -> Path:
+    """A folder of six small photos: shards made by hand, without a cluster."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(photos / f"p{i}.jpg")
+    return photos
+
+
 @pytest.fixture(scope="module")
 def local_index(library, tiny_bundle, tmp_path_factory) -> Path:
     """What a local `index` run makes of the library."""

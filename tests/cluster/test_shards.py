@@ -50,13 +50,8 @@ DAMAGE = {
 
 @ON_TINY_VIT
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_a_damaged_shard_is_refused_before_merging(damage, tiny_bundle, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    from PIL import Image
-
-    for i in range(6):
-        Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(photos / f"p{i}.jpg")
+def test_a_damaged_shard_is_refused_before_merging(damage, tiny_bundle, six_photos, tmp_path):
+    photos = six_photos
     bundle = Bundle.open(tiny_bundle)
     files = find_photos(photos, image_suffixes(), [])
     rows, _ = embed_here(bundle, bundle.embedder(STAGE), files)
@@ -73,14 +68,9 @@ def test_a_damaged_shard_is_refused_before_merging(damage, tiny_bundle, tmp_path
 
 
 @ON_TINY_VIT
-def test_a_whole_shard_merges_without_the_cluster(tiny_bundle, tmp_path):
+def test_a_whole_shard_merges_without_the_cluster(tiny_bundle, six_photos, tmp_path):
     """The check of the damage tests can pass: the same shard, undamaged, is merged (no Ray work is left to do)."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    from PIL import Image
-
-    for i in range(6):
-        Image.new("RGB", (40, 30), (40 * i, 20, 200 - 30 * i)).save(photos / f"p{i}.jpg")
+    photos = six_photos
     bundle = Bundle.open(tiny_bundle)
     rows, _ = embed_here(bundle, bundle.embedder(STAGE), find_photos(photos, image_suffixes(), []))
     with IndexUpdater(tmp_path / "index", bundle, STAGE) as updater:
