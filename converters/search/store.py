@@ -153,8 +153,8 @@ class IndexDatabase:
         self.connection.close()
 
     def discard(self) -> None:
-        """Close the database and delete its file with SQLite's journal beside it (a run that made it and failed
-        before its first photo; the caller holds the folder's lock, so no other run opens it meanwhile)."""
+        """Close the database and delete its file and SQLite's journal beside it (a run that made it failed before
+        its first photo)."""
         self.close()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):

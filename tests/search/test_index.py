@@ -276,6 +276,15 @@ def test_the_database_round_trips(saved_index):
     assert status["photos"] == 50 and status["last_run"]["added"] == 50 and status["skipped"] == ["/photos/bad.jpg is truncated"]
 
 
+def test_discard_removes_the_database_and_its_journal_and_nothing_else(saved_index):
+    (saved_index / "index.lock").touch()
+    database = store.IndexDatabase(saved_index)
+    database.status()  # an open connection in WAL mode keeps -wal and -shm beside the file
+    assert {f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"} <= {f.name for f in saved_index.iterdir()}
+    database.discard()
+    assert [f.name for f in saved_index.iterdir()] == ["index.lock"]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_damaged_database_is_one_error(saved_index, damage):
     file = saved_index / INDEX_FILE
