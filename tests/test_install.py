@@ -117,7 +117,7 @@ def test_the_core_install_indexes_searches_and_serves_a_bundle_without_torch(whe
     assert answer["indexed"] == len(PHOTOS) and len(answer["hits"]) == 3
     assert {Path(hit["path"]).name for hit in answer["hits"]} <= set(PHOTOS)
 
-    served = serve_and_ask(python, index, "草地", elsewhere)
+    served = serve_and_ask(python, index, "草地", elsewhere, tmp_path / "serve.log")
     assert served["indexed"] == len(PHOTOS) and served["hits"] and served["query"] == "草地"
 
     convert = run(*cli, "convert", "tiny-vit", "--checkpoint", "random", cwd=elsewhere)
@@ -126,9 +126,9 @@ def test_the_core_install_indexes_searches_and_serves_a_bundle_without_torch(whe
     assert "torch" in convert.stderr.split("not installed:")[1]
 
 
-def serve_and_ask(python: Path, index: Path, query: str, cwd: Path) -> dict:
-    """Start `python`'s `serve` on a free loopback port, ask it one text search over HTTP, and stop it."""
-    with serving(index, cwd / "serve.log", python=python, cwd=cwd) as (base, _):
+def serve_and_ask(python: Path, index: Path, query: str, cwd: Path, log: Path) -> dict:
+    """Start `python`'s `serve` in `cwd` on a free loopback port, ask it one text search over HTTP, and stop it."""
+    with serving(index, log, python=python, cwd=cwd) as (base, _):
         url = f"{base}/api/search?" + urllib.parse.urlencode({"q": query, "top": 2})
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, whatever *_proxy says
         with direct.open(url, timeout=10) as response:
