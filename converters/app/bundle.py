@@ -69,10 +69,11 @@ class Bundle:
                 f"{', '.join(self.stages()) or 'none'}."
             )
 
-    def embedder(self, stage: str = DEFAULT_STAGE, threads: int = 0) -> Embedder:
-        """Both towers of `stage` (e.g. "onnx-int8") in their runtime; `threads=0` uses every core."""
+    def embedder(self, stage: str = DEFAULT_STAGE, threads: int = 0, gpu: bool = False) -> Embedder:
+        """Both towers of `stage` (e.g. "onnx-int8") in their runtime; `threads=0` uses every core; `gpu`: an onnx
+        stage on onnxruntime's CUDA provider."""
         self._require(stage)
-        return TowerPair(*(open_tower(self.manifest.artifact(t, stage), threads) for t in TOWERS))
+        return TowerPair(*(open_tower(self.manifest.artifact(t, stage), threads, gpu) for t in TOWERS))
 
     def artifact_id(self, stage: str) -> str:
         """One sha256 naming both towers' files: embeddings made with different ids never mix."""

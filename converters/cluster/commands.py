@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import click
 
 from converters.app.bundle import DEFAULT_STAGE, Bundle
-from converters.app.specs import STAGE_NAMES
+from converters.app.specs import STAGE_NAMES, runtime_of
 from converters.console import bundle_option, library_argument, say
 from converters.errors import UserError
 from converters.search.updater import DEFAULT_BATCH_SIZE, DEFAULT_INDEX_DIR, IndexUpdater
@@ -44,10 +44,13 @@ RAY_STARTS_OR_FINDS = ("auto", "local")
               help="Embedding actors, each opening the bundle once (0: one per node).")
 @click.option("--embed-cpus", type=click.FloatRange(0.1), default=1.0, show_default=True,
               help="CPUs each embedding actor reserves; also its inference threads.")
+@click.option("--embed-gpus", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="GPUs each embedding actor reserves (on nodes started with `ray start --num-gpus`); an onnx-* "
+              "stage then runs on onnxruntime-gpu's CUDA provider (onnx-fp16 is meant for it). 0: CPUs only.")
 @click.option("--shard-rows", type=click.IntRange(1), default=1024, show_default=True,
               help="Photos per shard: at most this many are embedded again after the driver is stopped.")
 def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path, address: str | None, shards: Path | None,
-                  batch_size: int, workers: int, embed_cpus: float, shard_rows: int) -> None:
+                  batch_size: int, workers: int, embed_cpus: float, embed_gpus: float, shard_rows: int) -> None:
     """Embed the photos under PHOTOS on a Ray cluster into the index `index` writes.
 
     The same files as `index` are embedded (new, or changed in size or date), by the same artifact, into the
@@ -58,7 +61,9 @@ def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path,
     from converters.cluster.pipeline import ClusterOptions
     from converters.cluster.run import describe_throughput, embed_and_merge
 
-    options = ClusterOptions(batch_size, workers, embed_cpus, min(1.0, embed_cpus), shard_rows)
+    if embed_gpus and runtime_of(stage) != "onnxruntime":
+        raise UserError(f"--embed-gpus runs an onnx-* stage on the GPU; --stage {stage} runs in {runtime_of(stage)}.")
+    options = ClusterOptions(batch_size, workers, embed_cpus, embed_gpus, read_cpus=min(1.0, embed_cpus), shard_rows=shard_rows)
     with IndexUpdater(index_dir, Bundle.open(bundle), stage) as updater:
         # Listed before Ray starts (some seconds): a mistyped library is said at once, and one whose photos are all
         # in the index or in shards needs no cluster.

@@ -33,6 +33,7 @@ class ClusterOptions:
     batch_size: int = 16  # photos per read task and per model call
     workers: int = 0  # embedding actors; 0: one per alive node
     embed_cpus: float = 1.0  # CPUs each actor reserves (and inference threads, rounded up)
+    embed_gpus: float = 0.0  # GPUs each actor reserves (Ray's num_gpus); an onnx stage then runs on CUDA
     read_cpus: float = 1.0  # CPUs each read task reserves
     shard_rows: int = 1024  # files per shard: what an interrupted driver loses at most
 
@@ -66,15 +67,22 @@ def read_stage(batch: dict[str, np.ndarray], bundle: Bundle) -> dict[str, np.nda
 class EmbedActor:
     """One per worker: opens the bundle once and embeds batch after batch with `photo_rows`."""
 
-    def __init__(self, bundle_dir: str, stage: str, artifact: str, threads: int):
-        bundle = Bundle.open(bundle_dir)
-        mine = ArtifactStamp.of(bundle, stage)
-        if mine.id != artifact:  # another copy of the bundle on this node, with other files
-            raise UserError(f"The bundle at {bundle_dir} on this node is {mine.describe()}, not artifact {artifact[:12]}.")
-        self.embedder, self.artifact = bundle.embedder(stage, threads), artifact
-        self.node = ray.get_runtime_context().get_node_id()
+    def __init__(self, bundle_dir: str, stage: str, artifact: str, threads: int, gpu: bool):
+        self.node, self.artifact, self.refused = ray.get_runtime_context().get_node_id(), artifact, None
+        try:
+            bundle = Bundle.open(bundle_dir)
+            mine = ArtifactStamp.of(bundle, stage)
+            if mine.id != artifact:  # another copy of the bundle on this node, with other files
+                raise UserError(f"The bundle at {bundle_dir} is {mine.describe()}, not artifact {artifact[:12]}.")
+            self.embedder = bundle.embedder(stage, threads, gpu)
+        except UserError as error:
+            # Raised here, Ray Data would start the actor again and again, then report only the error's text in an
+            # ActorDiedError; raised from the first batch it reaches the driver as itself, and no retry is made.
+            self.refused = UserError(f"Node {self.node[:12]}: {error}")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.refused is not None:
+            raise self.refused
         read, skipped = [], []
         for i, raw in enumerate(batch["path"]):
             found = FoundFile(os.fsdecode(raw), int(batch["size"][i]), int(batch["mtime_ns"][i]))
@@ -93,7 +101,16 @@ def embed_files(
     on_shard: Callable[[Path], None] = lambda shard: None,
 ) -> Throughput:
     """Embed `files` on the connected Ray cluster, writing a shard every `options.shard_rows` files."""
-    workers = options.workers or len([node for node in ray.nodes() if node["Alive"]])
+    if options.embed_gpus:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < options.embed_gpus:  # Ray Data would wait for them for ever
+            raise UserError(
+                f"--embed-gpus {options.embed_gpus:g}: the cluster's nodes have {gpus:g} GPUs between them. Start "
+                "the GPU nodes with `ray start --address HEAD:PORT --num-gpus N`, or leave out --embed-gpus."
+            )
+        workers = options.workers or int(gpus // options.embed_gpus)
+    else:
+        workers = options.workers or len([node for node in ray.nodes() if node["Alive"]])
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # one bar: photos/s and time left
     # A task's own error (a bucket that stopped answering) reaches the driver as itself, not as Ray Data's
@@ -105,8 +122,10 @@ def embed_files(
                                   num_cpus=options.read_cpus)
     artifact = ArtifactStamp.of(bundle, stage).id
     dataset = dataset.map_batches(
-        EmbedActor, fn_constructor_args=(str(Path(bundle.manifest.root).resolve()), stage, artifact, max(1, round(options.embed_cpus))),
+        EmbedActor, fn_constructor_args=(str(Path(bundle.manifest.root).resolve()), stage, artifact,
+                                         max(1, round(options.embed_cpus)), bool(options.embed_gpus)),
         batch_size=options.batch_size, batch_format="numpy", concurrency=workers, num_cpus=options.embed_cpus,
+        num_gpus=options.embed_gpus,
     )
     done, pending = Throughput(), []
     with tqdm(total=len(files), unit="photo", disable=not files) as bar:

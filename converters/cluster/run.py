@@ -68,7 +68,10 @@ def _embed_what_shards_lack(
             return embed_files(todo, updater.bundle, updater.stage, shards, options, on_shard)
         except ray.exceptions.RayError as error:
             cause = getattr(error, "cause", None)  # what a task raised
-            if isinstance(cause, UserError):  # the library's fault (a bucket that stopped answering): no retry helps
+            if isinstance(cause, UserError):  # the library's or a node's fault (a bucket that stopped answering): no retry helps
+                # Ray Data appends its advice on retries to the message ("\nFailed to apply UDF transform after
+                # 1/1 attempts … configure DataContext"): not for the user, who is told what to do already.
+                cause.args = (str(cause.args[0]).split("\nFailed to ", 1)[0], *cause.args[1:])
                 raise cause from error
             if attempt == ATTEMPTS:
                 raise

@@ -3,6 +3,7 @@ an interrupted driver."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -123,3 +124,34 @@ def test_an_unchanged_library_is_listed_and_done_without_a_cluster(library, loca
     assert f"0 to embed, {len(list(unchanged.glob('*.jpg')))} unchanged" in result.output
     changed = CliRunner().invoke(cli, [*arguments[:1], str(library), *arguments[2:]])  # its unreadable files are tried again
     assert isinstance(changed.exception, UserError) and "No Ray cluster answers at --ray 127.0.0.1:9" in str(changed.exception)
+
+
+@ON_TINY_VIT
+def test_gpu_actors_wait_for_no_gpu_and_refuse_an_onnxruntime_without_cuda(cluster, library, tiny_bundle, tmp_path):
+    """Without GPUs in the cluster Ray Data would wait for them for ever; a node that has one (declared: there is
+    none here) gets the actors, and its CPU-only onnxruntime is refused by the node's name, not run on the CPU."""
+    options = dataclasses.replace(OPTIONS, workers=0, embed_gpus=1)
+    with pytest.raises(UserError, match="the cluster's nodes have 0 GPUs between them"):
+        with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
+            embed_and_merge(updater, updater.plan(library), tmp_path / "shards", options)
+    gpu_node = cluster.add_node(**NODE, num_gpus=1)
+    cluster.wait_for_nodes()
+    try:
+        with pytest.raises(UserError) as refused:
+            with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
+                embed_and_merge(updater, updater.plan(library), tmp_path / "shards", options)
+    finally:
+        cluster.remove_node(gpu_node)
+    assert f"Node {gpu_node.node_id[:12]}: onnxruntime" in str(refused.value)
+    assert "has no CUDAExecutionProvider" in str(refused.value) and "DataContext" not in str(refused.value)
+    assert not list((tmp_path / "shards").glob("*.parquet"))
+
+
+@ON_TINY_VIT
+def test_gpu_actors_need_an_onnx_stage(library, tiny_bundle, tmp_path):
+    arguments = ["embed", str(library), "--bundle", str(tiny_bundle), "--stage", "ncnn-fp16", "--embed-gpus", "1",
+                 "--index", str(tmp_path / "index")]
+    result = CliRunner().invoke(cli, arguments)
+    assert isinstance(result.exception, UserError), result.output
+    assert "--stage ncnn-fp16 runs in ncnn" in str(result.exception)
+    assert not (tmp_path / "index").exists()

@@ -44,12 +44,15 @@ class TowerPair:
         return self.text.embed(token_ids)
 
 
-def open_tower(artifact: Artifact, threads: int = 0) -> TowerRunner:
-    """A runner for `artifact` in its own runtime; `threads=0` lets the runtime use all cores."""
+def open_tower(artifact: Artifact, threads: int = 0, gpu: bool = False) -> TowerRunner:
+    """A runner for `artifact` in its own runtime; `threads=0` lets the runtime use all cores. `gpu`: onnxruntime's
+    CUDA provider (the other runtimes have their own devices, or none)."""
     if artifact.runtime == "onnxruntime":
         from converters.app.runtimes.onnx_runtime import OnnxTower
 
-        return OnnxTower(artifact, threads)
+        return OnnxTower(artifact, threads, gpu)
+    if gpu:
+        raise ValueError(f"{artifact.key} runs in {artifact.runtime}, which has no GPU here")
     if artifact.runtime == "ncnn":
         from converters.app.runtimes.ncnn_runtime import NcnnTower
 

@@ -1,4 +1,4 @@
-"""onnxruntime (CPU) runner for the ONNX towers.
+"""onnxruntime runner for the ONNX towers: on the CPU, or on a CUDA GPU with onnxruntime-gpu.
 
 An artifact's `runtime_options` are onnxruntime session config entries, on or off; the ONNX stages record
 `RUNTIME_OPTIONS`, so an app sets what parity measured with.
@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from converters.app.artifact import Artifact
-from converters.errors import ArtifactError
+from converters.errors import ArtifactError, UserError
 
 
 # Denormal floats flushed to zero: heavy-tailed (trained-like) weights make them, and each costs a slow
@@ -20,29 +20,48 @@ from converters.errors import ArtifactError
 # thread's arithmetic (numpy's too) then flushes as well (tests/app/runtimes/test_onnx_runtime.py).
 RUNTIME_OPTIONS = {"session.set_denormal_as_zero": True}
 KNOWN_OPTIONS = frozenset(RUNTIME_OPTIONS)
+CPU_PROVIDER = "CPUExecutionProvider"
+GPU_PROVIDER = "CUDAExecutionProvider"  # onnxruntime-gpu's, on the device CUDA_VISIBLE_DEVICES (Ray) leaves first
 
 
-def session(model: str | bytes, threads: int = 0, runtime_options: dict[str, bool] | None = None) -> ort.InferenceSession:
-    """A CPU session for a model file (or serialized model) with an artifact's `runtime_options` (none: onnxruntime's
-    defaults); `threads=0` lets onnxruntime use every core."""
+def session(
+    model: str | bytes, threads: int = 0, runtime_options: dict[str, bool] | None = None, gpu: bool = False,
+) -> ort.InferenceSession:
+    """A session for a model file (or serialized model) with an artifact's `runtime_options` (none: onnxruntime's
+    defaults), on the CPU or the `gpu`; `threads=0` lets onnxruntime use every core."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise to a user
     for key, on in (runtime_options or {}).items():
         options.add_session_config_entry(key, "1" if on else "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=[GPU_PROVIDER, CPU_PROVIDER] if gpu else [CPU_PROVIDER])
+
+
+def require_gpu() -> None:
+    """onnxruntime runs a GPU session on the CPU when its build has no CUDA: a GPU run refuses that instead."""
+    available = ort.get_available_providers()
+    if GPU_PROVIDER not in available:
+        raise UserError(
+            f"onnxruntime {ort.__version__} on this machine has no {GPU_PROVIDER} (it has {', '.join(available)}): "
+            "a GPU needs onnxruntime-gpu, and CUDA, in place of onnxruntime."
+        )
 
 
 class OnnxTower:
-    def __init__(self, artifact: Artifact, threads: int = 0):
+    def __init__(self, artifact: Artifact, threads: int = 0, gpu: bool = False):
         unknown = [key for key, value in artifact.runtime_options.items() if key not in KNOWN_OPTIONS or not isinstance(value, bool)]
         if unknown:
             raise ArtifactError(f"{artifact.key}: this runner knows no onnxruntime option {unknown} "
                                 f"(it knows {sorted(KNOWN_OPTIONS)}, on or off); convert again.")
+        if gpu:
+            require_gpu()
         try:
-            self.session = session(str(artifact.model_file), threads, artifact.runtime_options)
+            self.session = session(str(artifact.model_file), threads, artifact.runtime_options, gpu)
         except Exception as error:  # onnxruntime reports a bad file as InvalidProtobuf, Fail, …
             raise ArtifactError(f"onnxruntime cannot load {artifact.model_file}: {error}") from None
+        if gpu and self.session.get_providers()[0] != GPU_PROVIDER:  # CUDA's libraries missing: a warning, then the CPU
+            raise UserError(f"onnxruntime could not start CUDA for {artifact.model_file} (it would run on "
+                            f"{', '.join(self.session.get_providers())}); see its warning above.")
         graph_inputs = [i.name for i in self.session.get_inputs()]
         if graph_inputs != [t.name for t in artifact.spec.inputs]:
             raise ArtifactError(

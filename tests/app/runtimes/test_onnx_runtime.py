@@ -12,9 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.app.bundle import Bundle
-from converters.app.runtimes.onnx_runtime import RUNTIME_OPTIONS, OnnxTower
+from converters.app.runtimes.onnx_runtime import GPU_PROVIDER, RUNTIME_OPTIONS, OnnxTower
 from converters.app.specs import STAGES
-from converters.errors import ArtifactError
+from converters.errors import ArtifactError, UserError
 
 DENORMAL = 1e-39  # below float32's smallest normal number, 1.2e-38
 
@@ -65,3 +65,21 @@ def test_an_unknown_runtime_option_is_refused(tiny_bundle):
     artifact = Bundle.open(tiny_bundle).manifest.artifact("text", "onnx-int8")
     with pytest.raises(ArtifactError, match="knows no onnxruntime option"):
         OnnxTower(dataclasses.replace(artifact, runtime_options={"session.use_magic": True}))
+
+
+def test_a_gpu_tower_is_refused_where_onnxruntime_has_no_cuda(tiny_bundle):
+    """This machine's onnxruntime is the CPU build: asked for the GPU, it would run on the CPU and say nothing."""
+    artifact = Bundle.open(tiny_bundle).manifest.artifact("visual", "onnx-fp16")
+    with pytest.raises(UserError, match="has no CUDAExecutionProvider .*onnxruntime-gpu"):
+        OnnxTower(artifact, gpu=True)
+
+
+def test_a_gpu_tower_that_onnxruntime_would_put_on_the_cpu_is_refused(tiny_bundle, monkeypatch):
+    """An onnxruntime-gpu whose CUDA libraries cannot be loaded lists the provider but makes a CPU session, with a
+    warning; stood in for by the CPU build told it has the provider."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [GPU_PROVIDER, "CPUExecutionProvider"])
+    artifact = Bundle.open(tiny_bundle).manifest.artifact("visual", "onnx-fp16")
+    with pytest.raises(UserError, match="could not start CUDA .* on CPUExecutionProvider"):
+        OnnxTower(artifact, gpu=True)
