@@ -44,9 +44,10 @@ RAY_STARTS_OR_FINDS = ("auto", "local")
               help="Embedding actors, each opening the bundle once (0: one per node).")
 @click.option("--embed-cpus", type=click.FloatRange(0.1), default=1.0, show_default=True,
               help="CPUs each embedding actor reserves; also its inference threads.")
-@click.option("--embed-gpus", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="GPUs each embedding actor reserves (on nodes started with `ray start --num-gpus`); an onnx-* "
-              "stage then runs on onnxruntime-gpu's CUDA provider (onnx-fp16 is meant for it). 0: CPUs only.")
+@click.option("--embed-gpus", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="The share of a GPU each embedding actor reserves (0.5: two actors a GPU); its onnx-* stage then "
+              "runs on onnxruntime-gpu's CUDA provider (onnx-fp16 is meant for it). 0: CPUs only. Never run on a "
+              "GPU by this project's tests.")
 @click.option("--shard-rows", type=click.IntRange(1), default=1024, show_default=True,
               help="Photos per shard: at most this many are embedded again after the driver is stopped.")
 def embed_command(photos: Path | str, bundle: Path, stage: str, index_dir: Path, address: str | None, shards: Path | None,

@@ -78,11 +78,11 @@ class EmbedActor:
         except UserError as error:
             # Raised here, Ray Data would start the actor again and again, then report only the error's text in an
             # ActorDiedError; raised from the first batch it reaches the driver as itself, and no retry is made.
-            self.refused = UserError(f"Node {self.node[:12]}: {error}")
+            self.refused = f"Node {self.node[:12]}: {error}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.refused is not None:
-            raise self.refused
+            raise UserError(self.refused)  # a new one each time: Ray Data appends its advice to the one raised
         read, skipped = [], []
         for i, raw in enumerate(batch["path"]):
             found = FoundFile(os.fsdecode(raw), int(batch["size"][i]), int(batch["mtime_ns"][i]))
@@ -96,21 +96,29 @@ class EmbedActor:
         return shard_columns(photo_rows(read, self.embedder), skipped, self.artifact, self.node)
 
 
+def gpu_actors_fitting(nodes: list[dict], gpus_each: float) -> int:
+    """How many actors of `gpus_each` GPUs the nodes hold, counted in Ray's units of 1/10,000 (a float floor
+    division would start one too few: 1 // 0.2 == 4.0)."""
+    each = round(gpus_each * 10_000)
+    return sum(round(node["Resources"].get("GPU", 0) * 10_000) // each for node in nodes)
+
+
 def embed_files(
     files: list[FoundFile], bundle: Bundle, stage: str, shards: Path, options: ClusterOptions,
     on_shard: Callable[[Path], None] = lambda shard: None,
 ) -> Throughput:
     """Embed `files` on the connected Ray cluster, writing a shard every `options.shard_rows` files."""
+    alive = [node for node in ray.nodes() if node["Alive"]]
     if options.embed_gpus:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < options.embed_gpus:  # Ray Data would wait for them for ever
+        fitting = gpu_actors_fitting(alive, options.embed_gpus)
+        if not fitting:  # Ray Data would wait for them for ever
             raise UserError(
-                f"--embed-gpus {options.embed_gpus:g}: the cluster's nodes have {gpus:g} GPUs between them. Start "
-                "the GPU nodes with `ray start --address HEAD:PORT --num-gpus N`, or leave out --embed-gpus."
+                f"--embed-gpus {options.embed_gpus:g}: no node of the cluster has that much of a GPU. Ray counts a "
+                "node's NVIDIA GPUs when it starts (`ray start --num-gpus K` to say how many), or leave out --embed-gpus."
             )
-        workers = options.workers or int(gpus // options.embed_gpus)
+        workers = options.workers or fitting
     else:
-        workers = options.workers or len([node for node in ray.nodes() if node["Alive"]])
+        workers = options.workers or len(alive)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # one bar: photos/s and time left
     # A task's own error (a bucket that stopped answering) reaches the driver as itself, not as Ray Data's

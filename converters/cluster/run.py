@@ -71,7 +71,8 @@ def _embed_what_shards_lack(
             if isinstance(cause, UserError):  # the library's or a node's fault (a bucket that stopped answering): no retry helps
                 # Ray Data appends its advice on retries to the message ("\nFailed to apply UDF transform after
                 # 1/1 attempts … configure DataContext"): not for the user, who is told what to do already.
-                cause.args = (str(cause.args[0]).split("\nFailed to ", 1)[0], *cause.args[1:])
+                if cause.args and isinstance(cause.args[0], str):
+                    cause.args = (cause.args[0].rpartition("\nFailed to ")[0] or cause.args[0], *cause.args[1:])
                 raise cause from error
             if attempt == ATTEMPTS:
                 raise

@@ -4,6 +4,7 @@ an interrupted driver."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -127,11 +128,29 @@ def test_an_unchanged_library_is_listed_and_done_without_a_cluster(library, loca
 
 
 @ON_TINY_VIT
+def test_a_node_whose_bundle_is_not_the_drivers_artifact_is_refused_by_name(cluster, library, tiny_bundle, tmp_path):
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle_dir)
+    with IndexUpdater(tmp_path / "index", Bundle.open(bundle_dir), STAGE) as updater:
+        plan = updater.plan(library)
+        # Another conversion lands at the bundle's path after the driver opened it: the nodes read the new one.
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        entry = manifest["artifacts"][f"visual.{STAGE}"]["files"][0]
+        entry["sha256"] = ("1" if entry["sha256"].startswith("0") else "0") + entry["sha256"][1:]
+        (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(UserError) as refused:
+            embed_and_merge(updater, plan, tmp_path / "shards", OPTIONS)
+    assert str(refused.value).startswith("Node ") and f"The bundle at {bundle_dir.resolve()} is " in str(refused.value)
+    assert f"not artifact {updater.stamp.id[:12]}" in str(refused.value) and "DataContext" not in str(refused.value)
+    assert not list((tmp_path / "shards").glob("*.parquet"))
+
+
+@ON_TINY_VIT
 def test_gpu_actors_wait_for_no_gpu_and_refuse_an_onnxruntime_without_cuda(cluster, library, tiny_bundle, tmp_path):
     """Without GPUs in the cluster Ray Data would wait for them for ever; a node that has one (declared: there is
     none here) gets the actors, and its CPU-only onnxruntime is refused by the node's name, not run on the CPU."""
     options = dataclasses.replace(OPTIONS, workers=0, embed_gpus=1)
-    with pytest.raises(UserError, match="the cluster's nodes have 0 GPUs between them"):
+    with pytest.raises(UserError, match="no node of the cluster has that much of a GPU"):
         with IndexUpdater(tmp_path / "index", Bundle.open(tiny_bundle), STAGE) as updater:
             embed_and_merge(updater, updater.plan(library), tmp_path / "shards", options)
     gpu_node = cluster.add_node(**NODE, num_gpus=1)

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from converters.app.artifact import Artifact
+from converters.errors import UserError
 
 
 class TowerRunner(Protocol):
@@ -52,7 +53,7 @@ def open_tower(artifact: Artifact, threads: int = 0, gpu: bool = False) -> Tower
 
         return OnnxTower(artifact, threads, gpu)
     if gpu:
-        raise ValueError(f"{artifact.key} runs in {artifact.runtime}, which has no GPU here")
+        raise UserError(f"{artifact.key} runs in {artifact.runtime}: only onnx-* stages run on a GPU here.")
     if artifact.runtime == "ncnn":
         from converters.app.runtimes.ncnn_runtime import NcnnTower
 

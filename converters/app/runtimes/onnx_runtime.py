@@ -37,7 +37,7 @@ def session(
     return ort.InferenceSession(model, options, providers=[GPU_PROVIDER, CPU_PROVIDER] if gpu else [CPU_PROVIDER])
 
 
-def require_gpu() -> None:
+def _require_cuda() -> None:
     """onnxruntime runs a GPU session on the CPU when its build has no CUDA: a GPU run refuses that instead."""
     available = ort.get_available_providers()
     if GPU_PROVIDER not in available:
@@ -54,14 +54,16 @@ class OnnxTower:
             raise ArtifactError(f"{artifact.key}: this runner knows no onnxruntime option {unknown} "
                                 f"(it knows {sorted(KNOWN_OPTIONS)}, on or off); convert again.")
         if gpu:
-            require_gpu()
+            _require_cuda()
         try:
             self.session = session(str(artifact.model_file), threads, artifact.runtime_options, gpu)
         except Exception as error:  # onnxruntime reports a bad file as InvalidProtobuf, Fail, …
             raise ArtifactError(f"onnxruntime cannot load {artifact.model_file}: {error}") from None
-        if gpu and self.session.get_providers()[0] != GPU_PROVIDER:  # CUDA's libraries missing: a warning, then the CPU
-            raise UserError(f"onnxruntime could not start CUDA for {artifact.model_file} (it would run on "
-                            f"{', '.join(self.session.get_providers())}); see its warning above.")
+        if gpu:
+            if self.session.get_providers()[0] != GPU_PROVIDER:  # CUDA's libraries missing: a warning, then the CPU
+                raise UserError(f"onnxruntime could not start CUDA for {artifact.model_file} (it would run on "
+                                f"{', '.join(self.session.get_providers())}); see its warning above.")
+            self.session.disable_fallback()  # a failed GPU run is an error, not a silent rerun on the CPU
         graph_inputs = [i.name for i in self.session.get_inputs()]
         if graph_inputs != [t.name for t in artifact.spec.inputs]:
             raise ArtifactError(
