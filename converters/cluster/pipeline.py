@@ -33,7 +33,7 @@ class ClusterOptions:
     batch_size: int = 16  # photos per read task and per model call
     workers: int = 0  # embedding actors; 0: one per alive node
     embed_cpus: float = 1.0  # CPUs each actor reserves (and inference threads, rounded up)
-    embed_gpus: float = 0.0  # GPUs each actor reserves (Ray's num_gpus); an onnx stage then runs on CUDA
+    embed_gpus: float = 0.0  # the share of a GPU each actor reserves (Ray's num_gpus, at most 1); 0: CPUs only
     read_cpus: float = 1.0  # CPUs each read task reserves
     shard_rows: int = 1024  # files per shard: what an interrupted driver loses at most
 
