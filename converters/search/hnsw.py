@@ -26,7 +26,8 @@ GRAPH_PREFIX = "approximate-"
 GRAPH_SUFFIX = ".usearch"
 # Graph degree and search breadth, with 64 candidates rescored to the top 10. Measured on 1,000,000
 # clustered 512-d vectors (`bench/search_scale.py`, 200 probes, AMD EPYC, 2 cores): recall@10 0.99 at
-# breadth 64 (0.82 ms), 1.0 at 96 (0.96 ms) and at 128 (1.22 ms); 128 keeps a margin at larger sizes.
+# breadth 64 (0.82 ms), 1.0 at 96 (0.96 ms) and at 128 (1.22 ms). The margin held at 2,000,000 (0.998) but
+# not at 5,000,000 (0.932; docs/measurements/2026-12-07-hnsw-5m.md).
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
 EXPANSION_SEARCH = 128
