@@ -225,10 +225,8 @@ def report(stats: Stats, seconds: float, memory: list[tuple[float, float]], runs
 
 
 @contextlib.contextmanager
-def serving(
-    index_dir: Path, log: Path, host: str = "127.0.0.1", env: dict | None = None, python: str | Path = sys.executable,
-    cwd: Path | None = None,
-) -> Iterator[tuple[str, subprocess.Popen]]:
+def serving(index_dir: Path, log: Path, host: str = "127.0.0.1", env: dict | None = None, python: str | Path = sys.executable,
+            cwd: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """The `serve` command of `python` in a process of its own on a free port of `host`; yields its base URL and the
     process once it says it is ready. Its messages go to `log`, not to a pipe nobody reads once it has started (a
     full pipe would stop it)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
 import sys
+from pathlib import Path
 
 INDEX_FILE = "index.sqlite"
 # The single-file format of earlier versions; such an index is refused with how to rebuild it.
@@ -78,3 +80,10 @@ def encode_path(path: str) -> bytes:
 
 def decode_path(path: bytes) -> str:
     return path.decode(*FILESYSTEM_ENCODING)  # os.fsdecode without its checks, a third of a reload's time at 100,000 photos
+
+
+def remove_database(file: Path) -> None:
+    """Delete a closed database and SQLite's journal beside it (a run that made it failed before its first photo)."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            file.with_name(file.name + suffix).unlink(missing_ok=True)

@@ -152,14 +152,6 @@ class IndexDatabase:
     def close(self) -> None:
         self.connection.close()
 
-    def discard(self) -> None:
-        """Close the database and delete its file and SQLite's journal beside it (a run that made it failed before
-        its first photo)."""
-        self.close()
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                self.file.with_name(self.file.name + suffix).unlink(missing_ok=True)
-
     # ---- what the indexer reads and writes ----------------------------------------------------
 
     def known_files(self) -> dict[str, tuple[int, int]]:

@@ -26,7 +26,7 @@ from converters.search.scanner import (
     library_root,
     read_photo,
 )
-from converters.search.schema import INDEX_FILE
+from converters.search.schema import INDEX_FILE, remove_database
 from converters.search.stamp import ArtifactStamp
 from converters.search.photos import WALL_EPOCH, PhotoRow, wall_seconds
 from converters.search.store import IndexDatabase, require_writable
@@ -101,7 +101,8 @@ class IndexUpdater:
             # A first run that failed before a photo was committed (a mistyped bucket, Ctrl-C while listing) leaves
             # no index: an empty one would tie the folder to this run's --stage.
             if failure is not None and self._made_index and self.database.count() == 0:
-                self.database.discard()  # under the lock, so that no other run opens it meanwhile
+                self.database.close()
+                remove_database(self.database.file)  # under the lock, so that no other run opens it meanwhile
         finally:
             self._held.close()
 

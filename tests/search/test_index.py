@@ -21,6 +21,7 @@ from PIL import ExifTags, Image
 from converters.app.bundle import Bundle
 from converters.data import PARITY_SET_DIR
 from converters.search import store
+from converters.search.schema import remove_database
 from converters.search.stamp import ArtifactMismatchError, ArtifactStamp
 from converters.search.photos import wall_seconds
 from converters.search.store import INDEX_FILE, IndexFileError, load_index
@@ -276,12 +277,14 @@ def test_the_database_round_trips(saved_index):
     assert status["photos"] == 50 and status["last_run"]["added"] == 50 and status["skipped"] == ["/photos/bad.jpg is truncated"]
 
 
-def test_discard_removes_the_database_and_its_journal_and_nothing_else(saved_index):
+def test_remove_database_removes_it_and_its_journal_and_nothing_else(saved_index):
     (saved_index / "index.lock").touch()
     database = store.IndexDatabase(saved_index)
     database.status()  # an open connection in WAL mode keeps -wal and -shm beside the file
     assert {f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"} <= {f.name for f in saved_index.iterdir()}
-    database.discard()
+    with sqlite3.connect(saved_index / INDEX_FILE):  # another connection keeps them once the first closes
+        database.close()
+        remove_database(database.file)
     assert [f.name for f in saved_index.iterdir()] == ["index.lock"]
 
 
