@@ -39,12 +39,12 @@ def embed_and_merge(
     """Bring the index up to date with `plan`, embedding on the Ray cluster: the one the driver is connected to, or
     the one `cluster()` connects to, entered only when the shards leave a photo to embed."""
     # Every shard is read, and checked, before the first write; read again after embedding, for the new ones.
-    entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+    entries = _held(shards, updater, plan)
     held, throughput = len(entries), Throughput()
     if any(found.path not in entries for found in plan.to_embed):
         with cluster():
             throughput = _embed_what_shards_lack(updater, plan, shards, options, on_shard, entries)
-        entries = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+        entries = _held(shards, updater, plan)
     missing = [found.path for found in plan.to_embed if found.path not in entries]
     if missing:
         raise RuntimeError(f"{len(missing)} photos are in no shard after the run, e.g. {missing[0]}")
@@ -78,12 +78,14 @@ def _embed_what_shards_lack(
                 raise
             attempt += 1
             say(f"the cluster lost work ({type(error).__name__}); attempt {attempt} of {ATTEMPTS} continues from the shards")
-        done = _usable(read_shards(shards, updater.stamp), plan.to_embed)
+        done = _held(shards, updater, plan)
 
 
-def _usable(entries: dict[str, ShardEntry], files: list[FoundFile]) -> dict[str, ShardEntry]:
-    """The entries of files still as they were when embedded (a file changed since is embedded again)."""
-    return {f.path: entries[f.path] for f in files if f.path in entries and entries[f.path].matches(f)}
+def _held(shards: Path, updater: IndexUpdater, plan: UpdatePlan) -> dict[str, ShardEntry]:
+    """The shards' entries (every shard read and checked) of the plan's files still as they were when embedded (a
+    file changed since is embedded again)."""
+    entries = read_shards(shards, updater.stamp)
+    return {f.path: entries[f.path] for f in plan.to_embed if f.path in entries and entries[f.path].matches(f)}
 
 
 def _from_shards(batch: list[FoundFile], entries: dict[str, ShardEntry]) -> tuple[list[PhotoRow], list[str]]:
