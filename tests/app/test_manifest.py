@@ -1,5 +1,6 @@
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -108,18 +109,8 @@ def mutations():
     return st.tuples(st.lists(st.integers(0, 50), min_size=1, max_size=5), values)
 
 
-@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(mutation=mutations())
-def test_fuzzed_manifests_load_or_fail_with_one_error(tiny_bundle, tmp_path_factory, mutation):
-    """Whatever value lands wherever, loading and using the bundle ends in its answer or an ArtifactError."""
-    from converters.app.bundle import Bundle
-
-    where, value = mutation
-    folder = tmp_path_factory.mktemp("fuzz")
-    shutil.copytree(tiny_bundle, folder / "b")
-    path = BundleLayout(folder / "b").manifest
-    data = json.loads(path.read_text())
+def put(data, where: list[int], value):
+    """data with value at the path where names: keys and list indexes, chosen by position, as deep as it goes."""
     node = data
     for step in where[:-1]:
         keys = list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else []
@@ -132,15 +123,29 @@ def test_fuzzed_manifests_load_or_fail_with_one_error(tiny_bundle, tmp_path_fact
     keys = list(node) if isinstance(node, dict) else list(range(len(node)))
     if keys:
         node[keys[where[-1] % len(keys)]] = value
-    path.write_text(json.dumps(data))
-    try:
-        bundle = Bundle.open(path.parent)
-        for stage in bundle.stages():
-            bundle.artifact_id(stage)
-            for tower in ("visual", "text"):
-                bundle.manifest.artifact(tower, stage)
-    except ArtifactError:
-        pass
+    return data
+
+
+@pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=mutations())
+def test_fuzzed_manifests_load_or_fail_with_one_error(tiny_bundle, mutation):
+    """Whatever value lands wherever, loading and using the bundle ends in its answer or an ArtifactError."""
+    from converters.app.bundle import Bundle
+
+    where, value = mutation
+    # A folder an example, gone when the example ends: kept to the session's end, the copies filled CI's disk.
+    with tempfile.TemporaryDirectory() as folder:
+        path = BundleLayout(shutil.copytree(tiny_bundle, Path(folder) / "b")).manifest
+        path.write_text(json.dumps(put(json.loads(path.read_text()), where, value)))
+        try:
+            bundle = Bundle.open(path.parent)
+            for stage in bundle.stages():
+                bundle.artifact_id(stage)
+                for tower in ("visual", "text"):
+                    bundle.manifest.artifact(tower, stage)
+        except ArtifactError:
+            pass
 
 
 @pytest.mark.parametrize("tiny_bundle", ["tiny-vit"], indirect=True)

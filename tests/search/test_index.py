@@ -8,13 +8,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image
 
@@ -325,13 +326,17 @@ def test_a_missing_index_says_how_to_make_one(tmp_path):
         load_index(tmp_path / "nowhere")
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None)
 @given(key=st.sampled_from(["format", "version", "artifact", "created_by"]),
        value=st.one_of(st.text(max_size=30), st.integers().map(str), st.just('{"id": "x", "model": "m", "stage": "s", "dim": -1, "bundle": ""}'),
                        st.just("{}"), st.just("[]"), st.just("null")),
        blob=st.binary(max_size=40))
-def test_fuzzed_databases_load_or_fail_with_one_error(tmp_path_factory, key, value, blob):
-    folder = tmp_path_factory.mktemp("fuzz") / "index"
+def test_fuzzed_databases_load_or_fail_with_one_error(key, value, blob):
+    with tempfile.TemporaryDirectory() as scratch:
+        fuzz_database(Path(scratch) / "index", key, value, blob)
+
+
+def fuzz_database(folder: Path, key: str, value: str, blob: bytes) -> None:
     database = store.IndexDatabase(folder, create_for=ArtifactStamp("0" * 64, "t", "onnx-sim", 4, "/b"))
     run = database.start_run("/p")
     database.write(run, "/p", [store.PhotoRow("/p/0.jpg", 1, 1, 1, False, 1, 1, 0, np.ones(4, np.float16) / 2)], [], [])
