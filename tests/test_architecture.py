@@ -1,8 +1,10 @@
 """Dependencies point one way and the torch-free side stays torch-free: import-linter's contracts in
-pyproject.toml ([tool.importlinter]), checked on the real import graph."""
+pyproject.toml ([tool.importlinter]), checked on the real import graph; modules stay small; and the suite keeps
+no folder an example to its end."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -40,3 +42,18 @@ def test_no_module_of_the_package_is_over_300_lines():
     long = {str(path.relative_to(REPO)): n for path in (REPO / "converters").rglob("*.py")
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > 300}
     assert not long, long
+
+
+def session_folders_per_example(source: str) -> list[str]:
+    """The hypothesis tests in source that take tmp_path_factory: each example's mktemp folder lives to the
+    session's end (1,100 of them, 4.4 GB, filled CI's disk once)."""
+    return [node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
+            and any(isinstance(d, ast.Call) and getattr(d.func, "id", None) == "given" for d in node.decorator_list)
+            and "tmp_path_factory" in [arg.arg for arg in node.args.args]]
+
+
+def test_no_hypothesis_test_keeps_a_folder_an_example_to_the_sessions_end():
+    found = {str(path.relative_to(REPO)): names for path in (REPO / "tests").rglob("*.py")
+             if (names := session_folders_per_example(path.read_text(encoding="utf-8")))}
+    assert not found, f"use tempfile.TemporaryDirectory() inside the example: {found}"
+    assert session_folders_per_example("@given(x=st.none())\ndef test_x(tmp_path_factory, x):\n    pass\n") == ["test_x"]
